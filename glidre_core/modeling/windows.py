@@ -1,0 +1,94 @@
+"""Word -> sub-word alignment and overlapping encoder windows.
+
+Documents longer than the encoder's window are never truncated: the sub-word sequence is cut into
+overlapping windows, each encoded separately, and every sub-word is then *owned* by exactly one
+window (the overlap is split at its midpoint, so each token keeps the window where it has the
+most context on both sides). Word vectors and word-level attention rows come from the owning
+window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class Window:
+    """Sub-words ``[tok_start, tok_end)`` of the document, encoded as one sequence.
+
+    ``own_start``/``own_end`` are the sub-words this window owns (a sub-range).
+    """
+
+    tok_start: int
+    tok_end: int
+    own_start: int
+    own_end: int
+
+
+@dataclass
+class TokenizedDocument:
+    """Sub-word ids of a document's words and where each word starts."""
+
+    token_ids: list[int]
+    word_first_token: list[int]  # index of each word's first sub-word
+    word_token_end: list[int]  # exclusive end of each word's sub-words
+    windows: list[Window]
+
+    @property
+    def num_words(self) -> int:
+        return len(self.word_first_token)
+
+
+def tokenize_words(
+    words: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int, overlap: int
+) -> TokenizedDocument:
+    """Tokenise pre-split words and plan the windows (specials excluded from the counts)."""
+    if not words:
+        raise ValueError("no words to encode")
+    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+    ids: list[int] = enc["input_ids"]
+    word_ids = enc.word_ids()
+    n = len(words)
+    first = [-1] * n
+    end = [0] * n
+    for t, w in enumerate(word_ids):
+        if w is None:
+            continue
+        if first[w] < 0:
+            first[w] = t
+        end[w] = t + 1
+    # A word the tokenizer dropped entirely (e.g. a control character) borrows the next word's
+    # first sub-word; at the end of the text, the last sub-word.
+    nxt = len(ids) - 1 if ids else 0
+    if not ids:
+        ids = [tokenizer.unk_token_id]
+        nxt = 0
+    for w in range(n - 1, -1, -1):
+        if first[w] < 0:
+            first[w], end[w] = nxt, nxt + 1
+        else:
+            nxt = first[w]
+    return TokenizedDocument(ids, first, end, plan_windows(len(ids), max_length - 2, overlap))
+
+
+def plan_windows(num_tokens: int, body: int, overlap: int) -> list[Window]:
+    """Cover ``num_tokens`` sub-words with windows of ``body`` sub-words overlapping by ``overlap``."""
+    if body <= 0:
+        raise ValueError("window too small")
+    if num_tokens <= body:
+        return [Window(0, num_tokens, 0, num_tokens)]
+    overlap = min(overlap, body // 2)
+    stride = body - overlap
+    starts = list(range(0, num_tokens - body, stride)) + [num_tokens - body]
+    starts = sorted(set(starts))
+    windows = []
+    for i, s in enumerate(starts):
+        e = s + body
+        own_s = 0 if i == 0 else (s + windows[-1].tok_end) // 2
+        windows.append(Window(s, e, own_s, e))
+        if i > 0:
+            windows[-2].own_end = own_s
+    windows[-1].own_end = num_tokens
+    return windows

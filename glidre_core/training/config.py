@@ -1,0 +1,72 @@
+"""Typed training configuration, loaded from YAML (``configs/*.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from glidre_core.config import GLiDREConfig
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    format: Literal["docred", "glidre", "conll04", "jsonl"] = "docred"
+    limit: int | None = Field(None, ge=1, description="read at most this many documents")
+
+
+class TrainingConfig(BaseModel):
+    """Everything a training run needs. The test set never appears here: dev data chooses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: GLiDREConfig = Field(default_factory=GLiDREConfig)
+    train: DataConfig
+    dev: DataConfig | None = Field(None, description="separate dev file; else held out from train")
+    dev_holdout: int = Field(50, ge=0, description="documents held out of train when dev is None")
+    output_dir: str = "runs/train"
+    seed: int = 13
+
+    epochs: int = Field(30, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop (and keep the best) after this")
+    batch_size: int = Field(4, ge=1, description="documents per forward pass")
+    grad_accum: int = Field(1, ge=1)
+    lr_encoder: float = 1e-5
+    lr_heads: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = 10.0
+    bf16: bool = False
+    cache_frozen_layers: bool = True
+    eval_every: int = Field(200, ge=1, description="optimizer steps between dev evaluations")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default)")
+
+    @model_validator(mode="after")
+    def _dev(self) -> "TrainingConfig":
+        if self.dev is None and self.dev_holdout == 0:
+            raise ValueError("a dev set is required: set 'dev' or a positive 'dev_holdout'")
+        return self
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+    cur[keys[-1]] = value
+
+
+def load_training_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
+    """Load YAML, apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return TrainingConfig.model_validate(data)

@@ -1,0 +1,50 @@
+"""Shared fixtures. Tiny random-weight encoders keep unit tests fast; tests marked ``slow`` load
+the real pip-installed MiniLM encoder."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from glidre_core import GLiDRE, GLiDREConfig
+
+TINY_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 30522,  # the MiniLM tokenizer's vocabulary (used for random encoders)
+    "max_position_embeddings": 512,
+}
+
+
+def tiny_config(**overrides) -> GLiDREConfig:
+    base = dict(
+        encoder=None, encoder_config=TINY_BERT, label_encoder=None, label_encoder_config=TINY_BERT,
+        hidden_size=24, dropout=0.0, save_dtype="float32",
+    )
+    base.update(overrides)
+    return GLiDREConfig(**base)
+
+
+@pytest.fixture
+def tiny_model() -> GLiDRE:
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config())
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def minilm_model() -> GLiDRE:
+    """Real pretrained MiniLM encoders with random heads (loaded once per session)."""
+    torch.manual_seed(0)
+    model = GLiDRE(GLiDREConfig(trainable_encoder_layers=2))
+    model.eval()
+    return model
