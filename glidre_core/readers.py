@@ -137,6 +137,11 @@ def conll04_to_document(raw: dict, fallback_id: str) -> Document:
     open_start, open_type = None, None
     for i, tag in enumerate(tags):
         prefix, _, etype = tag.partition("-")
+        # An unclosed B would be silently dropped and shift the entity indices relations use.
+        if open_start is not None and (prefix in ("B", "U", "O") or (prefix == "I" and etype != open_type)):
+            raise DocumentError(doc_id, f"tags[{i}]", f"tag {tag!r} inside the open {open_type!r} span")
+        if prefix == "I" and open_start is None:
+            raise DocumentError(doc_id, f"tags[{i}]", f"'I' tag {tag!r} without a matching 'B'")
         if prefix == "U":
             spans.append((i, i, etype))
         elif prefix == "B":
@@ -148,6 +153,8 @@ def conll04_to_document(raw: dict, fallback_id: str) -> Document:
             open_start, open_type = None, None
         elif prefix not in ("I", "O"):
             raise DocumentError(doc_id, f"tags[{i}]", f"unknown tag {tag!r}")
+    if open_start is not None:
+        raise DocumentError(doc_id, f"tags[{open_start}]", f"'B' tag of {open_type!r} never closed by 'L'")
     entities = [
         {"id": str(k), "type": t, "mentions": [{"start": starts[a], "end": ends[b]}]}
         for k, (a, b, t) in enumerate(spans)

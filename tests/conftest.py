@@ -48,3 +48,9 @@ def minilm_model() -> GLiDRE:
     model = GLiDRE(GLiDREConfig(trainable_encoder_layers=2))
     model.eval()
     return model
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """A real MLflow sqlite store shared by the session (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

@@ -32,12 +32,11 @@ def adaptive_threshold_loss(logits: torch.Tensor, threshold_logits: torch.Tensor
     neg[:, 0] = 0  # TH itself is neither
     # Part 1: positives vs TH
     logit1 = full.masked_fill(neg.bool(), float("-inf"))
-    loss1 = -(F.log_softmax(logit1, dim=-1) * pos).sum(-1)
-    # Part 2: TH vs negatives
+    # masked_fill, not a product: masked entries are -inf and -inf * 0 is NaN
+    loss1 = -F.log_softmax(logit1, dim=-1).masked_fill(~pos.bool(), 0.0).sum(-1)
+    # Part 2: TH vs negatives (the TH column is never masked)
     logit2 = full.masked_fill(pos.bool(), float("-inf"))
-    th_only = torch.zeros_like(pos)
-    th_only[:, 0] = 1
-    loss2 = -(F.log_softmax(logit2, dim=-1) * th_only).sum(-1)
+    loss2 = -F.log_softmax(logit2, dim=-1)[:, 0]
     return loss1 + loss2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from glidre_core.modeling.layers import FeedForward
 from glidre_core.modeling.pooling import EntityRepresentations
@@ -22,6 +23,12 @@ class PairScorer(nn.Module):
 
     ``c`` is the localized context: ``normalise(A_h * A_t) @ H``. Pairs are processed in chunks
     so memory is ``chunk x (W + D)`` whatever the number of entities.
+
+    The first Linear of ``FFN_h``/``FFN_t`` acts on a concatenation ``[e; c]``, so it is split
+    (``W [e; c] + b = W_e e + W_c c + b``): the entity half is computed once per *entity*
+    instead of once per pair, and the context halves of both heads share one matmul. This is
+    the same function (summation order aside, ~1e-7 relative), about a quarter fewer FLOPs per
+    pair, and no per-pair concatenation copies.
     """
 
     def __init__(self, dim: int, expansion: int, dropout: float, chunk_size: int):
@@ -31,19 +38,35 @@ class PairScorer(nn.Module):
         self.pair_ffn = FeedForward(2 * dim, dim, expansion, dropout)
         self.chunk_size = chunk_size
 
+    @staticmethod
+    def _rest(ffn: FeedForward, hidden: torch.Tensor) -> torch.Tensor:
+        """An FFN after its first Linear (ReLU -> Dropout -> Linear), on a pre-activation."""
+        for layer in list(ffn)[1:]:
+            hidden = layer(hidden)
+        return hidden
+
     def pair_vectors(self, ents: EntityRepresentations, heads: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+        if heads.numel() == 0:
+            return ents.vectors.new_zeros((0, ents.vectors.shape[-1]))
+        dim = ents.vectors.shape[-1]
+        first_h, first_t = self.head_ffn[0], self.tail_ffn[0]
+        # per entity: W_e e + b, for the head and the tail role  -> [N, k*D] each
+        ent_h = F.linear(ents.vectors, first_h.weight[:, :dim], first_h.bias)
+        ent_t = F.linear(ents.vectors, first_t.weight[:, :dim], first_t.bias)
+        # context halves of both heads stacked: one [C, D] x [D, 2kD] matmul per chunk
+        ctx_weight = torch.cat([first_h.weight[:, dim:], first_t.weight[:, dim:]], 0)
+        hidden = ent_h.shape[-1]
         out = []
         for s in range(0, heads.numel(), self.chunk_size):
             h, t = heads[s : s + self.chunk_size], tails[s : s + self.chunk_size]
             alpha = ents.attention[h] * ents.attention[t]
             alpha = alpha / (alpha.sum(-1, keepdim=True) + 1e-10)
             context = alpha.to(ents.words.dtype) @ ents.words
-            hv = torch.tanh(self.head_ffn(torch.cat([ents.vectors[h], context], -1)))
-            tv = torch.tanh(self.tail_ffn(torch.cat([ents.vectors[t], context], -1)))
+            ctx = F.linear(context, ctx_weight)  # [C, 2kD]
+            hv = torch.tanh(self._rest(self.head_ffn, ctx[:, :hidden] + ent_h[h]))
+            tv = torch.tanh(self._rest(self.tail_ffn, ctx[:, hidden:] + ent_t[t]))
             out.append(self.pair_ffn(torch.cat([hv, tv], -1)))
-        if not out:
-            return ents.vectors.new_zeros((0, ents.vectors.shape[-1]))
-        return torch.cat(out)
+        return torch.cat(out) if len(out) > 1 else out[0]
 
     @staticmethod
     def logits(pairs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

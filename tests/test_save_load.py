@@ -1,0 +1,215 @@
+"""save_pretrained / from_pretrained: safetensors only, strict, offline, config round trip."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from glidre_core import GLiDRE, GLiDREConfig
+from glidre_core.model_loading import load_model
+from glidre_core.modeling.glidre import WEIGHTS_NAME
+
+from conftest import tiny_config
+
+TEXT = "Angela Merkel was born in Hamburg , Germany , and led the CDU in Berlin ."
+NAMES = ["Angela Merkel", "Hamburg", "Germany", "CDU", "Berlin"]
+ENTITIES = [
+    {"id": f"e{i}", "mentions": [{"start": TEXT.index(n), "end": TEXT.index(n) + len(n)}]}
+    for i, n in enumerate(NAMES)
+]
+LABELS = ["place of birth", "country", "member of political party"]
+
+
+def _rows(model: GLiDRE, threshold=1e-6):
+    return model.predict_relations(TEXT, ENTITIES, LABELS, threshold=threshold)
+
+
+def _scores(rows):
+    return {(r["head_id"], r["relation"], r["tail_id"]): r["score"] for r in rows}
+
+
+@pytest.fixture
+def trained_tiny(tmp_path) -> tuple[GLiDRE, Path]:
+    torch.manual_seed(11)
+    cfg = tiny_config(threshold=0.37, labels=["Country", "place of birth"], label_casing="preserve",
+                      pooling="logsumexp", max_length=32, window_overlap=8)
+    model = GLiDRE(cfg)
+    model.eval()
+    out = tmp_path / "saved"
+    model.save_pretrained(out)
+    return model, out
+
+
+def test_round_trip_predictions_and_config(trained_tiny):
+    model, path = trained_tiny
+    loaded = GLiDRE.from_pretrained(path)
+    assert not loaded.training
+    cfg = loaded.config
+    assert cfg.threshold == 0.37
+    assert cfg.labels == ["Country", "place of birth"]
+    assert cfg.label_casing == "preserve"
+    assert cfg.pooling == "logsumexp"
+    assert (cfg.max_length, cfg.window_overlap) == (32, 8)
+    assert cfg.model_dump() == model.config.model_dump()
+    a, b = _scores(_rows(model)), _scores(_rows(loaded))
+    assert len(a) == 5 * 4 * 3
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=1e-6)
+    # every tensor identical (float32 save dtype)
+    own, other = model.state_dict(), loaded.state_dict()
+    assert own.keys() == other.keys()
+    assert all(torch.equal(own[k], other[k]) for k in own)
+    # the stored labels are used when none are given, with the stored threshold
+    rows = loaded.predict_relations(TEXT, ENTITIES)
+    assert {r["relation"] for r in rows} <= {"Country", "place of birth"}
+    assert all(r["score"] > 0.37 for r in rows)
+
+
+def test_load_model_resolves_directories(trained_tiny):
+    model, path = trained_tiny
+    loaded = load_model(str(path))
+    assert loaded.config.threshold == 0.37
+    with pytest.raises(FileNotFoundError):
+        load_model(str(path / "nope"))
+
+
+def test_saved_file_is_safetensors_not_pickle(trained_tiny):
+    _, path = trained_tiny
+    files = sorted(p.name for p in path.iterdir())
+    assert files == ["config.json", WEIGHTS_NAME]
+    raw = (path / WEIGHTS_NAME).read_bytes()
+    assert not raw.startswith(b"PK") and not raw.startswith(b"\x80")  # not a torch zip / pickle
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    assert header["__metadata__"]["glidre"] == "delta"
+    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
+    with safe_open(str(path / WEIGHTS_NAME), "pt") as f:
+        keys = set(f.keys())
+    assert "scorer.pair_ffn.0.weight" in keys
+    # random encoders have no pip base: they are stored in full
+    assert any(k.startswith("encoder.model.embeddings") for k in keys)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["threshold"] == 0.37 and cfg["encoder_sha256"] is None
+
+
+def test_save_dtype_bfloat16(tmp_path):
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(save_dtype="bfloat16"))
+    model.eval()
+    model.save_pretrained(tmp_path / "m")
+    stored = load_file(str(tmp_path / "m" / WEIGHTS_NAME))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.bfloat16}
+    loaded = GLiDRE.from_pretrained(tmp_path / "m")
+    assert next(loaded.parameters()).dtype == torch.float32
+    a, b = _scores(_rows(model)), _scores(_rows(loaded))
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=0.05)
+
+
+def _rewrite(path: Path, edit) -> None:
+    wpath = path / WEIGHTS_NAME
+    tensors = load_file(str(wpath))
+    edit(tensors)
+    save_file(tensors, str(wpath), metadata={"format": "pt", "glidre": "delta"})
+
+
+def test_missing_tensor_fails(trained_tiny):
+    _, path = trained_tiny
+    _rewrite(path, lambda t: t.pop("scorer.pair_ffn.0.weight"))
+    with pytest.raises(ValueError, match=r"missing tensors.*scorer\.pair_ffn\.0\.weight"):
+        GLiDRE.from_pretrained(path)
+
+
+def test_unexpected_tensor_fails(trained_tiny):
+    _, path = trained_tiny
+    _rewrite(path, lambda t: t.__setitem__("scorer.extra.weight", torch.zeros(2)))
+    with pytest.raises(ValueError, match=r"unexpected tensors.*scorer\.extra\.weight"):
+        GLiDRE.from_pretrained(path)
+
+
+def test_wrong_shape_fails(trained_tiny):
+    _, path = trained_tiny
+    _rewrite(path, lambda t: t.__setitem__("scorer.pair_ffn.0.weight", torch.zeros(3, 3)))
+    with pytest.raises(ValueError, match=r"scorer\.pair_ffn\.0\.weight has shape \(3, 3\)"):
+        GLiDRE.from_pretrained(path)
+
+
+def test_missing_config_fails(trained_tiny):
+    _, path = trained_tiny
+    (path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        GLiDRE.from_pretrained(path)
+
+
+def test_missing_weights_or_directory_fails(trained_tiny, tmp_path):
+    _, path = trained_tiny
+    with pytest.raises(FileNotFoundError, match="not found"):
+        GLiDRE.from_pretrained(tmp_path / "does-not-exist")
+    (path / WEIGHTS_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match=WEIGHTS_NAME):
+        GLiDRE.from_pretrained(path)
+
+
+def test_unknown_config_key_fails(trained_tiny):
+    _, path = trained_tiny
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["surprise"] = 1
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="surprise"):
+        GLiDRE.from_pretrained(path)
+
+
+# -- real MiniLM base: only the delta is stored ---------------------------------------------------
+
+@pytest.mark.slow
+def test_minilm_delta_save_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = GLiDRE(GLiDREConfig(trainable_encoder_layers=1, hidden_size=None, save_dtype="float32",
+                                threshold=0.42))
+    model.eval()
+    last = model.encoder.model.encoder.layer[-1]
+    with torch.no_grad():
+        last.output.dense.weight.add_(0.01 * torch.randn_like(last.output.dense.weight))
+        model.scorer.pair_ffn[0].bias.add_(0.1)
+    model.save_pretrained(tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / WEIGHTS_NAME), "pt") as f:
+        keys = set(f.keys())
+    assert "encoder.model.encoder.layer.5.output.dense.weight" in keys
+    assert not any(k.startswith("encoder.model.embeddings") for k in keys)
+    assert not any(k.startswith("encoder.model.encoder.layer.0.") for k in keys)
+    assert not any(k.startswith("label_encoder.model.") for k in keys)
+    assert {k for k in keys if k.startswith("encoder.model.")} == {
+        "encoder.model.encoder.layer.5.output.dense.weight"
+    }
+    assert "scorer.pair_ffn.0.bias" in keys and "label_encoder.ffn.0.weight" in keys
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert len(cfg["encoder_sha256"]) == 64 and cfg["threshold"] == 0.42
+
+    loaded = GLiDRE.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.encoder.model.encoder.layer[-1].output.dense.weight, last.output.dense.weight)
+    a, b = _scores(_rows(model)), _scores(_rows(loaded))
+    assert len(a) == 60 and a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=1e-6)
+
+    # the default float16 save dtype: still only the delta, predictions close
+    model.config.save_dtype = "float16"
+    model.save_pretrained(tmp_path / "m16")
+    with safe_open(str(tmp_path / "m16" / WEIGHTS_NAME), "pt") as f:
+        assert set(f.keys()) == keys
+        assert f.get_tensor("scorer.pair_ffn.0.weight").dtype == torch.float16
+    half = _scores(_rows(GLiDRE.from_pretrained(tmp_path / "m16")))
+    for k in a:
+        assert half[k] == pytest.approx(a[k], abs=1e-2)
+
+    cfg["encoder_sha256"] = "0" * 64
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="sha256"):
+        GLiDRE.from_pretrained(tmp_path / "m")
