@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,7 +27,7 @@ from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
 from glidre_core.modeling.losses import relation_loss
 from glidre_core.modeling.pooling import pool_entities
 from glidre_core.modeling.scorer import PairScorer, ordered_pairs
-from glidre_core.modeling.windows import TokenizedDocument
+from glidre_core.modeling.windows import TokenizedDocument, tokenize_words
 from glidre_core.pretrained import (
     encoder_fingerprint,
     load_encoder,
@@ -52,6 +52,35 @@ class PreparedDocument:
     mention_spans: list[list[tuple[int, int]]]  # per entity, [w0, w1) word spans
     entity_ids: list[str]
     relations: list[tuple[int, str, int]] = field(default_factory=list)  # (head idx, label, tail idx)
+
+
+def prepare_document(
+    doc: Document,
+    tokenizer,
+    max_length: int,
+    overlap: int,
+    normalize_label: Callable[[str], str] | None = None,
+) -> PreparedDocument:
+    """Model inputs of ``doc`` without the model: the one implementation used by
+    :meth:`GLiDRE.prepare` and by the CPU pre-processing tasks of the extraction job."""
+    words = split_words(doc.text)
+    if len(words) == 0:
+        raise DocumentError(doc.doc_id, "text", "no words in the text")
+    spans: list[list[tuple[int, int]]] = []
+    for i, ent in enumerate(doc.entities):
+        ent_spans = []
+        for j, m in enumerate(ent.mentions):
+            try:
+                ent_spans.append(char_span_to_words(words, m.start, m.end, context=f"{doc.doc_id}: "))
+            except SpanAlignmentError as exc:
+                raise DocumentError(doc.doc_id, f"entities[{i}].mentions[{j}]", str(exc)) from None
+        spans.append(ent_spans)
+    norm = normalize_label or (lambda x: x)
+    index = {e.id: i for i, e in enumerate(doc.entities)}
+    rels = [(index[r.head], norm(r.label), index[r.tail]) for r in doc.relations]
+    rels = [r for r in rels if r[0] != r[2]]
+    tokens = tokenize_words(words.tokens, tokenizer, max_length, overlap)
+    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], rels)
 
 
 @dataclass
@@ -135,22 +164,10 @@ class GLiDRE(nn.Module):
     # -- inputs --------------------------------------------------------------------------------
     def prepare(self, doc: Document) -> PreparedDocument:
         """Words, sub-word windows and mention word spans of ``doc``; errors name the field."""
-        words = split_words(doc.text)
-        if len(words) == 0:
-            raise DocumentError(doc.doc_id, "text", "no words in the text")
-        spans: list[list[tuple[int, int]]] = []
-        for i, ent in enumerate(doc.entities):
-            ent_spans = []
-            for j, m in enumerate(ent.mentions):
-                try:
-                    ent_spans.append(char_span_to_words(words, m.start, m.end, context=f"{doc.doc_id}: "))
-                except SpanAlignmentError as exc:
-                    raise DocumentError(doc.doc_id, f"entities[{i}].mentions[{j}]", str(exc)) from None
-            spans.append(ent_spans)
-        index = {e.id: i for i, e in enumerate(doc.entities)}
-        rels = [(index[r.head], self.config.normalize_label(r.label), index[r.tail]) for r in doc.relations]
-        rels = [r for r in rels if r[0] != r[2]]
-        return PreparedDocument(doc, self.encoder.tokenize(words.tokens), spans, [e.id for e in doc.entities], rels)
+        return prepare_document(
+            doc, self.encoder.tokenizer, self.encoder.max_length, self.encoder.overlap,
+            self.config.normalize_label,
+        )
 
     # -- forward -------------------------------------------------------------------------------
     def encode_labels(self, labels: Sequence[str]) -> LabelEmbeddings:

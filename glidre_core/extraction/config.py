@@ -1,0 +1,177 @@
+"""Typed configuration of the corpus extraction job, loaded from YAML (``configs/extract.yaml``).
+
+The same :class:`ExtractConfig` is built by the CLI (``glidre extract``), by the Ray job entry
+point (``jobs/extract.py``) and by the tests, so there is one place where defaults and validation
+live. Overrides are ``key.sub=value`` strings whose values are parsed as YAML, exactly like the
+training config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StorageConfig(BaseModel):
+    """How to reach object storage. Secrets never live here: credentials come from the environment.
+
+    ``endpoint_url`` makes any S3-compatible store work (MinIO, Ceph, moto, ...). When it is
+    ``None`` the ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` environment variables are used,
+    because ``pyarrow.fs.S3FileSystem`` itself ignores them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000; None = env or AWS")
+    region: str | None = Field(None, description="None = AWS_REGION / AWS_DEFAULT_REGION, else us-east-1")
+    anonymous: bool = Field(False, description="unsigned requests (public buckets)")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="S3 retry attempts per request")
+
+
+class ActorConfig(BaseModel):
+    """The model actor pool (``ActorPoolStrategy``): each actor loads the model once."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_size: int = Field(1, ge=1)
+    max_size: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; 0 = run on CPU")
+    # Fractional on purpose: an actor pool that claims every CPU starves the read and
+    # preprocessing tasks and the pipeline stalls.
+    num_cpus: float = Field(1.0, gt=0, description="logical CPUs reserved per actor")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads per actor; None = Ray's default (floor(num_cpus), at least 1)"
+    )
+    max_tasks_in_flight: int | None = Field(None, ge=1, description="batches queued per actor")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ActorConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"actors.min_size ({self.min_size}) > actors.max_size ({self.max_size})")
+        return self
+
+
+class RayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = Field(
+        None, description="None = RAY_ADDRESS / a running local cluster / start a local Ray; 'local' = always start one"
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="logical CPUs of a Ray started by the job (None = all cores)"
+    )
+
+
+class ExtractConfig(BaseModel):
+    """Everything an extraction run needs; stored (without secrets) in the output manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(..., description="file, directory or s3:// prefix of JSON Lines / Parquet documents")
+    output: str = Field(..., description="directory or s3:// prefix for triplets/, entities/, errors/")
+    input_format: Literal["auto", "jsonl", "parquet"] = "auto"
+
+    model: str = Field("default", description="model directory, 'default', or models:/NAME@ALIAS")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI for models:/ references")
+    labels: str | list[str] | None = Field(
+        None, description="file (one label per line), a named set ('redocred'), a list, or None = the model's labels"
+    )
+    threshold: float | None = Field(None, gt=0, lt=1, description="global threshold; None = the model's")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="per-label thresholds")
+    top_k: int | None = Field(None, ge=1, description="keep at most k labels per entity pair")
+
+    max_entities: int = Field(128, ge=1, description="documents with more entities go to errors/")
+    max_text_chars: int = Field(200_000, ge=1, description="longer documents go to errors/")
+
+    batch_size: int = Field(8, ge=1, description="documents per model forward (and per actor call)")
+    lines_per_block: int = Field(256, ge=1, description="documents per read block")
+    docs_per_file: int = Field(512, ge=1, description="max documents per output part (the unit of commit and resume)")
+    preprocess_num_cpus: float = Field(0.25, gt=0, description="CPUs per validate/tokenize task")
+    actors: ActorConfig = Field(default_factory=ActorConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    resume: bool = Field(False, description="skip documents already in the output")
+    overwrite: bool = Field(False, description="delete an existing output first")
+    progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress log lines")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExtractConfig":
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite are mutually exclusive")
+        for label, value in self.thresholds.items():
+            if not 0 < value < 1:
+                raise ValueError(f"thresholds[{label!r}] = {value} is not in (0, 1)")
+        return self
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        nxt = cur.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """``["a.b=1", "labels=redocred"]`` -> ``{"a.b": 1, "labels": "redocred"}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def load_extract_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] | None = None,
+    values: dict[str, Any] | None = None,
+) -> ExtractConfig:
+    """YAML file (optional) <- ``key=value`` overrides <- already-typed ``values`` (dotted keys).
+
+    ``values`` is what the CLI flags become (``{"actors.max_size": 2}``); ``None`` values are
+    ignored so that an unset flag never hides the YAML value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a YAML mapping")
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(data, key, value)
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    return ExtractConfig.model_validate(data)
+
+
+def cli_values(
+    *,
+    input: str | None = None,
+    output: str | None = None,
+    model: str | None = None,
+    labels: str | None = None,
+    num_actors: int | None = None,
+    batch_size: int | None = None,
+    num_gpus_per_actor: float | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Map the CLI / job flags onto config keys (one mapping shared by ``glidre`` and ``jobs/``)."""
+    values: dict[str, Any] = {
+        "input": input, "output": output, "model": model, "labels": labels, "batch_size": batch_size,
+        "actors.num_gpus": num_gpus_per_actor,
+        "resume": True if resume else None, "overwrite": True if overwrite else None,
+    }
+    if num_actors is not None:
+        values["actors.min_size"] = num_actors
+        values["actors.max_size"] = num_actors
+    return values

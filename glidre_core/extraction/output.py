@@ -1,0 +1,242 @@
+"""The output layout, the Parquet sink, and the commit protocol that makes ``--resume`` exact.
+
+Layout under the output prefix::
+
+    triplets/<part>.parquet    doc_id, head_id, head_text, head_type, relation, tail_id, tail_text,
+                               tail_type, score, model, run_id
+    entities/<part>.parquet    doc_id, entity_id, text, type, mention_count, run_id
+    errors/<part>.parquet      doc_id, stage, error_type, field, message, source, line, run_id
+    documents/<part>.parquet   the ledger: one row per input document (extracted or failed)
+    _run.json                  what the run was started with (written first)
+    _manifest.json             counts, model, labels, config, times (written LAST)
+
+Commit protocol (why resume never duplicates a triplet):
+
+* Each write task writes one *part*: its triplets, entities and errors files, and then, last,
+  its ledger file ``documents/<part>.parquet``. A part is *committed* iff its ledger file exists
+  and reads back as Parquet.
+* The part name is deterministic (run id, task index and a hash of the part's document ids), so
+  a write task retried by Ray overwrites its own files instead of adding new ones.
+* Before resuming (and after every run) :func:`scan_output` finds the committed parts; files of
+  uncommitted parts (a crash between the data files and the ledger, a half-written ledger) are
+  deleted by :func:`remove_orphans`, and the documents of committed parts are skipped by the new
+  run. A document is therefore either fully in the output exactly once or redone from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource.datasink import Datasink, WriteResult
+
+from glidre_core.extraction.schemas import (
+    DOCUMENTS, ENTITIES, ERRORS, RESULT, STATUS_EXTRACTED, STATUS_FAILED, STATUS_SKIPPED, TRIPLETS,
+)
+from glidre_core.extraction.storage import Location, ensure_dir, read_bytes, write_bytes
+
+logger = logging.getLogger(__name__)
+
+DATA_TABLES = ("triplets", "entities", "errors")
+LEDGER = "documents"
+MANIFEST = "_manifest.json"
+RUN_STATE = "_run.json"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    loc: Location
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self.loc.fs
+
+    def dir(self, table: str) -> str:
+        return self.loc.join(table)
+
+    def part_path(self, table: str, part: str) -> str:
+        return self.loc.join(table, f"{part}.parquet")
+
+    @property
+    def manifest_path(self) -> str:
+        return self.loc.join(MANIFEST)
+
+    @property
+    def run_state_path(self) -> str:
+        return self.loc.join(RUN_STATE)
+
+    def make_dirs(self) -> None:
+        for table in (*DATA_TABLES, LEDGER):
+            ensure_dir(self.fs, self.dir(table))
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        data = read_bytes(self.fs, path)
+        return json.loads(data) if data is not None else None
+
+    def write_json(self, path: str, obj: dict[str, Any]) -> None:
+        write_bytes(self.fs, path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+
+def part_name(run_id: str, task_idx: int, index: int, doc_ids: Iterable[str]) -> str:
+    """Deterministic for a given task and set of documents, so retries overwrite, not add."""
+    digest = hashlib.sha1("\x00".join(doc_ids).encode("utf-8")).hexdigest()[:12]
+    return f"{run_id}-{task_idx:05d}-{index:04d}-{digest}"
+
+
+def _list_parquet(fs: pafs.FileSystem, directory: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(directory, recursive=False, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+
+def _stem(path: str) -> str:
+    return posixpath.basename(path)[: -len(".parquet")]
+
+
+@dataclass
+class OutputState:
+    """What :func:`scan_output` found: the committed ledger and the files to remove."""
+
+    ledger: pa.Table
+    committed: set[str] = field(default_factory=set)
+    orphans: list[str] = field(default_factory=list)
+
+    @property
+    def done_ids(self) -> frozenset[str]:
+        return frozenset(self.ledger.column("doc_id").to_pylist())
+
+
+def scan_output(layout: OutputLayout) -> OutputState:
+    """Read every ledger file; list data files (and unreadable ledgers) of uncommitted parts."""
+    fs = layout.fs
+    tables, committed, orphans = [], set(), []
+    for path in _list_parquet(fs, layout.dir(LEDGER)):
+        try:
+            tables.append(pq.read_table(path, filesystem=fs, schema=DOCUMENTS))
+            committed.add(_stem(path))
+        except (OSError, pa.ArrowException) as exc:
+            logger.warning("ledger part %s is unreadable (%s): treating the part as not written", path, exc)
+            orphans.append(path)
+    for table in DATA_TABLES:
+        orphans += [p for p in _list_parquet(fs, layout.dir(table)) if _stem(p) not in committed]
+    ledger = pa.concat_tables(tables) if tables else DOCUMENTS.empty_table()
+    return OutputState(ledger, committed, orphans)
+
+
+def remove_orphans(layout: OutputLayout, state: OutputState) -> None:
+    if state.orphans:
+        logger.warning("removing %d files of parts that were never committed (interrupted run)", len(state.orphans))
+    for path in state.orphans:
+        layout.fs.delete_file(path)
+    state.orphans = []
+
+
+def count_rows(layout: OutputLayout, table: str) -> int:
+    """Rows in ``table`` from the Parquet footers (no data read)."""
+    total = 0
+    for path in _list_parquet(layout.fs, layout.dir(table)):
+        with layout.fs.open_input_file(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def _explode(table: pa.Table, column: str, struct_type: pa.StructType) -> tuple[pa.Array, list[pa.Array]]:
+    """(doc_id per child row, child columns) of a ``list<struct>`` column; null lists add nothing."""
+    lists = table.column(column).combine_chunks()
+    if len(lists) == 0:
+        return pa.array([], pa.string()), [pa.array([], f.type) for f in struct_type]
+    parents = pc.list_parent_indices(lists)
+    flat = pc.list_flatten(lists)
+    doc_ids = pc.take(table.column("doc_id"), parents).combine_chunks()
+    return doc_ids, flat.flatten()
+
+
+def _const(value: str | None, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string())
+
+
+def split_results(table: pa.Table, model_ref: str, run_id: str) -> dict[str, pa.Table]:
+    """One :data:`RESULT` table (no skipped rows) -> the four output tables."""
+    doc_ids, cols = _explode(table, "triplets", RESULT.field("triplets").type.value_type)
+    triplets = pa.Table.from_arrays([doc_ids, *cols, _const(model_ref, len(doc_ids)), _const(run_id, len(doc_ids))],
+                                    schema=TRIPLETS)
+    doc_ids, cols = _explode(table, "entities", RESULT.field("entities").type.value_type)
+    entities = pa.Table.from_arrays([doc_ids, *cols, _const(run_id, len(doc_ids))], schema=ENTITIES)
+    failed = table.filter(pc.equal(table.column("status"), STATUS_FAILED))
+    errors = pa.Table.from_arrays(
+        [failed.column(c) for c in ("doc_id", "stage", "error_type", "field", "message", "source", "line")]
+        + [_const(run_id, failed.num_rows)],
+        schema=ERRORS,
+    )
+    n = table.num_rows
+    ledger = pa.Table.from_arrays(
+        [table.column("doc_id"), table.column("status"), table.column("num_entities"),
+         pc.fill_null(table.column("num_triplets"), 0), table.column("source"), table.column("line"),
+         _const(run_id, n)],
+        schema=DOCUMENTS,
+    )
+    return {"triplets": triplets, "entities": entities, "errors": errors, LEDGER: ledger}
+
+
+class ExtractionSink(Datasink[dict]):
+    """Writes :data:`RESULT` rows as one committed part per write task (see the module docstring)."""
+
+    def __init__(self, layout: OutputLayout, run_id: str, model_ref: str, docs_per_file: int):
+        self.layout = layout
+        self.run_id = run_id
+        self.model_ref = model_ref
+        self.docs_per_file = docs_per_file
+        self.totals: Counter = Counter()
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.docs_per_file
+
+    @property
+    def supports_distributed_writes(self) -> bool:
+        # A local output directory only exists on the driver's node.
+        return not isinstance(self.layout.fs, pafs.LocalFileSystem)
+
+    def on_write_start(self, schema: pa.Schema | None = None) -> None:
+        self.layout.make_dirs()
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        table = pa.concat_tables(tables).cast(RESULT) if tables else RESULT.empty_table()
+        statuses = Counter(table.column("status").to_pylist())
+        counts = {"skipped": statuses.get(STATUS_SKIPPED, 0), "extracted": statuses.get(STATUS_EXTRACTED, 0),
+                  "failed": statuses.get(STATUS_FAILED, 0), "triplets": 0, "parts": 0}
+        unknown = set(statuses) - {STATUS_SKIPPED, STATUS_EXTRACTED, STATUS_FAILED}
+        if unknown:  # a bug upstream; refuse to write rows that would be silently lost
+            raise RuntimeError(f"rows with unexpected status {sorted(unknown)} reached the sink")
+        table = table.filter(pc.not_equal(table.column("status"), STATUS_SKIPPED))
+        task_idx = getattr(ctx, "task_idx", 0)
+        for index, start in enumerate(range(0, table.num_rows, self.docs_per_file)):
+            piece = table.slice(start, self.docs_per_file)
+            part = part_name(self.run_id, task_idx, index, piece.column("doc_id").to_pylist())
+            counts["triplets"] += self._write_part(part, piece)
+            counts["parts"] += 1
+        return counts
+
+    def _write_part(self, part: str, table: pa.Table) -> int:
+        out = split_results(table, self.model_ref, self.run_id)
+        fs = self.layout.fs
+        for name in (*DATA_TABLES, LEDGER):  # the ledger LAST: it commits the part
+            if out[name].num_rows or name == LEDGER:
+                ensure_dir(fs, self.layout.dir(name))
+                pq.write_table(out[name], self.layout.part_path(name, part), filesystem=fs)
+        return out["triplets"].num_rows
+
+    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
+        for counts in write_result.write_returns:
+            self.totals.update(counts or {})

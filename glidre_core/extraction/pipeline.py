@@ -1,0 +1,297 @@
+"""The corpus extraction job: :func:`run_extraction` is the one entry point used by ``glidre
+extract``, ``jobs/extract.py``, the benchmark and the tests.
+
+Plan (Ray Data, streaming)::
+
+    read (JSON Lines datasource / read_parquet)     CPU tasks: raw records with file + line
+      -> map_batches(preprocess_batch)              CPU tasks (fractional CPUs): validate + tokenize
+      -> map_batches(Extractor, ActorPoolStrategy)  model actors: model + label embeddings loaded once
+      -> write_datasink(ExtractionSink)             Parquet parts, each committed by its ledger file
+    then, on the driver: scan the output, remove uncommitted parts, write _manifest.json LAST.
+
+Everything that can make the whole run pointless is checked on the driver first, in seconds:
+the input exists and has files, the buckets exist, the model loads, the labels and thresholds are
+valid, the output is empty (or --resume / --overwrite was given, and a resumed output was made
+with the same model and labels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from glidre_core.extraction.config import ExtractConfig
+from glidre_core.extraction.errors import ModelLoadError, OutputError
+from glidre_core.extraction.labels import resolve_labels, threshold_spec
+from glidre_core.extraction.output import (
+    ExtractionSink, OutputLayout, count_rows, remove_orphans, scan_output,
+)
+from glidre_core.extraction.source import JsonLinesDatasource, discover_inputs, parquet_to_records
+from glidre_core.extraction.storage import Location, Storage, check_bucket, delete_tree, list_files
+from glidre_core.extraction.udf import Extractor, TokenizerSpec, load_model_ref, preprocess_batch
+
+logger = logging.getLogger(__name__)
+
+#: Settings that must match between an interrupted run and its --resume.
+RESUME_KEYS = ("model", "labels", "threshold", "top_k", "max_entities", "max_text_chars")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_run_id() -> str:
+    return f"{_now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def ray_session(cfg: ExtractConfig) -> Iterator[None]:
+    """Use the Ray already initialised in this process, else connect / start one (and stop it after).
+
+    With ``ray.address`` unset, Ray's own rules apply: ``RAY_ADDRESS`` (set inside ``ray job
+    submit``), then a cluster started with ``ray start`` on this machine, else a new local Ray.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"address": cfg.ray.address, "log_to_driver": True}
+    try:
+        ray.init(**kwargs, **({"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus else {}))
+    except ValueError as exc:  # connecting to an existing cluster does not take num_cpus
+        if "existing cluster" not in str(exc):
+            raise
+        ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+class _Setup:
+    """Everything checked and resolved on the driver before Ray work starts."""
+
+    def __init__(self, cfg: ExtractConfig):
+        self.cfg = cfg
+        self.storage = Storage(cfg.storage)
+        self.input: Location = self.storage.location(cfg.input)
+        self.output: Location = self.storage.location(cfg.output)
+        self.files, self.format = discover_inputs(self.input, cfg.input_format)
+        check_bucket(self.output)
+        self._check_output_not_inside_input()
+        t0 = time.perf_counter()
+        try:
+            model = load_model_ref(cfg.model, cfg.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is a whole-run failure
+            raise ModelLoadError(f"cannot load model {cfg.model!r}: {type(exc).__name__}: {exc}") from exc
+        logger.info("model %s loads (%.1fs); tokenizer %s, window %d", cfg.model, time.perf_counter() - t0,
+                    model.config.encoder or "<random test encoder>", model.encoder.max_length)
+        self.spec = TokenizerSpec.from_model(model)
+        self.labels = resolve_labels(cfg.labels, model.config.labels, self.storage, model.config.normalize_label)
+        self.threshold = threshold_spec(self.labels, cfg.threshold, cfg.thresholds)
+        self.model_threshold = model.config.threshold
+        del model
+
+    def _check_output_not_inside_input(self) -> None:
+        if type(self.input.fs) is type(self.output.fs):
+            inp, out = self.input.path.rstrip("/") + "/", self.output.path.rstrip("/") + "/"
+            if out.startswith(inp) or inp.startswith(out):
+                raise OutputError(f"output {self.output.uri!r} and input {self.input.uri!r} overlap; "
+                                  "use separate locations")
+
+    def run_settings(self) -> dict[str, Any]:
+        return {"model": self.cfg.model, "labels": self.labels, "threshold": self.threshold,
+                "top_k": self.cfg.top_k, "max_entities": self.cfg.max_entities,
+                "max_text_chars": self.cfg.max_text_chars}
+
+
+def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str, Any]):
+    """Refuse / overwrite / resume an existing output; returns the committed state to skip."""
+    existing = list_files(layout.loc)
+    if existing and cfg.overwrite:
+        logger.warning("--overwrite: deleting %d existing files under %s", len(existing), layout.loc.uri)
+        delete_tree(layout.loc)
+    elif existing and not cfg.resume:
+        raise OutputError(f"output {layout.loc.uri!r} already exists ({len(existing)} files): "
+                          "pass --resume to continue it or --overwrite to replace it")
+    elif existing:
+        previous = layout.read_json(layout.run_state_path) or {}
+        for key in RESUME_KEYS:
+            if key in previous and previous[key] != settings[key]:
+                raise OutputError(
+                    f"cannot resume {layout.loc.uri!r}: it was written with {key}={previous[key]!r}, "
+                    f"this run has {key}={settings[key]!r} (use --overwrite to start again)"
+                )
+    elif cfg.resume:
+        logger.info("--resume: %s is empty, starting a fresh run", layout.loc.uri)
+    state = scan_output(layout)
+    remove_orphans(layout, state)
+    if state.ledger.num_rows:
+        logger.info("resume: %d documents already in the output will be skipped", state.ledger.num_rows)
+    return state
+
+
+def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None):
+    """The Ray Data plan up to (not including) the write."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cfg = setup.cfg
+    if setup.format == "jsonl":
+        source = JsonLinesDatasource(setup.files, root=setup.input.path, filesystem=setup.input.fs,
+                                     lines_per_block=cfg.lines_per_block)
+        ds = ray.data.read_datasource(source)
+    else:
+        ds = ray.data.read_parquet(setup.files, filesystem=setup.input.fs, include_paths=True)
+        ds = ds.map_batches(parquet_to_records, batch_format="pyarrow", batch_size=cfg.lines_per_block,
+                            fn_kwargs={"root": setup.input.path}, num_cpus=cfg.preprocess_num_cpus)
+    ds = ds.map_batches(
+        preprocess_batch, batch_format="pyarrow", batch_size=cfg.lines_per_block,
+        num_cpus=cfg.preprocess_num_cpus,
+        fn_kwargs={"spec": setup.spec, "max_entities": cfg.max_entities,
+                   "max_text_chars": cfg.max_text_chars, "done_ids": done_ids},
+    )
+    actors = cfg.actors
+    return ds.map_batches(
+        Extractor,
+        batch_format="pyarrow",
+        batch_size=cfg.batch_size,
+        compute=ActorPoolStrategy(min_size=actors.min_size, max_size=actors.max_size,
+                                  max_tasks_in_flight_per_actor=actors.max_tasks_in_flight),
+        num_cpus=actors.num_cpus,
+        num_gpus=actors.num_gpus or None,
+        fn_constructor_kwargs={
+            "model_ref": cfg.model, "labels": setup.labels, "threshold": setup.threshold, "top_k": cfg.top_k,
+            "tracking_uri": cfg.tracking_uri, "device": "cuda" if actors.num_gpus > 0 else "cpu",
+            "torch_threads": actors.torch_threads, "progress": progress,
+        },
+    )
+
+
+def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime, run_counts: Counter,
+             progress_snapshot: dict[str, Any] | None) -> dict[str, Any]:
+    """Reconcile the written output with what was read and write ``_manifest.json`` (last)."""
+    state = scan_output(layout)
+    remove_orphans(layout, state)
+    ledger = state.ledger
+    statuses = Counter(ledger.column("status").to_pylist())
+    doc_ids = ledger.column("doc_id").to_pylist()
+    duplicates = len(doc_ids) - len(set(doc_ids))
+    per_run: dict[str, Counter] = {}
+    for rid, status, n in zip(ledger.column("run_id").to_pylist(), ledger.column("status").to_pylist(),
+                              ledger.column("num_triplets").to_pylist()):
+        c = per_run.setdefault(rid, Counter())
+        c[f"docs_{status}"] += 1
+        c["triplets"] += n or 0
+    triplets_written = count_rows(layout, "triplets")
+    ledger_triplets = sum(n or 0 for n in ledger.column("num_triplets").to_pylist())
+    ended = _now()
+    docs_read = run_counts["extracted"] + run_counts["failed"] + run_counts["skipped"]
+    extracted, failed = statuses.get("extracted", 0), statuses.get("failed", 0)
+    processed = run_counts["extracted"] + run_counts["failed"]
+    seconds = (ended - started).total_seconds()
+    reconciled = docs_read == extracted + failed and triplets_written == ledger_triplets and duplicates == 0
+    cfg = setup.cfg
+    manifest = {
+        "status": "complete" if reconciled else "incomplete",
+        "reconciled": reconciled,
+        "run_id": run_id,
+        "started_at": started.isoformat(),
+        "ended_at": ended.isoformat(),
+        "duration_s": round(seconds, 3),
+        "input": cfg.input,
+        "input_format": setup.format,
+        "input_files": len(setup.files),
+        "output": cfg.output,
+        "model": cfg.model,
+        "labels": setup.labels,
+        "threshold": setup.threshold if setup.threshold is not None else setup.model_threshold,
+        "docs_read": docs_read,
+        "docs_extracted": extracted,
+        "docs_failed": failed,
+        "docs_skipped_resume": run_counts["skipped"],
+        "triplets_written": triplets_written,
+        "entities_written": count_rows(layout, "entities"),
+        "error_rows": count_rows(layout, "errors"),
+        "duplicate_doc_ids": duplicates,
+        "this_run": {"docs_extracted": run_counts["extracted"], "docs_failed": run_counts["failed"],
+                     "triplets_written": run_counts["triplets"], "parts_written": run_counts["parts"]},
+        "runs": {rid: dict(c) for rid, c in sorted(per_run.items())},
+        "throughput": {
+            "docs_per_second": processed / seconds if seconds > 0 else None,
+            "steady_docs_per_second": (progress_snapshot or {}).get("steady_docs_per_second"),
+            "steady_docs": (progress_snapshot or {}).get("steady_docs"),
+            "steady_seconds": (progress_snapshot or {}).get("steady_seconds"),
+        },
+        "config": cfg.model_dump(mode="json"),
+    }
+    if not reconciled:
+        logger.error(
+            "output does not reconcile: %d docs read, %d extracted + %d failed in the output, %d duplicate "
+            "doc ids, %d triplet rows vs %d in the ledger", docs_read, extracted, failed, duplicates,
+            triplets_written, ledger_triplets,
+        )
+    layout.write_json(layout.manifest_path, manifest)
+    return manifest
+
+
+def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
+    """Run the whole job; returns the manifest (also written to ``<output>/_manifest.json``).
+
+    Raises :class:`~glidre_core.extraction.errors.ExtractionError` subclasses for whole-run
+    failures; per-document failures end up in ``errors/`` and in the manifest counts.
+    """
+    from glidre_core.extraction.progress import ProgressLogger, ProgressTracker
+
+    started = _now()
+    run_id = new_run_id()
+    setup = _Setup(cfg)
+    layout = OutputLayout(setup.output)
+    settings = setup.run_settings()
+    state = prepare_output(layout, cfg, settings)
+    layout.write_json(layout.run_state_path, {**settings, "run_id": run_id, "started_at": started.isoformat(),
+                                              "input": cfg.input})
+    logger.info("extraction %s: %d %s files from %s -> %s (model %s, %d labels)", run_id, len(setup.files),
+                setup.format, cfg.input, cfg.output, cfg.model, len(setup.labels))
+    with ray_session(cfg):
+        tracker = ProgressTracker.remote()
+        ds = build_dataset(setup, state.done_ids, tracker)
+        sink = ExtractionSink(layout, run_id, cfg.model, cfg.docs_per_file)
+        with ProgressLogger(tracker, cfg.progress_interval_s) as progress:
+            ds.write_datasink(sink)
+        manifest = finalize(layout, setup, run_id, started, sink.totals, progress.last)
+    log_summary(manifest)
+    return manifest
+
+
+def log_summary(manifest: dict[str, Any]) -> None:
+    tp = manifest["throughput"]
+    steady = tp.get("steady_docs_per_second")
+    logger.info(
+        "extraction %s %s in %.1fs: %d docs read = %d extracted + %d failed (%d skipped as already done); "
+        "%d triplets, %d entities, %d error rows; %.2f docs/s%s -> %s",
+        manifest["run_id"], manifest["status"], manifest["duration_s"], manifest["docs_read"],
+        manifest["docs_extracted"], manifest["docs_failed"], manifest["docs_skipped_resume"],
+        manifest["triplets_written"], manifest["entities_written"], manifest["error_rows"],
+        tp["docs_per_second"] or 0.0, f" ({steady:.2f} steady)" if steady else "", manifest["output"],
+    )
+
+
+def summary_text(manifest: dict[str, Any]) -> str:
+    """A short human-readable summary (printed by the CLI and the job)."""
+    lines = [
+        f"run {manifest['run_id']}: {manifest['status']} in {manifest['duration_s']:.1f}s",
+        f"docs read       {manifest['docs_read']}",
+        f"docs extracted  {manifest['docs_extracted']}",
+        f"docs failed     {manifest['docs_failed']}  (see errors/)",
+        f"skipped (resume) {manifest['docs_skipped_resume']}",
+        f"triplets        {manifest['triplets_written']}",
+        f"output          {manifest['output']}",
+    ]
+    return "\n".join(lines)

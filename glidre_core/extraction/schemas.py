@@ -1,0 +1,91 @@
+"""Arrow schemas of every table the extraction pipeline passes between stages or writes.
+
+Explicit schemas (rather than inferring from Python rows) keep column types stable when a batch
+happens to hold only failures, only ``None`` types, or no triplets at all, so that the Parquet
+parts of one output always concatenate.
+
+Flow: ``RECORD`` (read) -> ``PREPARED`` (validate + tokenize, CPU tasks) -> ``RESULT`` (model
+actors; one row per document with nested triplets/entities) -> the sink explodes ``RESULT`` into
+``TRIPLETS``, ``ENTITIES``, ``ERRORS`` and the per-document ledger ``DOCUMENTS``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: One input record: where it came from and its raw bytes (a JSON object, hopefully).
+RECORD = pa.schema([
+    ("source", pa.string()),  # file path relative to the input root
+    ("line", pa.int64()),  # 1-based line (JSONL) or element index (JSON array); null for Parquet
+    ("raw", pa.binary()),
+])
+
+_STATUS_FIELDS = [
+    ("doc_id", pa.string()),
+    ("source", pa.string()),
+    ("line", pa.int64()),
+    ("status", pa.string()),  # see STATUS_* below
+    ("stage", pa.string()),
+    ("error_type", pa.string()),
+    ("field", pa.string()),
+    ("message", pa.string()),
+    ("num_entities", pa.int32()),
+]
+
+STATUS_OK = "ok"  # validated and tokenized, waiting for the model
+STATUS_SKIPPED = "skipped"  # already in the output (resume)
+STATUS_FAILED = "failed"
+STATUS_EXTRACTED = "extracted"
+
+PREPARED = pa.schema(_STATUS_FIELDS + [
+    ("document", pa.string()),  # validated Document as JSON
+    ("tokens", pa.string()),  # tokenization + mention word spans as JSON
+])
+
+TRIPLET_STRUCT = pa.struct([
+    ("head_id", pa.string()), ("head_text", pa.string()), ("head_type", pa.string()),
+    ("relation", pa.string()),
+    ("tail_id", pa.string()), ("tail_text", pa.string()), ("tail_type", pa.string()),
+    ("score", pa.float64()),
+])
+ENTITY_STRUCT = pa.struct([
+    ("entity_id", pa.string()), ("text", pa.string()), ("type", pa.string()), ("mention_count", pa.int32()),
+])
+
+RESULT = pa.schema(_STATUS_FIELDS + [
+    ("num_triplets", pa.int32()),
+    ("triplets", pa.list_(TRIPLET_STRUCT)),
+    ("entities", pa.list_(ENTITY_STRUCT)),
+])
+
+TRIPLETS = pa.schema([
+    ("doc_id", pa.string()),
+    *[(f.name, f.type) for f in TRIPLET_STRUCT],
+    ("model", pa.string()),
+    ("run_id", pa.string()),
+])
+ENTITIES = pa.schema([
+    ("doc_id", pa.string()),
+    *[(f.name, f.type) for f in ENTITY_STRUCT],
+    ("run_id", pa.string()),
+])
+ERRORS = pa.schema([
+    ("doc_id", pa.string()),
+    ("stage", pa.string()),  # read | validate | tokenize | extract
+    ("error_type", pa.string()),
+    ("field", pa.string()),
+    ("message", pa.string()),
+    ("source", pa.string()),
+    ("line", pa.int64()),
+    ("run_id", pa.string()),
+])
+#: The ledger: one row per input document that reached the output, written last per part.
+DOCUMENTS = pa.schema([
+    ("doc_id", pa.string()),
+    ("status", pa.string()),  # extracted | failed
+    ("num_entities", pa.int32()),
+    ("num_triplets", pa.int32()),
+    ("source", pa.string()),
+    ("line", pa.int64()),
+    ("run_id", pa.string()),
+])

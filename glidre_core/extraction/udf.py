@@ -1,0 +1,304 @@
+"""The two Ray Data transforms of the extraction pipeline.
+
+1. :func:`preprocess_batch` (stateless CPU tasks): raw record -> validated, tokenized document,
+   or a failure row. Tokenizing here keeps the model actors (possibly on GPUs) busy with forward
+   passes only.
+2. :class:`Extractor` (actor pool): loads the model and embeds the label set ONCE in
+   ``__init__``, then turns each batch of prepared documents into one result row per document
+   (nested triplets and entities), or a failure row.
+
+Error flow: nothing raised by a single document escapes either stage. A record that is not
+UTF-8 or not JSON, a document that fails validation, has too many entities or too long a text,
+and a document whose forward pass or decoding fails, each becomes a row with ``status="failed"``
+and ``stage`` / ``error_type`` / ``field`` / ``message`` (the message names the document and the
+field), and travels on to the sink, which writes it to ``errors/``. Rows already present in the
+output of an earlier run (resume) become ``status="skipped"`` and are only counted. So every
+input record leaves the pipeline as exactly one row, which is what makes
+``docs_read == docs_extracted + docs_failed`` checkable at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import pyarrow as pa
+
+from glidre_core.documents import Document, DocumentError, parse_document
+from glidre_core.extraction.schemas import (
+    PREPARED, RESULT, STATUS_EXTRACTED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED,
+)
+from glidre_core.extraction.source import fallback_id
+
+logger = logging.getLogger(__name__)
+
+
+# -- stage 1: validate and tokenize ---------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What the CPU tasks need to tokenize exactly as the model would, without the model."""
+
+    name: str | None  # the model's document encoder name (None = random test encoder)
+    max_length: int
+    overlap: int
+
+    @classmethod
+    def from_model(cls, model: Any) -> "TokenizerSpec":
+        return cls(model.config.encoder, model.encoder.max_length, model.encoder.overlap)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(name: str | None):
+    """Per-process cache: Ray reuses task worker processes, so a tokenizer is loaded once per
+    worker rather than once per batch (loading one takes longer than tokenizing a batch)."""
+    from glidre_core.pretrained import load_tokenizer
+
+    tok = load_tokenizer(name)
+    # Documents are windowed, never truncated: silence the "longer than the maximum" warning
+    # that this cached copy would otherwise print for every long document.
+    tok.model_max_length = 1 << 30
+    return tok
+
+
+def prepare_document(doc: Document, spec: TokenizerSpec, tokenizer: Any = None):
+    """``GLiDRE.prepare`` for inference, without loading the model (same library function)."""
+    from glidre_core.modeling.glidre import prepare_document as _prepare
+
+    return _prepare(doc, tokenizer or _tokenizer(spec.name), spec.max_length, spec.overlap)
+
+
+def encode_prepared(prepared) -> str:
+    t = prepared.tokens
+    return json.dumps({
+        "ids": t.token_ids, "first": t.word_first_token, "end": t.word_token_end,
+        "windows": [[w.tok_start, w.tok_end, w.own_start, w.own_end] for w in t.windows],
+        "spans": prepared.mention_spans,
+    }, separators=(",", ":"))
+
+
+def decode_prepared(document_json: str, tokens_json: str):
+    from glidre_core.modeling.glidre import PreparedDocument
+    from glidre_core.modeling.windows import TokenizedDocument, Window
+
+    doc = Document.model_validate_json(document_json)
+    t = json.loads(tokens_json)
+    tokens = TokenizedDocument(t["ids"], t["first"], t["end"], [Window(*w) for w in t["windows"]])
+    spans = [[tuple(s) for s in ent] for ent in t["spans"]]
+    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], [])
+
+
+def _failure(doc_id: str | None, source: str, line: int | None, stage: str, error_type: str,
+             field: str | None, message: str, **extra: Any) -> dict[str, Any]:
+    return {"doc_id": doc_id, "source": source, "line": line, "status": STATUS_FAILED, "stage": stage,
+            "error_type": error_type, "field": field, "message": message, **extra}
+
+
+def preprocess_record(
+    source: str, line: int | None, raw: bytes, spec: TokenizerSpec, *,
+    max_entities: int, max_text_chars: int, done_ids: Collection[str] = (), tokenizer: Any = None,
+) -> dict[str, Any]:
+    """One raw record -> one :data:`PREPARED` row (ok, failed or skipped). Never raises."""
+    fid = fallback_id(source, line, raw)
+    where = f"{source}:{line}" if line is not None else source
+    if fid in done_ids:
+        return {"doc_id": fid, "source": source, "line": line, "status": STATUS_SKIPPED}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _failure(fid, source, line, "read", "invalid_encoding", "<line>",
+                        f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _failure(fid, source, line, "read", "invalid_json", "<line>",
+                        f"{where}: not valid JSON: {exc.msg} (column {exc.colno})")
+    doc_id = fid
+    try:
+        if not isinstance(obj, dict):
+            raise DocumentError(fid, "<root>", f"expected a JSON object, got {type(obj).__name__}")
+        if obj.get("doc_id") is not None:
+            doc_id = str(obj["doc_id"])
+            if doc_id in done_ids:
+                return {"doc_id": doc_id, "source": source, "line": line, "status": STATUS_SKIPPED}
+        if isinstance(obj.get("entities"), str):  # Parquet tables may store entities as JSON text
+            try:
+                obj["entities"] = json.loads(obj["entities"])
+            except json.JSONDecodeError as exc:
+                raise DocumentError(doc_id, "entities", f"not valid JSON: {exc.msg}") from None
+        text_value = obj.get("text")
+        if isinstance(text_value, str) and len(text_value) > max_text_chars:
+            return _failure(doc_id, source, line, "validate", "text_too_long", "text",
+                            f"document {doc_id!r}: field 'text': {len(text_value)} characters exceed "
+                            f"max_text_chars={max_text_chars}")
+        ents = obj.get("entities")
+        if isinstance(ents, list) and len(ents) > max_entities:
+            return _failure(doc_id, source, line, "validate", "too_many_entities", "entities",
+                            f"document {doc_id!r}: field 'entities': {len(ents)} entities exceed "
+                            f"max_entities={max_entities}")
+        doc = parse_document(obj, fid)
+        doc_id = doc.doc_id
+    except DocumentError as exc:
+        return _failure(exc.doc_id or doc_id, source, line, "validate", "invalid_document", exc.field, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one document must never fail the block
+        return _failure(doc_id, source, line, "validate", type(exc).__name__, None,
+                        f"document {doc_id!r}: {exc}")
+    try:
+        prepared = prepare_document(doc, spec, tokenizer)
+    except DocumentError as exc:
+        return _failure(doc_id, source, line, "tokenize", "invalid_document", exc.field, str(exc))
+    except Exception as exc:  # noqa: BLE001
+        return _failure(doc_id, source, line, "tokenize", type(exc).__name__, None, f"document {doc_id!r}: {exc}")
+    return {
+        "doc_id": doc_id, "source": source, "line": line, "status": STATUS_OK,
+        "num_entities": len(doc.entities),
+        "document": doc.model_dump_json(exclude={"relations"}),
+        "tokens": encode_prepared(prepared),
+    }
+
+
+def preprocess_batch(
+    batch: pa.Table, *, spec: TokenizerSpec, max_entities: int, max_text_chars: int,
+    done_ids: Collection[str] = frozenset(),
+) -> pa.Table:
+    """Ray Data ``map_batches`` function: :data:`RECORD` batch -> :data:`PREPARED` batch."""
+    rows = [
+        preprocess_record(s, ln, r, spec, max_entities=max_entities, max_text_chars=max_text_chars,
+                          done_ids=done_ids)
+        for s, ln, r in zip(batch.column("source").to_pylist(), batch.column("line").to_pylist(),
+                            batch.column("raw").to_pylist())
+    ]
+    return pa.Table.from_pylist(rows, schema=PREPARED)
+
+
+# -- stage 2: the model -------------------------------------------------------------------------
+def load_model_ref(ref: str, tracking_uri: str | None = None, device: str = "cpu"):
+    """``glidre_core.model_loading.load_model``, passing ``tracking_uri`` where it is accepted."""
+    import inspect
+
+    from glidre_core.model_loading import load_model
+
+    params = inspect.signature(load_model).parameters
+    kwargs: dict[str, Any] = {}
+    if "device" in params:
+        kwargs["device"] = device
+    if tracking_uri is not None:
+        if "tracking_uri" in params:
+            kwargs["tracking_uri"] = tracking_uri
+        else:
+            logger.warning("this glidre_core.model_loading.load_model takes no tracking_uri; ignoring %s", tracking_uri)
+    model = load_model(ref, **kwargs)
+    return model.to(device) if "device" not in params else model
+
+
+class Extractor:
+    """Ray Data actor: the model and the label embeddings are loaded once, in ``__init__``.
+
+    ``__call__`` takes a :data:`PREPARED` batch and returns a :data:`RESULT` batch with exactly one
+    row per input row. The batch is scored in one forward pass; if that fails (a pathological
+    document, out of GPU memory, ...) each document is retried alone, so only the documents that
+    fail on their own become failure rows.
+    """
+
+    def __init__(
+        self, *, model_ref: str, labels: list[str], threshold: float | dict[str, float] | None,
+        top_k: int | None = None, tracking_uri: str | None = None, device: str = "cpu",
+        torch_threads: int | None = None, progress: Any = None,
+    ):
+        import torch
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("num_gpus > 0 was requested but this actor sees no CUDA device")
+        t0 = time.perf_counter()
+        self.model = load_model_ref(model_ref, tracking_uri, device)
+        self.model.eval()
+        with torch.inference_mode():
+            self.label_emb = self.model.encode_labels(labels)
+        self.thresholds = self.model._threshold_vector(self.label_emb, threshold)
+        self.top_k = top_k
+        self.progress = progress
+        self.actor_id = f"{id(self):x}"
+        logger.info("extractor ready in %.1fs (model %s, %d labels, device %s, %d threads)",
+                    time.perf_counter() - t0, model_ref, len(labels), device, torch.get_num_threads())
+
+    def _score(self, prepared: list) -> list[Any]:
+        """Scores per document, or the exception that document raised when scored alone."""
+        import torch
+
+        with torch.inference_mode():
+            try:
+                return list(self.model.score_documents(prepared, self.label_emb))
+            except Exception:  # noqa: BLE001 - isolate the failing document(s)
+                if len(prepared) == 1:
+                    raise
+            out: list[Any] = []
+            for p in prepared:
+                try:
+                    out.append(self.model.score_documents([p], self.label_emb)[0])
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        todo: list[tuple[int, Any]] = []
+        for i, r in enumerate(rows):
+            base = {k: r.get(k) for k in ("doc_id", "source", "line", "status", "stage", "error_type",
+                                           "field", "message", "num_entities")}
+            if r["status"] != STATUS_OK:
+                out[i] = base
+                continue
+            try:
+                todo.append((i, decode_prepared(r["document"], r["tokens"])))
+            except Exception as exc:  # noqa: BLE001
+                out[i] = _failure(r["doc_id"], r["source"], r["line"], "extract", type(exc).__name__, None,
+                                  f"document {r['doc_id']!r}: cannot rebuild the prepared document: {exc}")
+        if todo:
+            try:
+                scores = self._score([p for _, p in todo])
+            except Exception as exc:  # noqa: BLE001 - a single document failed alone
+                scores = [exc]
+            for (i, p), sc in zip(todo, scores):
+                out[i] = self._result(rows[i], p, sc)
+        self._report(out)
+        return pa.Table.from_pylist(out, schema=RESULT)
+
+    def _result(self, row: dict[str, Any], prepared: Any, scores: Any) -> dict[str, Any]:
+        doc = prepared.doc
+        if isinstance(scores, Exception):
+            return _failure(doc.doc_id, row["source"], row["line"], "extract", type(scores).__name__, None,
+                            f"document {doc.doc_id!r}: model forward failed: {scores}",
+                            num_entities=len(doc.entities))
+        try:
+            triplets = self.model.decode(prepared, scores, self.label_emb, self.thresholds, self.top_k)
+            entities = [
+                {"entity_id": e.id, "text": doc.entity_text(e), "type": e.type, "mention_count": len(e.mentions)}
+                for e in doc.entities
+            ]
+        except Exception as exc:  # noqa: BLE001
+            return _failure(doc.doc_id, row["source"], row["line"], "extract", type(exc).__name__, None,
+                            f"document {doc.doc_id!r}: decoding failed: {exc}", num_entities=len(doc.entities))
+        return {
+            "doc_id": doc.doc_id, "source": row["source"], "line": row["line"], "status": STATUS_EXTRACTED,
+            "num_entities": len(doc.entities), "num_triplets": len(triplets),
+            "triplets": triplets, "entities": entities,
+        }
+
+    def _report(self, out: list[dict[str, Any] | None]) -> None:
+        if self.progress is None:
+            return
+        counts = {STATUS_EXTRACTED: 0, STATUS_FAILED: 0, STATUS_SKIPPED: 0, "triplets": 0}
+        for r in out:
+            counts[r["status"]] += 1
+            counts["triplets"] += r.get("num_triplets") or 0
+        try:
+            self.progress.add.remote(self.actor_id, counts)
+        except Exception:  # noqa: BLE001 - progress is best effort, never fatal
+            logger.debug("progress report failed", exc_info=True)

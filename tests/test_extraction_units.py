@@ -1,0 +1,297 @@
+"""Extraction building blocks without a Ray cluster: config, labels, storage, reading, the two UDF
+stages (with a real tiny model), the sink's table split and the output commit / resume rules."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from extraction_support import LABELS, REPO, sample_records, save_tiny_model, write_jsonl
+from glidre_core.documents import parse_document
+from glidre_core.extraction.config import StorageConfig, cli_values, load_extract_config
+from glidre_core.extraction.errors import InputError, LabelError, OutputError
+from glidre_core.extraction.labels import resolve_labels, threshold_spec
+from glidre_core.extraction.output import ExtractionSink, OutputLayout, scan_output, split_results
+from glidre_core.extraction.pipeline import prepare_output
+from glidre_core.extraction.schemas import PREPARED, RECORD, RESULT
+from glidre_core.extraction.source import (
+    JsonLinesDatasource, discover_inputs, iter_lines, parquet_to_records,
+)
+from glidre_core.extraction.storage import Location, Storage
+from glidre_core.extraction.udf import (
+    Extractor, TokenizerSpec, decode_prepared, prepare_document, preprocess_batch, preprocess_record,
+)
+from glidre_core.model_loading import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model(str(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def spec(tiny) -> TokenizerSpec:
+    return TokenizerSpec.from_model(tiny)
+
+
+def local(path) -> Location:
+    return Storage(StorageConfig()).location(str(path))
+
+
+# -- config -------------------------------------------------------------------------------------
+def test_config_yaml_overrides_and_cli_values(tmp_path):
+    cfg = load_extract_config(REPO / "configs" / "extract.yaml")
+    assert cfg.labels == "redocred" and cfg.actors.num_gpus == 0 and cfg.model == "default"
+    cfg = load_extract_config(
+        REPO / "configs" / "extract.yaml",
+        ["actors.num_cpus=0.5", "thresholds={country: 0.7}"],
+        cli_values(input="s3://b/in", output="s3://b/out", num_actors=3, batch_size=2, num_gpus_per_actor=0.5,
+                   resume=True),
+    )
+    assert (cfg.input, cfg.output, cfg.batch_size) == ("s3://b/in", "s3://b/out", 2)
+    assert (cfg.actors.min_size, cfg.actors.max_size, cfg.actors.num_gpus, cfg.actors.num_cpus) == (3, 3, 0.5, 0.5)
+    assert cfg.thresholds == {"country": 0.7} and cfg.resume and not cfg.overwrite
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        load_extract_config(None, values={"input": "a", "output": "b", "resume": True, "overwrite": True})
+    with pytest.raises(ValueError, match="min_size"):
+        load_extract_config(None, values={"input": "a", "output": "b", "actors.min_size": 3, "actors.max_size": 2})
+    with pytest.raises(ValueError, match="extra"):
+        load_extract_config(None, ["nonsense=1"], {"input": "a", "output": "b"})
+
+
+# -- labels -------------------------------------------------------------------------------------
+def test_labels_named_set_file_and_thresholds(tmp_path):
+    rel_info = json.loads((REPO / "glidre_core" / "resources" / "rel_info.json").read_text())
+    assert resolve_labels("redocred") == list(rel_info.values()) and len(rel_info) == 96
+    f = tmp_path / "labels.txt"
+    f.write_text("# comment\ncountry\n\n  born in \nmember of\n")
+    assert resolve_labels(str(f)) == LABELS
+    assert resolve_labels(None, ["a", "b"]) == ["a", "b"]
+    with pytest.raises(LabelError, match="no relation labels"):
+        resolve_labels(None, [])
+    with pytest.raises(LabelError, match="no such file"):
+        resolve_labels(str(tmp_path / "missing.txt"))
+    f.write_text("Country\ncountry\n")
+    with pytest.raises(LabelError, match="duplicate"):
+        resolve_labels(str(f), normalize=str.lower)
+    assert threshold_spec(LABELS, 0.3, {}) == 0.3
+    assert threshold_spec(LABELS, None, {"country": 0.9}) == {"country": 0.9}
+    assert threshold_spec(LABELS, 0.2, {"country": 0.9}) == {"country": 0.9, "born in": 0.2, "member of": 0.2}
+    with pytest.raises(LabelError, match="not in the label set"):
+        threshold_spec(LABELS, None, {"capital": 0.5})
+
+
+# -- storage and reading ------------------------------------------------------------------------
+def test_storage_locations(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    storage = Storage(StorageConfig())
+    loc = storage.location("s3://bucket/some/prefix/")
+    assert loc.is_s3 and loc.path == "bucket/some/prefix" and loc.bucket == "bucket"
+    assert isinstance(loc.fs, pafs.S3FileSystem)
+    assert storage.location("s3://other/x").fs is loc.fs  # one filesystem per run
+    assert storage.location(str(tmp_path)).path == str(tmp_path)
+    assert storage.location(f"file://{tmp_path}").path == str(tmp_path)
+    with pytest.raises(InputError, match="unsupported URI scheme"):
+        storage.location("gs://bucket/x")
+
+
+def test_discover_inputs(tmp_path):
+    with pytest.raises(InputError, match="no JSON Lines or Parquet input files"):
+        discover_inputs(local(tmp_path))
+    with pytest.raises(InputError, match="no JSON Lines or Parquet"):
+        discover_inputs(local(tmp_path / "missing"))
+    write_jsonl(tmp_path / "a.jsonl", [{"x": 1}])
+    (tmp_path / "sub").mkdir()
+    with gzip.open(tmp_path / "sub" / "b.jsonl.gz", "wt") as f:
+        f.write("{}\n")
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    files, fmt = discover_inputs(local(tmp_path))
+    assert fmt == "jsonl" and [Path(p).name for p in files] == ["a.jsonl", "b.jsonl.gz"]
+    pq.write_table(pa.table({"doc_id": ["1"]}), tmp_path / "c.parquet")
+    with pytest.raises(InputError, match="mixes"):
+        discover_inputs(local(tmp_path))
+    assert discover_inputs(local(tmp_path), "parquet")[1] == "parquet"
+
+
+def test_line_splitting_and_datasource_blocks(tmp_path):
+    chunks = [b'{"a": 1}\r\n\n{"b"', b': 2}\n   \n', b'{"c": 3}']
+    assert list(iter_lines(chunks)) == [(1, b'{"a": 1}'), (3, b'{"b": 2}'), (5, b'{"c": 3}')]
+    path = tmp_path / "in" / "docs.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps([{"doc_id": "a"}, {"doc_id": "b"}]))  # DocRED-style JSON array
+    src = JsonLinesDatasource([str(path)], root=str(path.parent), lines_per_block=1)
+    with open(path, "rb") as f:
+        blocks = list(src._read_stream(pa.input_stream(f), str(path)))
+    assert [b.num_rows for b in blocks] == [1, 1]
+    rows = pa.concat_tables(blocks).to_pylist()
+    assert [(r["source"], r["line"], json.loads(r["raw"])["doc_id"]) for r in rows] == [
+        ("docs.json", 0, "a"), ("docs.json", 1, "b")]
+    parquet_batch = pa.table({"doc_id": ["p1"], "text": ["t"], "path": [str(tmp_path / "in" / "x.parquet")]})
+    rec = parquet_to_records(parquet_batch, str(tmp_path)).to_pylist()[0]
+    assert rec["source"] == "in/x.parquet" and rec["line"] is None and json.loads(rec["raw"])["doc_id"] == "p1"
+
+
+# -- stage 1: validate + tokenize -----------------------------------------------------------------
+def test_prepare_document_matches_the_model(tiny, spec):
+    for raw in sample_records(3):
+        doc = parse_document(raw)
+        ours, theirs = prepare_document(doc, spec), tiny.prepare(doc)
+        assert ours.tokens == theirs.tokens and ours.mention_spans == theirs.mention_spans
+        assert ours.entity_ids == theirs.entity_ids
+        row = preprocess_record("f", 1, json.dumps(raw).encode(), spec, max_entities=100, max_text_chars=10**6)
+        back = decode_prepared(row["document"], row["tokens"])
+        assert back.tokens == theirs.tokens and back.mention_spans == theirs.mention_spans
+
+
+BROKEN = {
+    # line content -> (doc_id, stage, error_type, field)
+    b'{"doc_id": "cut", "text": ': ("f.jsonl:1", "read", "invalid_json", "<line>"),
+    b'\xff\xfe{"doc_id": "latin"}': ("f.jsonl:2", "read", "invalid_encoding", "<line>"),
+    b'{"doc_id": "no-text", "entities": []}': ("no-text", "validate", "invalid_document", "text"),
+    b'{"doc_id": "num-text", "text": 5}': ("num-text", "validate", "invalid_document", "text"),
+    b'[1, 2]': ("f.jsonl:5", "validate", "invalid_document", "<root>"),
+    b'{"doc_id": "offsets", "text": "Paris is nice", "entities": [{"id": "p", "mentions": [{"start": 0, "end": 50}]}]}':
+        ("offsets", "validate", "invalid_document", "entities[0].mentions[0]"),
+    b'{"doc_id": "dup", "text": "a b", "entities": [{"id": "x", "mentions": [{"start": 0, "end": 1}]}, '
+    b'{"id": "x", "mentions": [{"start": 2, "end": 3}]}]}': ("dup", "validate", "invalid_document", "entities[1].id"),
+    b'{"doc_id": "many", "text": "a b c", "entities": [{"id": "1", "mentions": [{"start": 0, "end": 1}]}, '
+    b'{"id": "2", "mentions": [{"start": 2, "end": 3}]}, {"id": "3", "mentions": [{"start": 4, "end": 5}]}]}':
+        ("many", "validate", "too_many_entities", "entities"),
+    b'{"doc_id": "long", "text": "' + b"x " * 60 + b'"}': ("long", "validate", "text_too_long", "text"),
+    b'{"doc_id": "blank-mention", "text": "a  b", "entities": [{"id": "1", "mentions": [{"start": 1, "end": 3}]}]}':
+        ("blank-mention", "validate", "invalid_document", "entities[0].mentions[0]"),
+}
+
+
+def test_preprocess_turns_every_bad_record_into_an_error_row(spec):
+    good_line = b'{"text": "Ada met Bob .", "entities": [{"id": "a", "mentions": [{"start": 0, "end": 3}]}, ' \
+        b'{"id": "b", "mentions": [{"start": 8, "end": 11}]}]}'
+    lines = [*BROKEN, good_line]
+    batch = pa.table({"source": ["f.jsonl"] * len(lines), "line": list(range(1, len(lines) + 1)), "raw": lines},
+                     schema=RECORD)
+    out = preprocess_batch(batch, spec=spec, max_entities=2, max_text_chars=100).to_pylist()
+    assert len(out) == len(lines)
+    for row, (doc_id, stage, etype, field) in zip(out, BROKEN.values()):
+        assert row["status"] == "failed", row
+        assert (row["doc_id"], row["stage"], row["error_type"], row["field"]) == (doc_id, stage, etype, field), row
+        assert row["message"] and (field in row["message"] or stage == "read")
+    good = out[-1]
+    assert good["status"] == "ok" and good["doc_id"] == f"f.jsonl:{len(lines)}" and good["num_entities"] == 2
+    # resume: ids already in the output are skipped before any parsing, fallback ids included
+    done = frozenset({"no-text", "f.jsonl:1"})
+    skipped = preprocess_batch(batch, spec=spec, max_entities=2, max_text_chars=100, done_ids=done).to_pylist()
+    assert [r["doc_id"] for r in skipped if r["status"] == "skipped"] == ["f.jsonl:1", "no-text"]
+
+
+# -- stage 2: the model actor, called in-process ------------------------------------------------------
+def test_extractor_rows_and_per_document_isolation(tiny_dir, spec):
+    records = sample_records(3)
+    rows = [preprocess_record("s.jsonl", i + 1, json.dumps(r).encode(), spec, max_entities=100,
+                              max_text_chars=10**6) for i, r in enumerate(records)]
+    poisoned = dict(rows[1])
+    tokens = json.loads(poisoned["tokens"])
+    tokens["ids"][0] = 10**7  # out of the vocabulary: this document's forward pass fails
+    poisoned["tokens"] = json.dumps(tokens)
+    failed_before = {**rows[0], "doc_id": "early", "status": "failed", "stage": "validate",
+                     "error_type": "invalid_json", "field": "<line>", "message": "m", "document": None,
+                     "tokens": None}
+    batch = pa.Table.from_pylist([rows[0], poisoned, rows[2], failed_before], schema=PREPARED)
+    ex = Extractor(model_ref=str(tiny_dir), labels=LABELS, threshold=0.001, top_k=1)
+    out = ex(batch)
+    assert out.schema == RESULT
+    res = out.to_pylist()
+    assert [r["status"] for r in res] == ["extracted", "failed", "extracted", "failed"]
+    assert res[1]["stage"] == "extract" and records[1]["doc_id"] in res[1]["message"]
+    assert res[3]["doc_id"] == "early" and res[3]["error_type"] == "invalid_json"
+    for r, rec in ((res[0], records[0]), (res[2], records[2])):
+        n = len(rec["entities"])
+        assert r["num_triplets"] == len(r["triplets"]) == n * (n - 1)
+        assert {(t["head_id"], t["tail_id"]) for t in r["triplets"]} == {
+            (a["id"], b["id"]) for a in rec["entities"] for b in rec["entities"] if a["id"] != b["id"]}
+        assert all(t["relation"] in LABELS and 0 < t["score"] < 1 for t in r["triplets"])
+        assert [e["entity_id"] for e in r["entities"]] == [e["id"] for e in rec["entities"]]
+        assert [e["mention_count"] for e in r["entities"]] == [len(e["mentions"]) for e in rec["entities"]]
+    # the sink's split of these rows into the four tables
+    tables = split_results(out, "tiny", "run1")
+    assert tables["triplets"].num_rows == res[0]["num_triplets"] + res[2]["num_triplets"]
+    assert set(tables["triplets"].column("doc_id").to_pylist()) == {records[0]["doc_id"], records[2]["doc_id"]}
+    assert set(tables["triplets"].column("model").to_pylist()) == {"tiny"}
+    assert tables["errors"].column("doc_id").to_pylist() == [records[1]["doc_id"], "early"]
+    assert tables["documents"].column("status").to_pylist() == ["extracted", "failed", "extracted", "failed"]
+    assert tables["entities"].num_rows == len(records[0]["entities"]) + len(records[2]["entities"])
+
+
+# -- output: commit protocol, refuse / overwrite / resume -------------------------------------------------
+def _write_part(layout: OutputLayout, rows: list[dict], task_idx: int = 0) -> None:
+    sink = ExtractionSink(layout, "run1", "tiny", docs_per_file=2)
+    sink.write([pa.Table.from_pylist(rows, schema=RESULT)], SimpleNamespace(task_idx=task_idx))
+
+
+def _doc(doc_id: str, status: str = "extracted") -> dict:
+    trip = [{"head_id": "a", "head_text": "A", "head_type": None, "relation": "r", "tail_id": "b", "tail_text": "B",
+             "tail_type": None, "score": 0.9}]
+    return {"doc_id": doc_id, "source": "s", "line": 1, "status": status, "num_entities": 2,
+            "num_triplets": 1 if status == "extracted" else 0, "triplets": trip if status == "extracted" else None,
+            "entities": [], "stage": None if status == "extracted" else "validate"}
+
+
+def test_sink_parts_commit_and_orphans_are_removed(tmp_path):
+    layout = OutputLayout(local(tmp_path / "out"))
+    layout.make_dirs()
+    _write_part(layout, [_doc("d1"), _doc("d2"), _doc("d3", "failed"), _doc("skip", "skipped")])
+    state = scan_output(layout)
+    assert len(state.committed) == 2 and sorted(state.done_ids) == ["d1", "d2", "d3"] and not state.orphans
+    # Retrying the same write task rewrites the same part names: still two parts, no duplicates.
+    _write_part(layout, [_doc("d1"), _doc("d2"), _doc("d3", "failed"), _doc("skip", "skipped")])
+    files = {d: len(list((tmp_path / "out" / d).iterdir())) for d in ("triplets", "errors", "documents")}
+    assert files == {"triplets": 1, "errors": 1, "documents": 2}
+    # A crash after the data files but before the ledger leaves orphans; a torn ledger is not a commit.
+    _write_part(layout, [_doc("d4")], task_idx=1)
+    ledger = next(p for p in (tmp_path / "out" / "documents").iterdir() if "-00001-" in p.name)
+    ledger.write_bytes(ledger.read_bytes()[:20])
+    state = scan_output(layout)
+    assert "d4" not in state.done_ids and len(state.orphans) == 2
+    cfg = load_extract_config(None, values={"input": "x", "output": str(tmp_path / "out"), "resume": True})
+    settings = {"model": "tiny", "labels": LABELS, "threshold": None, "top_k": None, "max_entities": 128,
+                "max_text_chars": 200000}
+    state = prepare_output(layout, cfg, settings)
+    assert sorted(state.done_ids) == ["d1", "d2", "d3"]
+    assert not any("-00001-" in p.name for p in (tmp_path / "out").rglob("*.parquet"))
+
+
+def test_prepare_output_refuses_overwrites_and_checks_resume_settings(tmp_path):
+    out = tmp_path / "out"
+    layout = OutputLayout(local(out))
+    settings = {"model": "tiny", "labels": LABELS, "threshold": None, "top_k": None, "max_entities": 128,
+                "max_text_chars": 200000}
+    values = {"input": "x", "output": str(out)}
+    assert prepare_output(layout, load_extract_config(None, values=values), settings).ledger.num_rows == 0
+    layout.make_dirs()
+    _write_part(layout, [_doc("d1")])
+    layout.write_json(layout.run_state_path, settings)
+    with pytest.raises(OutputError, match="already exists.*--resume.*--overwrite"):
+        prepare_output(layout, load_extract_config(None, values=values), settings)
+    with pytest.raises(OutputError, match="labels"):
+        prepare_output(layout, load_extract_config(None, values={**values, "resume": True}),
+                       {**settings, "labels": ["other"]})
+    prepare_output(layout, load_extract_config(None, values={**values, "overwrite": True}), settings)
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_config_file_is_valid_yaml_for_the_job():
+    data = yaml.safe_load((REPO / "configs" / "extract.yaml").read_text())
+    assert data["input"] == "data/sample/docs.jsonl" and (REPO / data["input"]).exists()
