@@ -30,14 +30,22 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value")
-def train(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Train a model locally from a YAML config (best dev checkpoint kept)."""
-    from glidre_core.training import Trainer, load_training_config
+@click.option("--ray", "use_ray", is_flag=True, help="run on Ray Train even when scaling.num_workers is 0 (1 worker)")
+@click.option("--run-name", default=None, help="Ray Train / MLflow run name (same name = resume); default storage.run_name")
+def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name: str | None) -> None:
+    """Train a model from a YAML config (best dev checkpoint kept).
+
+    In-process when scaling.num_workers is 0; on Ray Train workers (checkpoints, resume,
+    retries) when it is 1 or more or with --ray. MLflow tracking when the config has an
+    'mlflow' section."""
+    from glidre_core.ray_train import train as run_training
+    from glidre_core.training import load_training_config
 
     cfg = load_training_config(config_path, list(overrides))
-    result = Trainer(cfg).train()
-    click.echo(json.dumps({"best_dir": str(result.best_dir), "dev_f1": result.best_f1,
-                           "threshold": result.best_threshold}, indent=2))
+    if use_ray and cfg.scaling.num_workers == 0:
+        cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"num_workers": 1})})
+    result = run_training(cfg, run_name=run_name)
+    click.echo(json.dumps(result.summary(), indent=2, default=str))
 
 
 @main.command()
@@ -68,6 +76,36 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         click.echo(f"wrote {output_json}")
 
 
+@main.command()
+@click.option("--input", "input_uri", default=None, help="JSON Lines / Parquet file, directory or s3:// prefix")
+@click.option("--output", "output_uri", default=None, help="output directory or s3:// prefix")
+@click.option("--model", "model_ref", default=None, help="directory, 'default' or models:/NAME@ALIAS")
+@click.option("--labels", default=None, help="labels file (one per line) or a named set, e.g. 'redocred'")
+@click.option("--num-actors", type=int, default=None, help="model actors (min = max = N)")
+@click.option("--batch-size", type=int, default=None, help="documents per forward pass")
+@click.option("--num-gpus-per-actor", type=float, default=None, help="GPUs per actor (0 = CPU)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run, skipping documents already written")
+@click.option("--overwrite", is_flag=True, help="replace an existing output")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value")
+def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, num_gpus_per_actor, resume,
+            overwrite, config_path, overrides) -> None:
+    """Extract relations from a corpus with Ray Data (starts a local Ray if none is running)."""
+    from glidre_core.extraction import ExtractionError, cli_values, load_extract_config, run_extraction, summary_text
+
+    values = cli_values(input=input_uri, output=output_uri, model=model_ref, labels=labels, num_actors=num_actors,
+                        batch_size=batch_size, num_gpus_per_actor=num_gpus_per_actor, resume=resume,
+                        overwrite=overwrite)
+    try:
+        cfg = load_extract_config(config_path, list(overrides), values)
+        manifest = run_extraction(cfg)
+    except (ExtractionError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary_text(manifest))
+    if not manifest["reconciled"]:
+        raise click.ClickException("the output does not reconcile with the input (see the log and _manifest.json)")
+
+
 def format_metrics(result: dict) -> str:
     lines = [
         f"docs {result['docs']}  ({result['docs_per_second']:.2f} docs/s)  threshold {result['threshold']:.3f}",
@@ -81,6 +119,149 @@ def format_metrics(result: dict) -> str:
             lines.append(f"{key:12s} {100*r['precision']:7.2f} {100*r['recall']:7.2f} {100*r['f1']:7.2f}")
     return "\n".join(lines)
 
+
+# -- model registry ------------------------------------------------------------------------------
+@main.command()
+@click.option("--name", required=True, help="registered model name")
+@click.option("--version", "version", required=True, help="candidate version")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--metric", default="f1", show_default=True, help="recorded evaluation metric (higher is better)")
+@click.option("--min-delta", type=float, default=0.0, show_default=True, help="required improvement over the holder")
+@click.option("--force", is_flag=True, help="promote even if the metric gate fails (needs --reason)")
+@click.option("--reason", default=None, help="why (recorded on the version; required with --force)")
+@click.option("--dry-run", is_flag=True, help="compare and explain, change nothing")
+@click.option("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+def promote(name, version, alias, metric, min_delta, force, reason, dry_run, tracking_uri) -> None:
+    """Move ALIAS to VERSION if its recorded evaluation beats the current holder's on the same data."""
+    from glidre_core.promotion import PromotionError, promote as do_promote
+
+    try:
+        decision = do_promote(name, version, alias=alias, metric=metric, min_delta=min_delta, force=force,
+                              reason=reason, dry_run=dry_run, tracking_uri=tracking_uri)
+    except PromotionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(decision.report())
+    if not decision.promote:
+        sys.exit(1)
+
+
+# -- clusters and jobs ---------------------------------------------------------------------------
+@main.group()
+def cluster() -> None:
+    """Ray cluster launcher (ray up/down/exec/dashboard) on a cluster YAML (cluster/*.yaml)."""
+
+
+def _cluster_action(action: str, config_path: str, dry_run: bool, **kw) -> None:
+    from glidre_core.cluster import launcher_command, validate_launcher_config
+
+    try:
+        validate_launcher_config(config_path)
+    except Exception as exc:  # noqa: BLE001 - Ray raises jsonschema / ValueError / KeyError
+        raise click.ClickException(f"{config_path}: invalid cluster config: {exc}") from exc
+    cmd = launcher_command(action, config_path, **kw)
+    click.echo(("DRY RUN: " if dry_run else "") + cmd.shell())
+    rc = cmd.run(dry_run)
+    if rc:
+        sys.exit(rc)
+
+
+_cluster_config = click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+_dry_run = click.option("--dry-run", is_flag=True, help="print the command, run nothing")
+
+
+@cluster.command("up")
+@_cluster_config
+@_dry_run
+@click.option("--no-config-cache", is_flag=True)
+def cluster_up(config_path, dry_run, no_config_cache) -> None:
+    """Start or update the cluster."""
+    _cluster_action("up", config_path, dry_run, no_config_cache=no_config_cache)
+
+
+@cluster.command("down")
+@_cluster_config
+@_dry_run
+def cluster_down(config_path, dry_run) -> None:
+    """Tear the cluster down."""
+    _cluster_action("down", config_path, dry_run)
+
+
+@cluster.command("status")
+@_cluster_config
+@_dry_run
+def cluster_status(config_path, dry_run) -> None:
+    """Nodes, resources and autoscaler state (ray status on the head)."""
+    _cluster_action("status", config_path, dry_run)
+
+
+@cluster.command("dashboard")
+@_cluster_config
+@_dry_run
+@click.option("--port", type=int, default=None, help="local port (Ray's default 8265)")
+def cluster_dashboard(config_path, dry_run, port) -> None:
+    """Port-forward the dashboard (and Jobs API) of the head to localhost."""
+    _cluster_action("dashboard", config_path, dry_run, port=port)
+
+
+@cluster.command("validate")
+@_cluster_config
+def cluster_validate(config_path) -> None:
+    """Validate a cluster launcher YAML offline against Ray's schema."""
+    from glidre_core.cluster import validate_launcher_config
+
+    try:
+        prepared = validate_launcher_config(config_path)
+    except Exception as exc:  # noqa: BLE001
+        raise click.ClickException(f"{config_path}: invalid cluster config: {exc}") from exc
+    types = prepared.get("available_node_types", {})
+    click.echo(f"{config_path}: valid ({prepared['cluster_name']}; node types: {', '.join(types)})")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("kind", type=click.Choice(["extract", "train"]))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="job config, inside the working dir (e.g. configs/finetune.yaml)")
+@click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value")
+@click.option("--address", default=None, help="Jobs API address (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+@click.option("--working-dir", default=".", show_default=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--runtime-env", "runtime_env_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML runtime env merged into the default one")
+@click.option("--env", "env_items", multiple=True, help="extra job environment variable KEY=VALUE")
+@click.option("--submission-id", default=None)
+@click.option("--no-wait", is_flag=True, help="return after submitting instead of streaming logs")
+@click.option("--auth-mode", type=click.Choice(["token", "disabled"]), default="token", show_default=True)
+@click.option("--auth-token-file", type=click.Path(dir_okay=False), default=None,
+              help="cluster token file (default $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+@_dry_run
+@click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
+def submit(kind, config_path, overrides, address, working_dir, runtime_env_file, env_items, submission_id,
+           no_wait, auth_mode, auth_token_file, dry_run, job_args) -> None:
+    """Submit jobs/KIND.py to a Ray cluster through the Jobs API (ray job submit).
+
+    Arguments after the options (e.g. -- --resume) are passed to the job script."""
+    import os
+
+    from glidre_core.cluster import DEFAULT_DASHBOARD, submit_command
+
+    extra_env = {}
+    for item in env_items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        k, v = item.split("=", 1)
+        extra_env[k] = v
+    try:
+        cmd = submit_command(
+            kind, config_path, address=address or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD,
+            working_dir=working_dir, overrides=overrides, job_args=job_args, runtime_env_file=runtime_env_file,
+            extra_env=extra_env, submission_id=submission_id, no_wait=no_wait, auth_mode=auth_mode,
+            auth_token_file=auth_token_file,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(("DRY RUN: " if dry_run else "") + cmd.shell())
+    rc = cmd.run(dry_run)
+    if rc:
+        sys.exit(rc)
 
 if __name__ == "__main__":
     main()

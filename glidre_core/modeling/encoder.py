@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.pytorch_utils import apply_chunking_to_forward
 
 from glidre_core.modeling.windows import TokenizedDocument, tokenize_words
 
@@ -119,6 +120,42 @@ class DocumentEncoder(nn.Module):
         scores = scores.float().masked_fill(~mask2d.bool()[:, None, None, :], float("-inf"))
         return scores.softmax(-1).mean(1)
 
+    def _last_layer(self, hidden_in: torch.Tensor, mask2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer run by hand, reusing its attention probabilities: (hidden, attention).
+
+        Same function as ``_last_attention`` followed by the HF layer, but Q/K are projected and
+        the L x L softmax is computed once (the probabilities feed both the word-level attention
+        and ``probs @ V``) instead of once here and again inside SDPA.
+        """
+        layer = self.model.encoder.layer[-1]
+        attn = layer.attention.self
+        b, length, _ = hidden_in.shape
+        heads, dim = attn.num_attention_heads, attn.attention_head_size
+        q = attn.query(hidden_in).view(b, length, heads, dim).transpose(1, 2)
+        k = attn.key(hidden_in).view(b, length, heads, dim).transpose(1, 2)
+        v = attn.value(hidden_in).view(b, length, heads, dim).transpose(1, 2)
+        # in place where autograd allows: one [B, heads, L, L] buffer fewer at peak
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(dim**-0.5)
+        scores = scores.float().masked_fill_(~mask2d.bool()[:, None, None, :], float("-inf"))
+        probs = scores.softmax(-1)
+        del scores
+        weights = nn.functional.dropout(probs, attn.dropout.p, self.training).to(v.dtype)
+        context = torch.matmul(weights, v).transpose(1, 2).reshape(b, length, heads * dim)
+        out = layer.attention.output(context, hidden_in)
+        out = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, out)
+        return out, probs.mean(1)
+
+    def _hand_last_layer(self) -> bool:
+        """Whether the last layer has the plain BERT structure :meth:`_last_layer` reproduces."""
+        layer = self.model.encoder.layer[-1]
+        return (
+            not getattr(layer, "is_decoder", False)
+            and all(hasattr(layer, a) for a in ("feed_forward_chunk", "chunk_size_feed_forward", "seq_len_dim"))
+            and hasattr(layer.attention, "output")
+            and hasattr(layer.attention.self, "value")
+            and getattr(layer.attention.self, "position_embedding_type", "absolute") == "absolute"
+        )
+
     def lower(self, windows: list[list[int]], split: int) -> list[torch.Tensor]:
         """Hidden states after layer ``split`` for each window (unpadded), for caching."""
         if not self.bert_like:
@@ -145,6 +182,9 @@ class DocumentEncoder(nn.Module):
         n = self.num_layers
         if split < n - 1:
             hidden = self._layers(hidden, mask, split, n - 1)
+        if self._hand_last_layer():
+            hidden, attention = self._last_layer(hidden, mask)
+            return hidden, attention, mask
         attention = self._last_attention(hidden, mask)
         hidden = self._layers(hidden, mask, n - 1, n)
         return hidden, attention, mask

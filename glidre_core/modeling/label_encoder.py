@@ -49,6 +49,14 @@ class LabelEncoder(nn.Module):
         model.requires_grad_(trainable)
         self._pooled_cache: dict[str, torch.Tensor] = {}
 
+    def train(self, mode: bool = True) -> "LabelEncoder":
+        """A frozen label encoder stays in eval mode (no dropout), so the embeddings cached during
+        training are the same ones inference computes."""
+        super().train(mode)
+        if not self.trainable:
+            self.model.eval()
+        return self
+
     def _pool(self, labels: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
         enc = self.tokenizer(labels, padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)

@@ -26,9 +26,8 @@ class PairScorer(nn.Module):
 
     The first Linear of ``FFN_h``/``FFN_t`` acts on a concatenation ``[e; c]``, so it is split
     (``W [e; c] + b = W_e e + W_c c + b``): the entity half is computed once per *entity*
-    instead of once per pair, and the context halves of both heads share one matmul. This is
-    the same function (summation order aside, ~1e-7 relative), about a quarter fewer FLOPs per
-    pair, and no per-pair concatenation copies.
+    instead of once per pair. This is the same function (summation order aside, ~1e-7
+    relative), with about a quarter fewer FLOPs per pair and no per-pair ``[e; c]`` copies.
     """
 
     def __init__(self, dim: int, expansion: int, dropout: float, chunk_size: int):
@@ -53,18 +52,16 @@ class PairScorer(nn.Module):
         # per entity: W_e e + b, for the head and the tail role  -> [N, k*D] each
         ent_h = F.linear(ents.vectors, first_h.weight[:, :dim], first_h.bias)
         ent_t = F.linear(ents.vectors, first_t.weight[:, :dim], first_t.bias)
-        # context halves of both heads stacked: one [C, D] x [D, 2kD] matmul per chunk
-        ctx_weight = torch.cat([first_h.weight[:, dim:], first_t.weight[:, dim:]], 0)
-        hidden = ent_h.shape[-1]
+        ctx_h, ctx_t = first_h.weight[:, dim:].t(), first_t.weight[:, dim:].t()  # [D, k*D] views
         out = []
         for s in range(0, heads.numel(), self.chunk_size):
             h, t = heads[s : s + self.chunk_size], tails[s : s + self.chunk_size]
             alpha = ents.attention[h] * ents.attention[t]
             alpha = alpha / (alpha.sum(-1, keepdim=True) + 1e-10)
             context = alpha.to(ents.words.dtype) @ ents.words
-            ctx = F.linear(context, ctx_weight)  # [C, 2kD]
-            hv = torch.tanh(self._rest(self.head_ffn, ctx[:, :hidden] + ent_h[h]))
-            tv = torch.tanh(self._rest(self.tail_ffn, ctx[:, hidden:] + ent_t[t]))
+            # per pair only the context half: W_c c + (W_e e + b), fused in one addmm
+            hv = torch.tanh(self._rest(self.head_ffn, torch.addmm(ent_h[h], context, ctx_h)))
+            tv = torch.tanh(self._rest(self.tail_ffn, torch.addmm(ent_t[t], context, ctx_t)))
             out.append(self.pair_ffn(torch.cat([hv, tv], -1)))
         return torch.cat(out) if len(out) > 1 else out[0]
 

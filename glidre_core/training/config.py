@@ -18,6 +18,54 @@ class DataConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="read at most this many documents")
 
 
+class ScalingSection(BaseModel):
+    """Ray Train workers. ``num_workers: 0`` trains in-process without Ray (the original loop);
+    1 or more runs a ``TorchTrainer`` (DDP: gloo on CPU, nccl on GPU) with checkpoints, resume
+    and retries. The effective batch is ``num_workers * batch_size * grad_accum``."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_workers: int = Field(0, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float | None = Field(None, gt=0, description="None = 1 when use_gpu")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class StorageSection(BaseModel):
+    """Where Ray Train persists checkpoints. Starting a run again with the same ``path`` and
+    ``run_name`` resumes it from its last checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field("runs/ray", description="local directory or s3://bucket/prefix")
+    run_name: str | None = Field(None, description="None = the last component of output_dir")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None = $AWS_ENDPOINT_URL or AWS")
+    s3_region: str | None = None
+    num_to_keep: int = Field(2, ge=1, description="latest checkpoints kept in storage")
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts (FailureConfig); -1 = unlimited")
+
+
+class MLflowSection(BaseModel):
+    """MLflow tracking (present = on). Rank 0 logs; the best checkpoint is registered when
+    ``register_as`` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str | None = Field(None, description="None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment: str = "glidre"
+    artifact_location: str | None = Field(None, description="for a new experiment; None = next to a sqlite db")
+    register_as: str | None = Field(None, description="registered model name; None = do not register")
+
+
+class PretrainingSection(BaseModel):
+    """Many relation types: each batch is scored against its positive types plus negatives
+    sampled from the global label vocabulary, capped at ``max_labels_per_batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    negatives_per_batch: int = Field(64, ge=0)
+    max_labels_per_batch: int = Field(128, ge=1)
+    negative_sampling: Literal["uniform", "frequency"] = "uniform"
+
+
 class TrainingConfig(BaseModel):
     """Everything a training run needs. The test set never appears here: dev data chooses."""
 
@@ -44,6 +92,12 @@ class TrainingConfig(BaseModel):
     cache_frozen_layers: bool = True
     eval_every: int = Field(200, ge=1, description="optimizer steps between dev evaluations")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default)")
+
+    # Ray Train / MLflow / pretraining (defaults keep the plain in-process loop).
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    mlflow: MLflowSection | None = Field(None, description="None = no MLflow tracking")
+    pretraining: PretrainingSection = Field(default_factory=PretrainingSection)
 
     @model_validator(mode="after")
     def _dev(self) -> "TrainingConfig":

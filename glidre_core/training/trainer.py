@@ -9,31 +9,58 @@ Why it is shaped this way, for two CPU cores:
 
 Model selection uses dev data only: every ``eval_every`` steps the dev set is scored, the decision
 threshold is swept, and the best checkpoint is saved together with its threshold.
+
+Distributed use (Ray Train, :mod:`glidre_core.ray_train`) adds, all optional and off by default:
+``rank``/``world_size`` (each rank trains on its own shard of the training documents, padded so
+every rank runs the same number of steps; gradients are averaged by DDP; rank 0 alone evaluates
+and saves), ``resume_from`` (a checkpoint directory: weights, optimizer, scheduler, RNG and the
+position in the epoch), ``on_checkpoint`` (called on every rank at every evaluation point) and
+``on_step``. With the defaults the loop does exactly what it did before these existed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
+import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from glidre_core.documents import Document
-from glidre_core.evaluation import dev_sweep
+from glidre_core.evaluation import score_candidates
+from glidre_core.metrics import evaluate_facts, gold_facts, sweep_threshold, train_fact_names
 from glidre_core.modeling import GLiDRE, PreparedDocument
 from glidre_core.readers import read_documents, relation_labels
+from glidre_core.training.checkpoint import (
+    BEST_DIR,
+    MODEL_DIR,
+    RankState,
+    TrainState,
+    load_model_weights,
+    load_rank_state,
+    load_train_state,
+    save_checkpoint,
+)
 from glidre_core.training.config import TrainingConfig
+from glidre_core.training.label_sampler import LabelSampler
 
 logger = logging.getLogger(__name__)
 
 EvalCallback = Callable[[dict[str, Any]], None]
+#: called on every rank at every evaluation point with (trainer, dev record or None off rank 0)
+CheckpointCallback = Callable[["Trainer", "dict[str, Any] | None"], None]
+#: called on every rank after every optimizer step with the step number
+StepCallback = Callable[[int], None]
 
 
 @dataclass
@@ -64,6 +91,21 @@ def split_train_dev(cfg: TrainingConfig) -> tuple[list[Document], list[Document]
     return [d for i, d in enumerate(train) if i not in dev_idx], [d for i, d in enumerate(train) if i in dev_idx]
 
 
+def shard_documents(docs: list[Document], rank: int, world_size: int) -> list[Document]:
+    """Rank ``rank``'s fixed shard (every ``world_size``-th document), padded by repeating its own
+    documents so that all shards have the same length: DDP needs every rank to run the same
+    number of steps, or the ranks that finish early leave the others waiting in an all-reduce."""
+    if world_size == 1:
+        return docs
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    if len(docs) < world_size:
+        raise ValueError(f"{len(docs)} training documents cannot be sharded over {world_size} workers")
+    shard = docs[rank::world_size]
+    size = math.ceil(len(docs) / world_size)
+    return shard + shard[: size - len(shard)]
+
+
 def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
     def fn(step: int) -> float:
         if step < warmup:
@@ -74,34 +116,81 @@ def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
     return fn
 
 
+class _LossModule(nn.Module):
+    """The training loss as a ``forward`` (what DDP wraps: it synchronises gradients of the
+    parameters reached from ``forward``'s output)."""
+
+    def __init__(self, model: GLiDRE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: list[PreparedDocument], labels: list[str], cache) -> torch.Tensor:
+        return self.model.loss(batch, self.model.encode_labels(labels), cache)
+
+
 class Trainer:
     """Owns model, data, optimizer and the loop. ``on_eval`` receives each dev record."""
 
-    def __init__(self, cfg: TrainingConfig, on_eval: EvalCallback | None = None):
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        on_eval: EvalCallback | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        resume_from: str | Path | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+        on_step: StepCallback | None = None,
+    ):
         self.cfg = cfg
         self.on_eval = on_eval
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.resume_from = Path(resume_from) if resume_from is not None else None
+        self.on_checkpoint = on_checkpoint
+        self.on_step = on_step
         self.output_dir = Path(cfg.output_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        self.train_docs, self.dev_docs = split_train_dev(cfg)
-        if not self.train_docs:
+        all_train, self.dev_docs = split_train_dev(cfg)
+        if not all_train:
             raise ValueError(f"no usable training documents in {cfg.train.path}")
-        labels = relation_labels(self.train_docs + self.dev_docs)
+        labels = relation_labels(all_train + self.dev_docs)
         if not labels:
             raise ValueError("the training data has no relations")
+        if cfg.pretraining.enabled:
+            # distilled corpora spell one type several ways (PLAYS_FOR, plays for): one label each
+            labels = sorted({cfg.model.normalize_label(lab) for lab in labels})
+        self.all_train_docs = all_train
+        self.train_docs = shard_documents(all_train, rank, world_size)
         model_cfg = cfg.model.model_copy(update={"labels": labels})
-        self.model = GLiDRE(model_cfg)
+        self.model = GLiDRE(model_cfg).to(self.device)
         self.labels = labels
+        self.sampler: LabelSampler | None = None
+        if cfg.pretraining.enabled:
+            norm = model_cfg.normalize_label
+            counts = Counter(norm(r.label) for d in all_train for r in d.relations)
+            pt = cfg.pretraining
+            self.sampler = LabelSampler(
+                labels, pt.negatives_per_batch, pt.max_labels_per_batch,
+                seed=cfg.seed + 7919 * rank, weighting=pt.negative_sampling, counts=counts,
+            )
         self.prepared: dict[str, PreparedDocument] = {}
-        for d in self.train_docs + self.dev_docs:
+        # only rank 0 evaluates, so only rank 0 prepares (and caches) the dev documents
+        for d in self.train_docs + (self.dev_docs if rank == 0 else []):
             self.prepared[d.doc_id] = self.model.prepare(d)
         self.cache: dict[str, list[torch.Tensor]] | None = None
         if cfg.cache_frozen_layers and self.model.frozen_split > 0:
             self.cache = self._cache_lower()
+        self.last_dev_eval: dict[str, Any] | None = None
+        self._train_fact_names: set[tuple[str, str, str]] | None = None
+        self._live: dict[str, Any] = {}
         logger.info(
-            "training on %d docs, dev %d docs, %d labels, frozen layers %d (cached: %s)",
-            len(self.train_docs), len(self.dev_docs), len(labels), self.model.frozen_split, self.cache is not None,
+            "training on %d docs (rank %d of %d, %d in total), dev %d docs, %d labels, frozen layers %d (cached: %s)",
+            len(self.train_docs), rank, world_size, len(all_train), len(self.dev_docs), len(labels),
+            self.model.frozen_split, self.cache is not None,
         )
 
     @torch.no_grad()
@@ -126,13 +215,106 @@ class Trainer:
         total = per_epoch * self.cfg.epochs
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
-    def evaluate_dev(self) -> tuple[float, float]:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            sweep = dev_sweep(
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def dev_evaluation(self) -> dict[str, Any]:
+        """Dev threshold sweep plus P/R/F1 and Ign F1 at the chosen threshold (rank 0 only)."""
+        with self._autocast():
+            scored = score_candidates(
                 self.model, self.dev_docs, self.model.encode_labels(self.labels),
                 cached_lower=self.cache, prepared=self.prepared, batch_size=self.cfg.batch_size,
             )
-        return sweep.best_f1, sweep.best_threshold
+        sweep = sweep_threshold(scored, gold_facts(self.dev_docs))
+        if self._train_fact_names is None:
+            self._train_fact_names = train_fact_names(self.all_train_docs)
+        kept = [f for f, s in scored if s > sweep.best_threshold]
+        at = evaluate_facts(self.dev_docs, kept, self._train_fact_names)
+        self.last_dev_eval = {
+            "f1": sweep.best_f1, "threshold": sweep.best_threshold, "curve": sweep.curve,
+            "precision": at["precision"], "recall": at["recall"], "ign_f1": at["ign_f1"],
+        }
+        return self.last_dev_eval
+
+    def evaluate_dev(self) -> tuple[float, float]:
+        result = self.dev_evaluation()
+        return result["f1"], result["threshold"]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def step_now(self) -> int:
+        """The optimizer step the loop has reached (0 before train())."""
+        return int(self._live.get("step", 0))
+
+    def save_checkpoint(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write this rank's part of a checkpoint of the loop (from on_checkpoint, or after
+        train() returned: the state it ended in)."""
+        live = self._live
+        if not live:
+            raise RuntimeError("save_checkpoint is only valid once train() has started")
+        rank_state = RankState(
+            epoch_rng=live["epoch_rng"],
+            sampler_rng=self.sampler.get_state() if self.sampler else None,
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+        )
+        state = None
+        if self.rank == 0:
+            state = TrainState(
+                step=live["step"], epoch=live["epoch"], batch_offset=live["batch_offset"],
+                best_f1=live["best_f1"], best_threshold=live["best_thr"], seen_docs=live["seen_docs"],
+                elapsed_seconds=time.perf_counter() - live["start"], world_size=self.world_size,
+                history=live["history"], scheduler=live["scheduler"].state_dict(), extra=dict(extra or {}),
+            )
+        return save_checkpoint(
+            directory, rank=self.rank, model=self.model if self.rank == 0 else None,
+            optimizer=live["optimizer"] if self.rank == 0 else None, state=state,
+            rank_state=rank_state, best_dir=live["best_dir"],
+        )
+
+    def _restore(self, optimizer, scheduler, rng: random.Random, best_dir: Path) -> TrainState:
+        directory = self.resume_from
+        state, opt_state = load_train_state(directory)
+        load_model_weights(self.model, directory / MODEL_DIR)
+        self.model.config.threshold = state.best_threshold
+        optimizer.load_state_dict(opt_state)
+        scheduler.load_state_dict(state.scheduler)
+        rank_state = load_rank_state(directory, self.rank)
+        if state.world_size != self.world_size or rank_state is None:
+            logger.warning(
+                "checkpoint was taken with %d workers, now %d: resuming at step %d from the start of epoch %d",
+                state.world_size, self.world_size, state.step, state.epoch,
+            )
+            state.batch_offset = 0
+            rng.seed(self.cfg.seed + 7919 * self.rank + state.epoch)
+        else:
+            rng.setstate(rank_state.epoch_rng)
+            torch.set_rng_state(rank_state.torch_rng)
+            if rank_state.cuda_rng is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rank_state.cuda_rng)
+            if self.sampler and rank_state.sampler_rng is not None:
+                self.sampler.set_state(rank_state.sampler_rng)
+        if self.rank == 0 and (directory / BEST_DIR).is_dir():
+            shutil.copytree(directory / BEST_DIR, best_dir, dirs_exist_ok=True)
+        logger.info("resumed from %s at step %d (epoch %d, batch offset %d)", directory, state.step, state.epoch, state.batch_offset)
+        return state
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _wrap(self) -> nn.Module:
+        net = _LossModule(self.model)
+        if self.world_size > 1:
+            # every rank builds the same seeded model and resumes from the same weights; DDP also
+            # broadcasts rank 0's parameters when it wraps the module
+            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=True)
+        return net
+
+    def _agree(self, flag: bool) -> bool:
+        """Ranks must stop together: any rank out of time stops all of them."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
 
     def train(self) -> TrainingResult:
         cfg, model = self.cfg, self.model
@@ -140,26 +322,48 @@ class Trainer:
         optimizer = self._optimizer()
         total = self.total_steps()
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, int(cfg.warmup_ratio * total)))
-        rng = random.Random(cfg.seed)
+        rng = random.Random(cfg.seed if self.rank == 0 else cfg.seed + 7919 * self.rank)
         history: list[dict[str, Any]] = []
         best_f1, best_thr = -1.0, model.config.threshold
         best_dir = self.output_dir / "best"
         step, micro, running, seen_docs = 0, 0, [], 0
-        start = time.perf_counter()
+        start_epoch, start_offset, elapsed_before = 0, 0, 0.0
+        if self.resume_from is not None:
+            st = self._restore(optimizer, scheduler, rng, best_dir)
+            step, micro, seen_docs = st.step, st.step * cfg.grad_accum, st.seen_docs
+            best_f1, best_thr, history = st.best_f1, st.best_threshold, st.history
+            start_epoch, start_offset, elapsed_before = st.epoch, st.batch_offset, st.elapsed_seconds
+        net = self._wrap()
+        start = time.perf_counter() - elapsed_before
+        live = self._live = {
+            "optimizer": optimizer, "scheduler": scheduler, "history": history, "best_dir": best_dir,
+            "start": start, "step": step, "epoch": start_epoch, "batch_offset": start_offset,
+            "best_f1": best_f1, "best_thr": best_thr, "seen_docs": seen_docs, "epoch_rng": rng.getstate(),
+        }
         model.train()
-        stop = False
+        stop = step >= total
         params = [p for p in model.parameters() if p.requires_grad]
-        for epoch in range(cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop:
+                break
+            live["epoch_rng"] = rng.getstate()
             order = [d.doc_id for d in self.train_docs]
             rng.shuffle(order)
-            for b in range(0, len(order), cfg.batch_size):
+            first = start_offset if epoch == start_epoch else 0
+            for b in range(first, len(order), cfg.batch_size):
                 ids = order[b : b + cfg.batch_size]
                 batch = [self.prepared[i] for i in ids]
                 cache = [self.cache[i] for i in ids] if self.cache else None
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                    labels = model.encode_labels(self.labels)
-                    loss = model.loss(batch, labels, cache) / cfg.grad_accum
-                loss.backward()
+                if self.sampler is not None:
+                    labels = self.sampler.sample(lab for p in batch for _, lab, _ in p.relations)
+                else:
+                    labels = self.labels
+                sync = (micro + 1) % cfg.grad_accum == 0
+                no_sync = net.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
+                with no_sync:
+                    with self._autocast():
+                        loss = net(batch, labels, cache) / cfg.grad_accum
+                    loss.backward()
                 running.append(loss.item() * cfg.grad_accum)
                 seen_docs += len(batch)
                 micro += 1
@@ -170,36 +374,47 @@ class Trainer:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                live.update(step=step, epoch=epoch, batch_offset=b + cfg.batch_size, seen_docs=seen_docs)
+                if self.on_step:
+                    self.on_step(step)
                 elapsed = time.perf_counter() - start
                 if step % 20 == 0:
+                    recent = running[-20:] or [float("nan")]
                     logger.info(
                         "epoch %d step %d/%d loss %.4f %.2f docs/s elapsed %.1f min",
-                        epoch, step, total, sum(running[-20:]) / len(running[-20:]), seen_docs / elapsed, elapsed / 60,
+                        epoch, step, total, sum(recent) / len(recent), seen_docs / elapsed, elapsed / 60,
                     )
-                out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+                out_of_time = self._agree(cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60)
                 last = step >= total or out_of_time
                 if step % cfg.eval_every == 0 or last:
-                    f1, thr = self.evaluate_dev()
-                    record = {
-                        "step": step, "epoch": epoch, "minutes": elapsed / 60,
-                        "train_loss": sum(running) / len(running), "dev_f1": f1, "dev_threshold": thr,
-                        "lr_heads": scheduler.get_last_lr()[-1],
-                    }
+                    record = None
+                    if self.rank == 0:
+                        dev = self.dev_evaluation()
+                        f1, thr = dev["f1"], dev["threshold"]
+                        record = {
+                            "step": step, "epoch": epoch, "minutes": elapsed / 60,
+                            "train_loss": sum(running) / len(running) if running else float("nan"),
+                            "dev_f1": f1, "dev_threshold": thr,
+                            "lr_heads": scheduler.get_last_lr()[-1],
+                            "dev_ign_f1": dev["ign_f1"], "dev_precision": dev["precision"],
+                            "dev_recall": dev["recall"], "docs_per_second": seen_docs / elapsed,
+                        }
+                        if f1 > best_f1:
+                            best_f1, best_thr = f1, thr
+                            model.config.threshold = thr
+                            model.save_pretrained(best_dir)
+                            record["saved"] = True
+                        history.append(record)
+                        live.update(best_f1=best_f1, best_thr=best_thr)
+                        logger.info("dev: %s", json.dumps(record))
+                        (self.output_dir / "history.json").write_text(json.dumps(history, indent=1))
+                        if self.on_eval:
+                            self.on_eval(record)
                     running = []
-                    if f1 > best_f1:
-                        best_f1, best_thr = f1, thr
-                        model.config.threshold = thr
-                        model.save_pretrained(best_dir)
-                        record["saved"] = True
-                    history.append(record)
-                    logger.info("dev: %s", json.dumps(record))
-                    (self.output_dir / "history.json").write_text(json.dumps(history, indent=1))
-                    if self.on_eval:
-                        self.on_eval(record)
+                    if self.on_checkpoint:
+                        self.on_checkpoint(self, record)
                     model.train()
                 if last:
                     stop = True
                     break
-            if stop:
-                break
         return TrainingResult(best_dir, best_f1, best_thr, history)
