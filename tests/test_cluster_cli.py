@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from glidre_core.cli import main
 from glidre_core.cluster import launcher_command, submit_command, validate_launcher_config
+from paths import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 AWS = ROOT / "cluster" / "aws-gpu.yaml"
@@ -216,7 +217,7 @@ def test_jobs_train_entry_point_runs_the_library(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = {"model": tiny_config().model_dump(mode="json"),
-           "train": {"path": "/work/shared/data/redocred/dev_revised.json", "format": "docred", "limit": 4},
+           "train": {"path": str(SHARED_DATA / "redocred" / "dev_revised.json"), "format": "docred", "limit": 4},
            "dev_holdout": 1, "output_dir": str(tmp_path / "out"), "max_steps": 1, "batch_size": 2, "threads": 1}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -22,8 +22,9 @@ from glidre_core.tracking import (
 )
 from glidre_core.training import TrainingConfig
 from glidre_core.training.config import MLflowSection
+from paths import SHARED_DATA
 
-REDOCRED_DEV = "/work/shared/data/redocred/dev_revised.json"
+REDOCRED_DEV = str(SHARED_DATA / "redocred" / "dev_revised.json")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

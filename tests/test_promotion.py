@@ -18,8 +18,9 @@ from glidre_core.promotion import PromotionError, promote
 from glidre_core.readers import read_documents
 from glidre_core.tracking import client, documents_fingerprint, open_run
 from glidre_core.training.config import MLflowSection
+from paths import SHARED_DATA
 
-REDOCRED_DEV = "/work/shared/data/redocred/dev_revised.json"
+REDOCRED_DEV = str(SHARED_DATA / "redocred" / "dev_revised.json")
 NAME = "glidre-promotion-test"
 
 

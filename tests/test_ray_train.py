@@ -26,8 +26,9 @@ from glidre_core.training.checkpoint import (
 )
 from glidre_core.training.label_sampler import LabelSampler
 from glidre_core.training.trainer import shard_documents
+from paths import SHARED_DATA
 
-REDOCRED_DEV = "/work/shared/data/redocred/dev_revised.json"
+REDOCRED_DEV = str(SHARED_DATA / "redocred" / "dev_revised.json")
 # no dropout anywhere: a resumed run must then reproduce the uninterrupted one exactly
 NO_DROPOUT = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 

@@ -10,8 +10,9 @@ import pytest
 
 from glidre_core import DocumentError, read_documents
 from glidre_core.readers import load_rel_info, relation_labels
+from paths import SHARED_DATA
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 DOCRED_DEV = DATA / "redocred" / "dev_revised.json"
 CONLL_TRAIN = DATA / "conll04" / "conll04_train.json"
 
