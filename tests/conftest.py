@@ -54,3 +54,25 @@ def minilm_model() -> GLiDRE:
 def mlflow_uri(tmp_path_factory) -> str:
     """A real MLflow sqlite store shared by the session (creating its tables takes seconds)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one local Ray of the test session (extraction and Ray Train tests share it).
+
+    4 logical CPUs on 2 cores, so an actor pool never starves the read tasks; the dashboard is
+    kept because ``include_dashboard=False`` once broke Train V2's cleanup.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address="local", num_cpus=4, log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                      "TOKENIZERS_PARALLELISM": "false"}},
+        )
+    yield ray
+    if started:
+        ray.shutdown()

@@ -32,14 +32,9 @@ from glidre_core.model_loading import load_model
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray for the session; 4 logical CPUs on 2 cores so reads are never starved."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=4, log_to_driver=False)
+def local_ray(ray_session):
+    """The session's shared local Ray (tests/conftest.py)."""
     yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -175,19 +175,13 @@ def test_pretraining_scores_positives_plus_sampled_negatives_under_a_cap(tmp_pat
 
 # -- Ray Train ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    # keep the dashboard: ray.init(include_dashboard=False) once broke Train V2's cleanup
-    ray.init(num_cpus=3, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                                   "TOKENIZERS_PARALLELISM": "false"}})
+def ray_local(ray_session):
     # step hooks are defined in this test module, which workers cannot import: ship it by value
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield ray
+    yield ray_session
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    ray.shutdown()
 
 
 def ray_config(tmp_path: Path, run_name: str, mlflow_uri: str, **overrides) -> TrainingConfig:
