@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from glidre_core.overrides import parse_overrides, set_dotted
+
 
 class StorageConfig(BaseModel):
     """How to reach object storage. Secrets never live here: credentials come from the environment.
@@ -107,28 +109,6 @@ class ExtractConfig(BaseModel):
         return self
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    cur = data
-    for k in keys[:-1]:
-        nxt = cur.setdefault(k, {})
-        if not isinstance(nxt, dict):
-            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
-        cur = nxt
-    cur[keys[-1]] = value
-
-
-def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
-    """``["a.b=1", "labels=redocred"]`` -> ``{"a.b": 1, "labels": "redocred"}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
-
-
 def load_extract_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] | None = None,
@@ -146,10 +126,10 @@ def load_extract_config(
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a YAML mapping")
     for key, value in parse_overrides(overrides).items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     for key, value in (values or {}).items():
         if value is not None:
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
     return ExtractConfig.model_validate(data)
 
 

@@ -363,6 +363,27 @@ class GLiDRE(nn.Module):
         logger.info("saved %d tensors to %s", len(tensors), directory)
         return directory
 
+    def load_weights(self, path: str | Path) -> None:
+        """Load a ``save_pretrained`` weights file strictly: no unexpected tensor, no wrong shape,
+        and every tensor not stored must belong to a named (pip/local) base encoder."""
+        path = Path(path)
+        stored = load_file(str(path))
+        own = self.state_dict()
+        unexpected = sorted(set(stored) - set(own))
+        if unexpected:
+            raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}")
+        base_ok = set()
+        for prefix, name in (("encoder.model.", self.config.encoder), ("label_encoder.model.", self.config.label_encoder)):
+            if name is not None:
+                base_ok |= {k for k in own if k.startswith(prefix)}
+        missing = sorted(k for k in own if k not in stored and k not in base_ok)
+        if missing:
+            raise ValueError(f"{path}: missing tensors {missing[:5]}")
+        for k, v in stored.items():
+            if v.shape != own[k].shape:
+                raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in stored.items()}, strict=False)
+
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "GLiDRE":
         """Load strictly and offline: every stored tensor must match, every other must be base."""
@@ -380,22 +401,7 @@ class GLiDRE(nn.Module):
         wpath = directory / WEIGHTS_NAME
         if not wpath.exists():
             raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME}")
-        stored = load_file(str(wpath))
-        own = model.state_dict()
-        unexpected = sorted(set(stored) - set(own))
-        if unexpected:
-            raise ValueError(f"{wpath}: unexpected tensors {unexpected[:5]}")
-        base_ok = set()
-        for prefix, name in (("encoder.model.", cfg.encoder), ("label_encoder.model.", cfg.label_encoder)):
-            if name is not None:
-                base_ok |= {k for k in own if k.startswith(prefix)}
-        missing = sorted(k for k in own if k not in stored and k not in base_ok)
-        if missing:
-            raise ValueError(f"{wpath}: missing tensors {missing[:5]}")
-        for k, v in stored.items():
-            if v.shape != own[k].shape:
-                raise ValueError(f"{wpath}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in stored.items()}, strict=False)
+        model.load_weights(wpath)
         model.label_encoder.clear_cache()
         model.eval()
         return model.to(device)

@@ -123,18 +123,8 @@ def save_model_weights(model: GLiDRE, directory: Path) -> None:
 
 
 def load_model_weights(model: GLiDRE, directory: Path) -> None:
-    """Load a ``save_pretrained`` directory into an existing model (same architecture), strictly:
-    every stored tensor must exist with the same shape; tensors not stored equal the base."""
-    path = Path(directory) / WEIGHTS_NAME
-    stored = load_file(str(path))
-    own = model.state_dict()
-    unexpected = sorted(set(stored) - set(own))
-    if unexpected:
-        raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}")
-    for k, v in stored.items():
-        if v.shape != own[k].shape:
-            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in stored.items()}, strict=False)
+    """Load a ``save_pretrained`` directory into an existing model (same architecture), strictly."""
+    model.load_weights(Path(directory) / WEIGHTS_NAME)
 
 
 def save_checkpoint(

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from glidre_core.config import GLiDREConfig
+from glidre_core.overrides import parse_overrides, set_dotted
 
 
 class DataConfig(BaseModel):
@@ -106,21 +107,10 @@ class TrainingConfig(BaseModel):
         return self
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    cur = data
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-    cur[keys[-1]] = value
-
-
 def load_training_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
     """Load YAML, apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    for key, value in parse_overrides(overrides).items():
+        set_dotted(data, key, value)
     return TrainingConfig.model_validate(data)
