@@ -9,8 +9,8 @@ Three measurements, all rerunnable and written to ``benchmarks/results/model_ben
 (b) **Speed** -- ``GLiDRE.predict_documents`` (label embeddings of the 96 DocRED relations cached
     once) against the *bare* document encoder (the HF model inside ``model.encoder.model``) run on
     exactly the same padded windows with plain SDPA and no attention output. The arms alternate
-    inside each repetition (the order rotates every repetition) so machine noise hits all of them
-    alike; the headline is the median of the per-repetition ratios. The old eager path (HF model
+    batch by batch (the order rotates) so machine noise hits all of them alike; the headline is
+    the median over repetitions of the paired ratio. The old eager path (HF model
     with ``output_attentions=True``, eager attention in every layer) is measured too, alone and
     inside the full GLiDRE pipeline, to show what the last-layer-attention trick buys.
 (c) **Memory** -- peak RSS of one prediction on synthetic documents with N single-mention entities
@@ -198,14 +198,14 @@ def run_quality(model, args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # (b) speed
 # ---------------------------------------------------------------------------------------------
-def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    gc.collect()
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    return time.perf_counter() - w0, time.process_time() - c0, out
-
-
 def run_speed(model, args) -> dict[str, Any]:
+    """Docs/s of each arm, interleaved batch by batch so slow phases of the machine hit all arms.
+
+    For every batch of ``--batch-size`` documents each arm runs once on that batch (the order
+    rotates from batch to batch and rep to rep), so noise slower than one batch (~0.1-1 s) is
+    shared. Per rep, an arm's time is the sum over batches; the headline ratio is the median
+    over reps of ``time(bare encoder) / time(GLiDRE)``.
+    """
     from glidre_core.readers import read_documents
 
     docs = read_documents(args.test, "docred", limit=args.speed_docs)
@@ -215,80 +215,86 @@ def run_speed(model, args) -> dict[str, Any]:
         label_emb = model.encode_labels(labels)  # cached once, as a serving process would
     prepared = [model.prepare(d) for d in docs]
     enc = model.encoder
-    # The exact padded window batches GLiDRE encodes (same batching as predict_documents).
-    batches = []
-    for s in range(0, len(prepared), bs):
-        windows = [w for p in prepared[s : s + bs] for w in enc.window_ids(p.tokens)]
-        batches.append(enc._pad(windows))
     hf = enc.model
+    doc_batches = [docs[s : s + bs] for s in range(0, len(docs), bs)]
+    prep_batches = [prepared[s : s + bs] for s in range(0, len(prepared), bs)]
+    # The exact padded windows GLiDRE encodes for each batch (same batching as predict_documents).
+    window_batches = [enc._pad([w for p in b for w in enc.window_ids(p.tokens)]) for b in prep_batches]
     n_windows = sum(len(p.tokens.windows) for p in prepared)
     n_tokens = sum(len(p.tokens.token_ids) for p in prepared)
     n_pairs = sum(len(p.entity_ids) * (len(p.entity_ids) - 1) for p in prepared)
 
-    def glidre() -> int:
-        with autocast_ctx(args.bf16):
-            rows = model.predict_documents(docs, label_emb, batch_size=bs)
+    def glidre(i: int) -> int:
+        rows = model.predict_documents(doc_batches[i], label_emb, batch_size=bs)
         return sum(len(r) for r in rows)
 
-    def glidre_old_path() -> int:
-        with old_encoder_path(model):
-            return glidre()
-
-    def encoder_sdpa() -> int:
-        with torch.no_grad(), autocast_ctx(args.bf16):
-            for ids, mask in batches:
-                hf(input_ids=ids, attention_mask=mask)
+    def encoder_sdpa(i: int) -> int:
+        ids, mask = window_batches[i]
+        hf(input_ids=ids, attention_mask=mask)
         return 0
 
-    def encoder_eager_attn() -> int:
-        with torch.no_grad(), autocast_ctx(args.bf16), eager_attention(model):
-            for ids, mask in batches:
-                out = hf(input_ids=ids, attention_mask=mask, output_attentions=True)
-                if out.attentions is None or out.attentions[-1] is None:
-                    raise RuntimeError("eager path returned no attention")
+    def encoder_eager_attn(i: int) -> int:
+        ids, mask = window_batches[i]
+        out = hf(input_ids=ids, attention_mask=mask, output_attentions=True)
+        if out.attentions is None or out.attentions[-1] is None:
+            raise RuntimeError("eager path returned no attention")
         return 0
 
-    def glidre_encoder_stage() -> int:
-        with torch.no_grad(), autocast_ctx(args.bf16):
-            for s in range(0, len(prepared), bs):
-                enc.encode([p.tokens for p in prepared[s : s + bs]])
+    def glidre_encoder_stage(i: int) -> int:
+        enc.encode([p.tokens for p in prep_batches[i]])
         return 0
 
-    arms: dict[str, Callable[[], int]] = {
-        "encoder_sdpa": encoder_sdpa,
-        "glidre": glidre,
-        "encoder_eager_attn": encoder_eager_attn,
-        "glidre_old_eager_path": glidre_old_path,
-        "glidre_encoder_stage": glidre_encoder_stage,
+    # arm -> (function of the batch index, context entered outside the timed region)
+    arms: dict[str, tuple[Callable[[int], int], Callable[[], Any]]] = {
+        "encoder_sdpa": (encoder_sdpa, contextlib.nullcontext),
+        "glidre": (glidre, contextlib.nullcontext),
+        "encoder_eager_attn": (encoder_eager_attn, lambda: eager_attention(model)),
+        "glidre_old_eager_path": (glidre, lambda: old_encoder_path(model)),
+        "glidre_encoder_stage": (glidre_encoder_stage, contextlib.nullcontext),
     }
     names = list(arms)
-    # warm-up (lazy kernel init, allocator); also checks both GLiDRE paths find the same relations
-    rows_found = {}
-    for name in names:
-        _, _, out = _timed(arms[name])
-        if name.startswith("glidre") and name != "glidre_encoder_stage":
-            rows_found[name] = out
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(args.reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        if rep % 2:
-            order = order[::-1]
-        for name in order:
-            w, c, _ = _timed(arms[name])
-            wall[name].append(w)
-            cpu[name].append(c)
-        logger.info("speed rep %d/%d: %s", rep + 1, args.reps,
-                    ", ".join(f"{n} {wall[n][-1]:.2f}s" for n in names))
+
+    def one_pass(rep: int) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+        wall = dict.fromkeys(names, 0.0)
+        cpu = dict.fromkeys(names, 0.0)
+        found = dict.fromkeys(names, 0)
+        for i in range(len(doc_batches)):
+            k = (rep + i) % len(names)
+            order = names[k:] + names[:k]
+            if (rep + i) % 2:
+                order = order[::-1]
+            for name in order:
+                fn, ctx = arms[name]
+                with torch.no_grad(), autocast_ctx(args.bf16), ctx():
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    found[name] += fn(i)
+                    wall[name] += time.perf_counter() - w0
+                    cpu[name] += time.process_time() - c0
+        return wall, cpu, found
+
+    gc.collect()
+    gc.disable()  # no cyclic-GC pauses inside timed regions
+    try:
+        _, _, found = one_pass(0)  # warm-up: lazy kernel init, allocator; also a cross-check
+        walls, cpus = [], []
+        for rep in range(args.reps):
+            w, c, _ = one_pass(rep + 1)
+            walls.append(w)
+            cpus.append(c)
+            gc.collect()
+            logger.info("speed rep %d/%d: %s", rep + 1, args.reps, ", ".join(f"{n} {w[n]:.2f}s" for n in names))
+    finally:
+        gc.enable()
+    rows_found = {n: found[n] for n in ("glidre", "glidre_old_eager_path")}
 
     n = len(docs)
     base = "encoder_sdpa"
 
-    def ratios(times: dict[str, list[float]], arm: str) -> dict[str, float]:
-        per_rep = [b / a for a, b in zip(times[arm], times[base])]
+    def ratios(times: list[dict[str, float]], arm: str) -> dict[str, Any]:
+        per_rep = [t[base] / t[arm] for t in times]
         return {
             "median_paired": statistics.median(per_rep),
-            "best_times": min(times[base]) / min(times[arm]),
+            "best_times": min(t[base] for t in times) / min(t[arm] for t in times),
             "per_rep": per_rep,
         }
 
@@ -300,21 +306,23 @@ def run_speed(model, args) -> dict[str, Any]:
         "labels": len(labels),
         "batch_size": bs,
         "reps": args.reps,
+        "interleaving": "per batch (rotating arm order)",
         "dtype": "bf16-autocast" if args.bf16 else "fp32",
         "relations_found": rows_found,
         "arms": {},
         "target_ratio": SPEED_TARGET,
     }
     for name in names:
-        med = statistics.median(wall[name])
+        wall_s = [w[name] for w in walls]
+        med = statistics.median(wall_s)
         result["arms"][name] = {
-            "wall_s": wall[name],
-            "cpu_s": cpu[name],
+            "wall_s": wall_s,
+            "cpu_s": [c[name] for c in cpus],
             "median_wall_s": med,
             "docs_per_s": n / med,
-            "docs_per_s_best": n / min(wall[name]),
-            "ratio_vs_encoder_wall": ratios(wall, name),
-            "ratio_vs_encoder_cpu": ratios(cpu, name),
+            "docs_per_s_best": n / min(wall_s),
+            "ratio_vs_encoder_wall": ratios(walls, name),
+            "ratio_vs_encoder_cpu": ratios(cpus, name),
         }
     result["ratio"] = result["arms"]["glidre"]["ratio_vs_encoder_wall"]["median_paired"]
     result["ratio_old_eager_path"] = result["arms"]["glidre_old_eager_path"]["ratio_vs_encoder_wall"]["median_paired"]
@@ -322,8 +330,9 @@ def run_speed(model, args) -> dict[str, Any]:
     result["paths_agree"] = len(set(rows_found.values())) == 1
     # where GLiDRE's time goes: the encoder stage vs. everything else (tokenisation, pooling,
     # pair scoring, decoding), from per-rep paired times
-    share = [e / g for e, g in zip(wall["glidre_encoder_stage"], wall["glidre"])]
-    result["encoder_stage_share_of_glidre"] = statistics.median(share)
+    result["encoder_stage_share_of_glidre"] = statistics.median(
+        w["glidre_encoder_stage"] / w["glidre"] for w in walls
+    )
     return result
 
 

@@ -70,6 +70,11 @@ class DocumentEncoder(nn.Module):
         self.overlap = overlap
         self.bert_like = is_bert_like(model)
         if not self.bert_like:
+            # SDPA returns no attention probabilities: the fallback needs eager attention.
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation("eager")
+            else:
+                model.config._attn_implementation = "eager"
             logger.warning(
                 "%s is not BERT-like: falling back to eager attention in all layers (slower)",
                 type(model).__name__,
