@@ -500,6 +500,8 @@ def _pct(x: float) -> str:
 
 
 def markdown(res: dict[str, Any]) -> str:
+    from glidre_core.metrics import summary_rows
+
     m = res["machine"]
     lines = [
         "# GLiDRE model benchmark",
@@ -522,13 +524,8 @@ def markdown(res: dict[str, Any]) -> str:
             "",
             "| split | P | R | F1 |",
             "|---|---:|---:|---:|",
-            f"| all | {_pct(q['precision'])} | {_pct(q['recall'])} | {_pct(q['f1'])} |",
-            f"| Ign | {_pct(q['ign_precision'])} | {_pct(q['recall'])} | {_pct(q['ign_f1'])} |",
         ]
-        for key in ("intra", "inter", "frequent", "long_tail"):
-            if key in q:
-                r = q[key]
-                lines.append(f"| {key} | {_pct(r['precision'])} | {_pct(r['recall'])} | {_pct(r['f1'])} |")
+        lines += [f"| {name} | {_pct(p)} | {_pct(r)} | {_pct(f)} |" for name, p, r, f in summary_rows(q)]
         lines += ["", f"Evaluation throughput: {q['docs_per_second']:.2f} docs/s ({q['seconds']:.1f} s).", ""]
     s = res.get("speed")
     if s:

@@ -107,16 +107,14 @@ def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, nu
 
 
 def format_metrics(result: dict) -> str:
+    from glidre_core.metrics import summary_rows
+
     lines = [
         f"docs {result['docs']}  ({result['docs_per_second']:.2f} docs/s)  threshold {result['threshold']:.3f}",
         f"{'':12s} {'P':>7s} {'R':>7s} {'F1':>7s}",
-        f"{'all':12s} {100*result['precision']:7.2f} {100*result['recall']:7.2f} {100*result['f1']:7.2f}",
-        f"{'Ign':12s} {100*result['ign_precision']:7.2f} {100*result['recall']:7.2f} {100*result['ign_f1']:7.2f}",
     ]
-    for key in ("intra", "inter", "frequent", "long_tail"):
-        if key in result:
-            r = result[key]
-            lines.append(f"{key:12s} {100*r['precision']:7.2f} {100*r['recall']:7.2f} {100*r['f1']:7.2f}")
+    for name, p, r, f in summary_rows(result):
+        lines.append(f"{name:12s} {100*p:7.2f} {100*r:7.2f} {100*f:7.2f}")
     return "\n".join(lines)
 
 

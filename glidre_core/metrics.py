@@ -112,6 +112,19 @@ def evaluate_facts(
     return result
 
 
+def summary_rows(result: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """(split, P, R, F1) rows of an :func:`evaluate_facts` result, for any table renderer."""
+    rows = [
+        ("all", result["precision"], result["recall"], result["f1"]),
+        ("Ign", result["ign_precision"], result["recall"], result["ign_f1"]),
+    ]
+    for key in ("intra", "inter", "frequent", "long_tail"):
+        if key in result:
+            r = result[key]
+            rows.append((key, r["precision"], r["recall"], r["f1"]))
+    return rows
+
+
 @dataclass
 class ThresholdSweep:
     best_threshold: float
