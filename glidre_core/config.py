@@ -16,6 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 LossName = Literal["focal", "bce", "adaptive_threshold"]
 LOSS_NAMES: tuple[str, ...] = ("focal", "bce", "adaptive_threshold")
 
+#: Natural-language names for the entity-type codes of the bundled datasets. The span head
+#: scores spans against type *strings*, so codes such as ``PER`` or ``Peop`` are spelled out
+#: before they reach the label encoder (training targets and evaluation use the same map).
+DEFAULT_ENTITY_TYPE_NAMES: dict[str, str] = {
+    # DocRED / Re-DocRED
+    "PER": "person", "ORG": "organization", "LOC": "location", "TIME": "time",
+    "NUM": "number", "MISC": "miscellaneous",
+    # CoNLL04
+    "Peop": "person", "Org": "organization", "Loc": "location", "Other": "other",
+}
+
 
 class GLiDREConfig(BaseModel):
     """Architecture, loss and inference settings of a GLiDRE model."""
@@ -56,6 +67,21 @@ class GLiDREConfig(BaseModel):
     train_label_encoder: bool = False
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
 
+    # Joint entity recognition (GLiNER-style span head on the shared document encoder). A model
+    # saved without it (span_head false: every model before the head existed) loads unchanged
+    # and works for documents whose entities are given.
+    span_head: bool = False
+    max_span_width: int = Field(12, ge=1, description="longest candidate entity mention, in words")
+    entity_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="span decision threshold, chosen on dev")
+    entity_labels: list[str] = Field(default_factory=list, description="entity types seen in training")
+    entity_type_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENTITY_TYPE_NAMES))
+    span_loss: Literal["focal", "bce"] = "focal"
+    span_loss_weight: float = Field(1.0, ge=0.0, description="joint loss = relation + weight * span")
+    relation_loss_weight: float = Field(1.0, ge=0.0)
+    coreference: Literal["rules", "none"] = Field(
+        "rules", description="group predicted mentions into entities (rules) or one entity per mention"
+    )
+
     @field_validator("loss", mode="before")
     @classmethod
     def _known_loss(cls, v: str) -> str:
@@ -66,6 +92,12 @@ class GLiDREConfig(BaseModel):
     def normalize_label(self, label: str) -> str:
         label = " ".join(label.replace("_", " ").split())
         return label.lower() if self.label_casing == "lower" else label
+
+    def entity_label(self, raw_type: str | None) -> str | None:
+        """The type string the span head is trained and evaluated on for a dataset type code."""
+        if raw_type is None:
+            return None
+        return self.normalize_label(self.entity_type_names.get(raw_type, raw_type))
 
     def save(self, directory: str | Path) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from glidre_core.documents import Document
+from glidre_core.documents import Document, Entity, Mention
+from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores
 from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
+from glidre_core.modeling.glidre import PreparedDocument
+from glidre_core.modeling.spans import decode_spans
 from glidre_core.readers import relation_labels
 
 logger = logging.getLogger(__name__)
@@ -26,6 +30,7 @@ def score_candidates(
     batch_size: int = 4,
     cached_lower: dict[str, list[torch.Tensor]] | None = None,
     prepared: dict[str, Any] | None = None,
+    encoded: dict[str, Any] | None = None,
 ) -> list[tuple[Fact, float]]:
     """Every (fact, probability) with probability above ``floor``."""
     was = model.training
@@ -36,7 +41,8 @@ def score_candidates(
             batch = docs[s : s + batch_size]
             preps = [prepared[d.doc_id] if prepared else model.prepare(d) for d in batch]
             cache = [cached_lower[d.doc_id] for d in batch] if cached_lower else None
-            for p, sc in zip(preps, model.score_documents(preps, labels, cache)):
+            enc = [encoded[d.doc_id] for d in batch] if encoded else None
+            for p, sc in zip(preps, model.score_documents(preps, labels, cache, encoded=enc)):
                 probs = sc.probabilities()
                 idx = (probs > floor).nonzero().tolist()
                 for pi, ri in idx:
@@ -79,3 +85,150 @@ def evaluate_model(
         "labels": len(labels),
     })
     return result
+
+
+# -- entity recognition and joint (raw text) evaluation -------------------------------------------
+#: entity decision thresholds tried on dev (the span head's threshold is chosen here only)
+ENTITY_THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
+
+
+@dataclass
+class SpanScores:
+    """Probabilities of every candidate span of one document against an entity-type set."""
+
+    prepared: PreparedDocument
+    spans: torch.Tensor  # [S, 2] word [start, end)
+    probs: torch.Tensor  # [S, T]
+
+
+@torch.no_grad()
+def score_entity_spans(
+    model: GLiDRE,
+    docs: Sequence[Document],
+    types: LabelEmbeddings,
+    batch_size: int = 4,
+    prepared: dict[str, Any] | None = None,
+    cached_lower: dict[str, list[torch.Tensor]] | None = None,
+    encoded: dict[str, Any] | None = None,
+) -> list[SpanScores]:
+    """Span probabilities for ``docs`` (given entities are ignored: they are the gold)."""
+    was = model.training
+    model.eval()
+    out: list[SpanScores] = []
+    try:
+        for s in range(0, len(docs), batch_size):
+            batch = docs[s : s + batch_size]
+            preps = [prepared[d.doc_id] if prepared else model.prepare(d) for d in batch]
+            cache = [cached_lower[d.doc_id] for d in batch] if cached_lower else None
+            enc = [encoded[d.doc_id] for d in batch] if encoded else None
+            for p, sc in zip(preps, model.score_documents(preps, None, cache, types, enc)):
+                out.append(SpanScores(p, sc.spans.cpu(), torch.sigmoid(sc.span_logits.float()).cpu()))
+    finally:
+        model.train(was)
+    return out
+
+
+def entity_predictions(scored: Sequence[SpanScores], types: LabelEmbeddings, threshold, flat: bool = True) -> list[Document]:
+    """Predicted mentions as documents, one single-mention entity per mention (mention-level
+    NER needs no clustering)."""
+    docs = []
+    for item in scored:
+        words = item.prepared.words
+        found = decode_spans(item.spans, item.probs, threshold, flat=flat)
+        ents = [
+            Entity(id=f"M{i}", type=types.labels[p.type_index],
+                   mentions=[Mention(start=words.starts[p.start], end=words.ends[p.end - 1])])
+            for i, p in enumerate(found)
+        ]
+        docs.append(item.prepared.doc.model_copy(update={"entities": ents, "relations": []}))
+    return docs
+
+
+def entity_threshold_sweep(
+    model: GLiDRE,
+    scored: Sequence[SpanScores],
+    gold: Sequence[Document],
+    types: LabelEmbeddings,
+    grid: Sequence[float] = ENTITY_THRESHOLD_GRID,
+) -> dict[str, Any]:
+    """Strict mention F1 at every threshold of ``grid``; the best one (dev data only)."""
+    curve = []
+    for thr in grid:
+        res = entity_scores(gold, entity_predictions(scored, types, thr), type_name=model.config.entity_label)
+        curve.append((thr, res["f1"]))
+    best_thr, best_f1 = max(curve, key=lambda x: (x[1], -abs(x[0] - 0.5)))
+    return {"threshold": best_thr, "f1": best_f1, "curve": curve}
+
+
+def data_entity_types(model: GLiDRE, docs: Sequence[Document]) -> list[str]:
+    """The entity types of labelled data, as the span head's type strings."""
+    types = sorted({t for d in docs for e in d.entities if (t := model.config.entity_label(e.type))})
+    if not types:
+        raise ValueError("the documents have no typed entities to evaluate against")
+    return types
+
+
+def evaluate_entities(
+    model: GLiDRE,
+    docs: list[Document],
+    entity_labels: Sequence[str] | None = None,
+    threshold: float | None = None,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """Strict (span and type) mention-level entity recognition on ``docs``; ``entity_labels``
+    None = the data's own types."""
+    types_list = list(entity_labels) if entity_labels else data_entity_types(model, docs)
+    start = time.perf_counter()
+    types = model._entity_type_embeddings(types_list)
+    thr = model._entity_threshold_vector(types, threshold)
+    scored = score_entity_spans(model, docs, types, batch_size=batch_size)
+    preds = entity_predictions(scored, types, thr)
+    elapsed = time.perf_counter() - start
+    result = entity_scores(docs, preds, type_name=model.config.entity_label)
+    result.update({
+        "task": "ner", "docs": len(docs), "seconds": elapsed,
+        "docs_per_second": len(docs) / elapsed if elapsed else 0.0,
+        "entity_threshold": model.config.entity_threshold if threshold is None else threshold,
+        "entity_labels": types_list,
+    })
+    return result
+
+
+def evaluate_joint(
+    model: GLiDRE,
+    docs: list[Document],
+    entity_labels: Sequence[str] | None = None,
+    relation_labels_: Sequence[str] | None = None,
+    entity_threshold: float | None = None,
+    threshold: float | None = None,
+    match: str = "strict",
+    typed: bool = False,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """End to end from raw text: ``model.extract_documents`` on the texts alone, then strict
+    entity F1 and end-to-end relation F1 (entity matching rule ``match``, with types when
+    ``typed``) against the gold. Labels None = the data's own entity types / relation labels."""
+    types_list = list(entity_labels) if entity_labels else data_entity_types(model, docs)
+    rel_list = list(relation_labels_) if relation_labels_ else relation_labels(docs)
+    start = time.perf_counter()
+    results = model.extract_documents(
+        docs, types_list, rel_list, entity_threshold=entity_threshold, threshold=threshold,
+        batch_size=batch_size,
+    )
+    elapsed = time.perf_counter() - start
+    preds = [r.document for r in results]
+    ner = entity_scores(docs, preds, type_name=model.config.entity_label)
+    rel = end_to_end_relation_scores(
+        docs, preds, match=match, typed=typed, type_name=model.config.entity_label,
+        normalize_label=model.config.normalize_label,
+    )
+    rel.update({
+        "task": "joint", "docs": len(docs), "seconds": elapsed,
+        "docs_per_second": len(docs) / elapsed if elapsed else 0.0,
+        "entity": {k: ner[k] for k in ("precision", "recall", "f1", "tp", "n_pred", "n_gold")},
+        "entity_threshold": model.config.entity_threshold if entity_threshold is None else entity_threshold,
+        "threshold": model.config.threshold if threshold is None else threshold,
+        "entity_labels": types_list, "relation_labels": len(rel_list),
+        "coreference": model.config.coreference,
+    })
+    return rel

@@ -21,12 +21,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from glidre_core.config import GLiDREConfig
-from glidre_core.documents import Document, DocumentError, Entity, parse_document
+from glidre_core.documents import Document, DocumentError, Entity, Relation, parse_document
 from glidre_core.modeling.encoder import DocumentEncoder, EncodedDocument
 from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
-from glidre_core.modeling.losses import relation_loss
+from glidre_core.modeling.losses import relation_loss, span_loss
 from glidre_core.modeling.pooling import pool_entities
 from glidre_core.modeling.scorer import PairScorer, ordered_pairs
+from glidre_core.modeling.entities import ExtractionResult, entity_rows, group_mentions
+from glidre_core.modeling.spans import SpanHead, decode_spans, enumerate_spans
 from glidre_core.modeling.windows import TokenizedDocument, tokenize_words
 from glidre_core.pretrained import (
     encoder_fingerprint,
@@ -35,7 +37,7 @@ from glidre_core.pretrained import (
     resolve_encoder_path,
     weights_file,
 )
-from glidre_core.text import SpanAlignmentError, char_span_to_words, split_words
+from glidre_core.text import SpanAlignmentError, Words, char_span_to_words, split_words
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class PreparedDocument:
     mention_spans: list[list[tuple[int, int]]]  # per entity, [w0, w1) word spans
     entity_ids: list[str]
     relations: list[tuple[int, str, int]] = field(default_factory=list)  # (head idx, label, tail idx)
+    words: Words | None = None  # char offsets of the words (span predictions -> char mentions)
 
 
 def prepare_document(
@@ -80,7 +83,7 @@ def prepare_document(
     rels = [(index[r.head], norm(r.label), index[r.tail]) for r in doc.relations]
     rels = [r for r in rels if r[0] != r[2]]
     tokens = tokenize_words(words.tokens, tokenizer, max_length, overlap)
-    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], rels)
+    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], rels, words)
 
 
 @dataclass
@@ -91,6 +94,8 @@ class DocumentScores:
     tails: torch.Tensor  # [P]
     logits: torch.Tensor  # [P, R]
     threshold_logits: torch.Tensor | None  # [P] (adaptive threshold only)
+    span_logits: torch.Tensor | None = None  # [S, T] when entity types were scored
+    spans: torch.Tensor | None = None  # [S, 2] word [start, end) of the span_logits rows
 
     def probabilities(self) -> torch.Tensor:
         logits = self.logits.float()
@@ -121,6 +126,9 @@ class GLiDRE(nn.Module):
             trainable=config.train_label_encoder,
         )
         self.scorer = PairScorer(dim, config.ffn_expansion, config.dropout, config.pair_chunk_size)
+        self.span_head = (
+            SpanHead(dim, config.ffn_expansion, config.dropout, config.max_span_width) if config.span_head else None
+        )
         self.dropout = nn.Dropout(config.dropout)
         if config.loss == "adaptive_threshold":
             self.threshold_embedding = nn.Parameter(torch.randn(dim) * 0.02)
@@ -179,37 +187,75 @@ class GLiDRE(nn.Module):
             raise ValueError("relation labels must be distinct (after casing normalisation)")
         return LabelEmbeddings(list(labels), self.label_encoder(norm))
 
+    def encode_entity_types(self, types: Sequence[str]) -> LabelEmbeddings:
+        """Embed an entity-type set once (span head models); reuse it for every document."""
+        if self.span_head is None:
+            raise ValueError(
+                "this model has no entity (span) head: give entities with each document, or use a "
+                "model trained with span_head: true"
+            )
+        if not types:
+            raise ValueError("at least one entity type is needed")
+        norm = [self.config.normalize_label(t) for t in types]
+        if len(set(norm)) != len(norm):
+            raise ValueError("entity types must be distinct (after casing normalisation)")
+        pooled = self.label_encoder.projection(self.label_encoder.pooled(norm))
+        return LabelEmbeddings(list(types), self.span_head.type_vectors(pooled))
+
     def score_encoded(
-        self, prepared: PreparedDocument, encoded: EncodedDocument, labels: LabelEmbeddings
+        self,
+        prepared: PreparedDocument,
+        encoded: EncodedDocument,
+        labels: LabelEmbeddings | None,
+        entity_types: LabelEmbeddings | None = None,
     ) -> DocumentScores:
+        """Relation logits of every entity pair (``labels``) and, with ``entity_types``, entity
+        logits of every candidate span, from one encoded document."""
         words = self.dropout(self.word_projection(encoded.word_vectors))
         device = words.device
+        span_logits = spans = None
+        if entity_types is not None:
+            if self.span_head is None:
+                raise ValueError("this model has no entity (span) head")
+            spans = enumerate_spans(words.shape[0], self.config.max_span_width, device)
+            span_logits = self.span_head.logits(words, spans, entity_types.vectors)
         n = len(prepared.entity_ids)
         heads, tails = ordered_pairs(n, device)
-        if n < 2:
-            empty = words.new_zeros((0, len(labels)))
-            return DocumentScores(heads, tails, empty, None)
+        num_labels = len(labels) if labels is not None else 0
+        if n < 2 or labels is None:
+            heads, tails = heads[:0], tails[:0]
+            empty = words.new_zeros((0, num_labels))
+            return DocumentScores(heads, tails, empty, None, span_logits, spans)
         ents = pool_entities(encoded, words, prepared.mention_spans, self.config.pooling)
         pairs = self.scorer.pair_vectors(ents, heads, tails)
         logits = self.scorer.logits(pairs, labels.vectors)
         th = None
         if self.threshold_embedding is not None:
             th = pairs @ self.threshold_embedding.to(pairs.dtype)
-        return DocumentScores(heads, tails, logits, th)
+        return DocumentScores(heads, tails, logits, th, span_logits, spans)
+
+    def encode_prepared(
+        self, prepared: list[PreparedDocument], cached_lower: list[list[torch.Tensor]] | None = None
+    ) -> list[EncodedDocument]:
+        """Word vectors and last-layer word attention; ``cached_lower`` = frozen-layer states."""
+        toks = [p.tokens for p in prepared]
+        if cached_lower is not None:
+            return self.encoder.encode_from_cache(toks, cached_lower, self.frozen_split)
+        return self.encoder.encode(toks)
 
     def score_documents(
         self,
         prepared: list[PreparedDocument],
-        labels: LabelEmbeddings,
+        labels: LabelEmbeddings | None,
         cached_lower: list[list[torch.Tensor]] | None = None,
+        entity_types: LabelEmbeddings | None = None,
+        encoded: list[EncodedDocument] | None = None,
     ) -> list[DocumentScores]:
-        """Scores for several documents; ``cached_lower`` = cached frozen-layer states (training)."""
-        toks = [p.tokens for p in prepared]
-        if cached_lower is not None:
-            encoded = self.encoder.encode_from_cache(toks, cached_lower, self.frozen_split)
-        else:
-            encoded = self.encoder.encode(toks)
-        return [self.score_encoded(p, e, labels) for p, e in zip(prepared, encoded)]
+        """Scores for several documents. ``cached_lower`` = cached frozen-layer states, or
+        ``encoded`` = cached encoder outputs when the whole encoder is frozen (training)."""
+        if encoded is None:
+            encoded = self.encode_prepared(prepared, cached_lower)
+        return [self.score_encoded(p, e, labels, entity_types) for p, e in zip(prepared, encoded)]
 
     def targets(self, prepared: PreparedDocument, scores: DocumentScores, labels: LabelEmbeddings) -> torch.Tensor:
         n = len(prepared.entity_ids)
@@ -220,22 +266,67 @@ class GLiDRE(nn.Module):
                 dense[h, t, label_index[lab]] = 1.0
         return dense[scores.heads, scores.tails]
 
-    def loss(self, prepared: list[PreparedDocument], labels: LabelEmbeddings, cached_lower=None) -> torch.Tensor:
-        """Mean over documents of the configured relation loss."""
-        total = []
-        for p, s in zip(prepared, self.score_documents(prepared, labels, cached_lower)):
-            if s.logits.shape[0] == 0:
+    def span_targets(self, prepared: PreparedDocument, num_words: int, entity_types: LabelEmbeddings) -> torch.Tensor | None:
+        """``[S, T]`` gold matrix over the candidate spans, or None when the document cannot
+        supervise the span head: an entity without a type (its spans would be taught as
+        negatives). Mentions longer than ``max_span_width`` words are not candidates and are
+        left out; mentions of a type outside ``entity_types`` are negatives for every type."""
+        width = self.config.max_span_width
+        type_index = {self.config.normalize_label(t): i for i, t in enumerate(entity_types.labels)}
+        dense = torch.zeros((num_words * width, len(entity_types)))
+        for ent, spans in zip(prepared.doc.entities, prepared.mention_spans):
+            label = self.config.entity_label(ent.type)
+            if label is None:
+                return None
+            t = type_index.get(label)
+            if t is None:
                 continue
-            total.append(
-                relation_loss(
-                    self.config.loss, s.logits, self.targets(p, s, labels),
-                    alpha=self.config.focal_alpha, gamma=self.config.focal_gamma,
-                    threshold_logits=s.threshold_logits,
+            for w0, w1 in spans:
+                if 1 <= w1 - w0 <= width:
+                    dense[w0 * width + (w1 - w0 - 1), t] = 1.0
+        grid = enumerate_spans(num_words, width)
+        return dense[grid[:, 0] * width + (grid[:, 1] - grid[:, 0] - 1)]
+
+    def loss(
+        self,
+        prepared: list[PreparedDocument],
+        labels: LabelEmbeddings,
+        cached_lower=None,
+        entity_types: LabelEmbeddings | None = None,
+        encoded: list[EncodedDocument] | None = None,
+    ) -> torch.Tensor:
+        """Joint loss, averaged over documents: ``relation_loss_weight * relation loss +
+        span_loss_weight * span loss`` (the span term only with ``entity_types``)."""
+        cfg = self.config
+        rel_terms, span_terms = [], []
+        # a zero relation weight (a stage that trains the span head alone) skips pair scoring
+        rel_labels = labels if cfg.relation_loss_weight > 0 else None
+        scores = self.score_documents(prepared, rel_labels, cached_lower, entity_types, encoded)
+        for p, s in zip(prepared, scores):
+            if s.logits.shape[0] > 0 and cfg.relation_loss_weight > 0:
+                rel_terms.append(
+                    relation_loss(
+                        cfg.loss, s.logits, self.targets(p, s, labels),
+                        alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
+                        threshold_logits=s.threshold_logits,
+                    )
                 )
-            )
-        if not total:
-            return sum(p.sum() * 0 for p in self.head_parameters())
-        return torch.stack(total).mean()
+            if s.span_logits is not None and s.span_logits.shape[0] > 0:
+                target = self.span_targets(p, p.tokens.num_words, entity_types)
+                if target is not None:
+                    span_terms.append(
+                        span_loss(cfg.span_loss, s.span_logits, target.to(s.span_logits.device),
+                                  alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+                    )
+        total = None
+        if rel_terms:
+            total = cfg.relation_loss_weight * torch.stack(rel_terms).mean()
+        if span_terms:
+            part = cfg.span_loss_weight * torch.stack(span_terms).mean()
+            total = part if total is None else total + part
+        if total is None:
+            return sum(q.sum() * 0 for q in self.head_parameters())
+        return total
 
     # -- inference -----------------------------------------------------------------------------
     def _label_embeddings(self, labels: Sequence[str] | LabelEmbeddings | None) -> LabelEmbeddings:
@@ -326,6 +417,100 @@ class GLiDRE(nn.Module):
         doc = parse_document({"doc_id": doc_id, "text": text, "entities": ents})
         return self.predict_documents([doc], labels, threshold)[0]
 
+    # -- joint extraction (entities + relations from raw text) -----------------------------------
+    def _entity_type_embeddings(self, types: Sequence[str] | LabelEmbeddings | None) -> LabelEmbeddings:
+        if isinstance(types, LabelEmbeddings):
+            return types
+        if types is None:
+            if not self.config.entity_labels:
+                raise ValueError("no entity types given and the model stores none")
+            types = self.config.entity_labels
+        with torch.no_grad():
+            return self.encode_entity_types(list(types))
+
+    def _entity_threshold_vector(self, types: LabelEmbeddings, threshold) -> torch.Tensor:
+        base = self.config.entity_threshold
+        if threshold is None or isinstance(threshold, (int, float)):
+            return torch.full((len(types),), base if threshold is None else float(threshold))
+        return torch.tensor([float(threshold.get(t, base)) for t in types.labels])
+
+    @torch.no_grad()
+    def extract_documents(
+        self,
+        docs: Iterable[Document | str],
+        entity_labels: Sequence[str] | LabelEmbeddings | None = None,
+        relation_labels: Sequence[str] | LabelEmbeddings | None = None,
+        *,
+        entity_threshold: float | dict[str, float] | None = None,
+        threshold: float | dict[str, float] | None = None,
+        coreference: str | None = None,
+        flat_ner: bool = True,
+        batch_size: int = 4,
+        top_k: int | None = None,
+    ) -> list[ExtractionResult]:
+        """Entities and relations from raw text, one encoder pass per document.
+
+        The span head finds mentions of ``entity_labels`` (None = the types the model was
+        trained on), the coreference rules (``coreference``: "rules" or "none"; None = the
+        model's setting) group them into entities, and the relation scorer runs unchanged on
+        those entities against ``relation_labels``. Any entities given with a document are
+        ignored here (use :meth:`predict_documents` for given entities). Thresholds: None = the
+        dev-chosen ones stored with the model, a float, or a per-label dict.
+        """
+        if self.span_head is None:
+            raise ValueError(
+                "this model has no entity (span) head: give entities with each document "
+                "(predict_documents), or use a model trained with span_head: true"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            types = self._entity_type_embeddings(entity_labels)
+            rel = self._label_embeddings(relation_labels)
+            ent_thr = self._entity_threshold_vector(types, entity_threshold)
+            rel_thr = self._threshold_vector(rel, threshold)
+            mode = coreference or self.config.coreference
+            items = [
+                d if isinstance(d, Document) else parse_document({"doc_id": f"doc-{i}", "text": d})
+                for i, d in enumerate(docs)
+            ]
+            out: list[ExtractionResult] = []
+            for s in range(0, len(items), batch_size):
+                bare = [d.model_copy(update={"entities": [], "relations": []}) for d in items[s : s + batch_size]]
+                batch = [self.prepare(d) for d in bare]
+                for p, enc in zip(batch, self.encode_prepared(batch)):
+                    out.append(self._extract_one(p, enc, types, rel, ent_thr, rel_thr, mode, flat_ner, top_k))
+            return out
+        finally:
+            self.train(was_training)
+
+    def _extract_one(self, prepared, encoded, types, rel, ent_thr, rel_thr, mode, flat_ner, top_k) -> ExtractionResult:
+        span_scores = self.score_encoded(prepared, encoded, None, types)
+        probs = torch.sigmoid(span_scores.span_logits.float()).cpu()
+        found = decode_spans(span_scores.spans.cpu(), probs, ent_thr, flat=flat_ner)
+        predicted = group_mentions(found, prepared.words, list(types.labels), mode)
+        doc = prepared.doc.model_copy(update={"entities": predicted.entities})
+        with_entities = PreparedDocument(
+            doc, prepared.tokens, predicted.mention_spans, [e.id for e in predicted.entities], [], prepared.words
+        )
+        relations = self.decode(with_entities, self.score_encoded(with_entities, encoded, rel), rel, rel_thr, top_k)
+        doc = doc.model_copy(update={
+            "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in relations]
+        })
+        return ExtractionResult(doc, entity_rows(doc, predicted), relations)
+
+    def extract(
+        self,
+        text: str,
+        entity_labels: Sequence[str] | LabelEmbeddings | None = None,
+        relation_labels: Sequence[str] | LabelEmbeddings | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Entities (mentions with char offsets, type, score) and relations of ``text`` in one
+        call; see :meth:`extract_documents` for the options."""
+        result = self.extract_documents([text], entity_labels, relation_labels, **kwargs)[0]
+        return {"entities": result.entities, "relations": result.relations}
+
     # -- persistence ---------------------------------------------------------------------------
     def _base_state(self, prefix: str, name: str | None) -> dict[str, torch.Tensor] | None:
         if name is None:
@@ -363,9 +548,11 @@ class GLiDRE(nn.Module):
         logger.info("saved %d tensors to %s", len(tensors), directory)
         return directory
 
-    def load_weights(self, path: str | Path) -> None:
+    def load_weights(self, path: str | Path, allow_missing: tuple[str, ...] = ()) -> None:
         """Load a ``save_pretrained`` weights file strictly: no unexpected tensor, no wrong shape,
-        and every tensor not stored must belong to a named (pip/local) base encoder."""
+        and every tensor not stored must belong to a named (pip/local) base encoder.
+        ``allow_missing``: name prefixes that may be absent (a new head a training run adds to a
+        saved model); never used when loading a model for use."""
         path = Path(path)
         stored = load_file(str(path))
         own = self.state_dict()
@@ -376,7 +563,9 @@ class GLiDRE(nn.Module):
         for prefix, name in (("encoder.model.", self.config.encoder), ("label_encoder.model.", self.config.label_encoder)):
             if name is not None:
                 base_ok |= {k for k in own if k.startswith(prefix)}
-        missing = sorted(k for k in own if k not in stored and k not in base_ok)
+        missing = sorted(
+            k for k in own if k not in stored and k not in base_ok and not k.startswith(tuple(allow_missing))
+        )
         if missing:
             raise ValueError(f"{path}: missing tensors {missing[:5]}")
         for k, v in stored.items():

@@ -65,3 +65,21 @@ def relation_loss(
     else:
         raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
     return per.mean()
+
+
+def span_loss(
+    name: str, logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.8, gamma: float = 2.0
+) -> torch.Tensor:
+    """Entity-span loss over ``[S, T]`` (span x entity type) logits: sum over types, mean over
+    candidate spans, like :func:`relation_loss`. ``focal`` down-weights the many easy negative
+    spans (a document has ~10 candidate spans per word and a handful of mentions)."""
+    if logits.numel() == 0:
+        return logits.sum()
+    targets = targets.to(torch.float32)
+    if name == "focal":
+        per = focal_loss(logits.float(), targets, alpha, gamma)
+    elif name == "bce":
+        per = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    else:
+        raise ValueError(f"unknown span loss {name!r}; expected 'focal' or 'bce'")
+    return per.sum(-1).mean()

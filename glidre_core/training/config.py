@@ -75,6 +75,23 @@ class TrainingConfig(BaseModel):
     model: GLiDREConfig = Field(default_factory=GLiDREConfig)
     train: DataConfig
     dev: DataConfig | None = Field(None, description="separate dev file; else held out from train")
+    extra_train: list[DataConfig] = Field(
+        default_factory=list, description="more training corpora (e.g. CoNLL04 next to Re-DocRED)"
+    )
+    extra_dev: list[DataConfig] = Field(default_factory=list, description="their dev sets, added to dev")
+    init_from: str | None = Field(
+        None,
+        description="start from a saved model directory (or 'default'); its config is the base and "
+        "the keys given under 'model' override it; tensors it lacks (a new span head) start fresh",
+    )
+    train_only: list[str] | None = Field(
+        None,
+        description="train only parameters whose names start with one of these prefixes "
+        "(e.g. ['span_head.']); everything else is frozen. None = the usual split",
+    )
+    select_on: Literal["relation", "entity", "mean"] | None = Field(
+        None, description="dev score that picks the best checkpoint; None = relation, or mean with a span head"
+    )
     dev_holdout: int = Field(50, ge=0, description="documents held out of train when dev is None")
     output_dir: str = "runs/train"
     seed: int = 13
@@ -100,6 +117,22 @@ class TrainingConfig(BaseModel):
     mlflow: MLflowSection | None = Field(None, description="None = no MLflow tracking")
     pretraining: PretrainingSection = Field(default_factory=PretrainingSection)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _init_from_base(cls, data: Any) -> Any:
+        """With ``init_from``, the saved model's config.json is the base of ``model`` and the
+        given ``model`` keys override it, so a second stage cannot silently change the
+        architecture of the weights it starts from."""
+        if not isinstance(data, dict) or not data.get("init_from"):
+            return data
+        from glidre_core.modeling.glidre import DEFAULT_MODEL_DIR
+
+        src = DEFAULT_MODEL_DIR if str(data["init_from"]) == "default" else Path(data["init_from"])
+        base = GLiDREConfig.load(src).model_dump()
+        given = data.get("model") or {}
+        base.update(given.model_dump(exclude_unset=True) if isinstance(given, GLiDREConfig) else given)
+        return {**data, "model": base}
+
     @model_validator(mode="after")
     def _dev(self) -> "TrainingConfig":
         if self.dev is None and self.dev_holdout == 0:
@@ -108,7 +141,9 @@ class TrainingConfig(BaseModel):
 
 
 def load_training_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
-    """Load YAML, apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
+    """Load YAML, apply ``key.sub=value`` overrides (values parsed as YAML), validate.
+
+    ``init_from`` is resolved by :meth:`TrainingConfig._init_from_base`."""
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     for key, value in parse_overrides(overrides).items():

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from glidre_core.documents import Document
-from glidre_core.evaluation import score_candidates
+from glidre_core.evaluation import entity_threshold_sweep, score_candidates, score_entity_spans
 from glidre_core.metrics import evaluate_facts, gold_facts, sweep_threshold, train_fact_names
 from glidre_core.modeling import GLiDRE, PreparedDocument
 from glidre_core.readers import read_documents, relation_labels
@@ -79,16 +79,27 @@ def seed_everything(seed: int) -> None:
 def split_train_dev(cfg: TrainingConfig) -> tuple[list[Document], list[Document]]:
     """Train and dev documents. Without a dev file, the last ``dev_holdout`` docs of a seeded
     shuffle of the training file are held out."""
-    train = read_documents(cfg.train.path, cfg.train.format, on_error="skip", limit=cfg.train.limit)
+    def read(data) -> list[Document]:
+        return read_documents(data.path, data.format, on_error="skip", limit=data.limit)
+
+    train = read(cfg.train)
+    extra_train = [d for data in cfg.extra_train for d in read(data)]
+    extra_dev = [d for data in cfg.extra_dev for d in read(data)]
     if cfg.dev is not None:
-        dev = read_documents(cfg.dev.path, cfg.dev.format, on_error="skip", limit=cfg.dev.limit)
-        return train, dev
-    order = list(range(len(train)))
-    random.Random(cfg.seed).shuffle(order)
-    if cfg.dev_holdout >= len(train):
-        raise ValueError(f"dev_holdout={cfg.dev_holdout} leaves no training documents ({len(train)} read)")
-    dev_idx = set(order[-cfg.dev_holdout :])
-    return [d for i, d in enumerate(train) if i not in dev_idx], [d for i, d in enumerate(train) if i in dev_idx]
+        train, dev = train, read(cfg.dev)
+    else:
+        order = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(order)
+        if cfg.dev_holdout >= len(train):
+            raise ValueError(f"dev_holdout={cfg.dev_holdout} leaves no training documents ({len(train)} read)")
+        dev_idx = set(order[-cfg.dev_holdout :])
+        train, dev = [d for i, d in enumerate(train) if i not in dev_idx], [d for i, d in enumerate(train) if i in dev_idx]
+    train, dev = train + extra_train, dev + extra_dev
+    ids = [d.doc_id for d in train + dev]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"document ids repeat across the training/dev corpora: {dup}")
+    return train, dev
 
 
 def shard_documents(docs: list[Document], rank: int, world_size: int) -> list[Document]:
@@ -124,8 +135,11 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: list[PreparedDocument], labels: list[str], cache) -> torch.Tensor:
-        return self.model.loss(batch, self.model.encode_labels(labels), cache)
+    def forward(
+        self, batch: list[PreparedDocument], labels: list[str], cache, entity_types: list[str] | None = None, encoded=None
+    ) -> torch.Tensor:
+        types = self.model.encode_entity_types(entity_types) if entity_types else None
+        return self.model.loss(batch, self.model.encode_labels(labels), cache, types, encoded)
 
 
 class Trainer:
@@ -165,8 +179,24 @@ class Trainer:
             labels = sorted({cfg.model.normalize_label(lab) for lab in labels})
         self.all_train_docs = all_train
         self.train_docs = shard_documents(all_train, rank, world_size)
-        model_cfg = cfg.model.model_copy(update={"labels": labels})
+        update: dict[str, Any] = {"labels": labels}
+        self.entity_labels: list[str] = []
+        if cfg.model.span_head:
+            self.entity_labels = sorted(
+                {lab for d in all_train + self.dev_docs for e in d.entities if (lab := cfg.model.entity_label(e.type))}
+            )
+            if not self.entity_labels:
+                raise ValueError("span_head is on but no training entity has a type")
+            update["entity_labels"] = self.entity_labels
+        model_cfg = cfg.model.model_copy(update=update)
         self.model = GLiDRE(model_cfg).to(self.device)
+        if cfg.init_from:
+            self._init_from(cfg.init_from)
+        if cfg.train_only is not None:
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(any(name.startswith(prefix) for prefix in cfg.train_only))
+            if not any(p.requires_grad for p in self.model.parameters()):
+                raise ValueError(f"train_only={cfg.train_only} matches no parameter")
         self.labels = labels
         self.sampler: LabelSampler | None = None
         if cfg.pretraining.enabled:
@@ -182,7 +212,11 @@ class Trainer:
         for d in self.train_docs + (self.dev_docs if rank == 0 else []):
             self.prepared[d.doc_id] = self.model.prepare(d)
         self.cache: dict[str, list[torch.Tensor]] | None = None
-        if cfg.cache_frozen_layers and self.model.frozen_split > 0:
+        self.encoded: dict[str, Any] | None = None
+        encoder_frozen = not any(p.requires_grad for p in self.model.encoder.parameters())
+        if cfg.cache_frozen_layers and encoder_frozen:
+            self.encoded = self._cache_encoded()
+        elif cfg.cache_frozen_layers and self.model.frozen_split > 0:
             self.cache = self._cache_lower()
         self.last_dev_eval: dict[str, Any] | None = None
         self._train_fact_names: set[tuple[str, str, str]] | None = None
@@ -201,6 +235,31 @@ class Trainer:
         for doc_id, p in self.prepared.items():
             cache[doc_id] = [s.clone() for s in self.model.encoder.lower(self.model.encoder.window_ids(p.tokens), self.model.frozen_split)]
         logger.info("cached frozen layers for %d docs in %.1fs", len(cache), time.perf_counter() - start)
+        return cache
+
+    def _init_from(self, source: str) -> None:
+        """Start from saved weights; tensors of parts the saved model lacks (a span head added
+        in this run) keep their fresh initialisation."""
+        from glidre_core.modeling.glidre import DEFAULT_MODEL_DIR, WEIGHTS_NAME
+
+        directory = DEFAULT_MODEL_DIR if source == "default" else Path(source)
+        self.model.load_weights(directory / WEIGHTS_NAME, allow_missing=("span_head.",))
+        self.model.label_encoder.clear_cache()
+        logger.info("initialised from %s", directory)
+
+    @torch.no_grad()
+    def _cache_encoded(self) -> dict[str, Any]:
+        """The whole document encoder is frozen: encode every document once (word vectors and
+        last-layer attention); steps then run the heads only."""
+        start = time.perf_counter()
+        self.model.eval()
+        cache = {}
+        items = list(self.prepared.items())
+        for s in range(0, len(items), 8):
+            chunk = items[s : s + 8]
+            for (doc_id, _), enc in zip(chunk, self.model.encode_prepared([p for _, p in chunk])):
+                cache[doc_id] = enc
+        logger.info("cached encoder outputs for %d docs in %.1fs", len(cache), time.perf_counter() - start)
         return cache
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -224,16 +283,30 @@ class Trainer:
             scored = score_candidates(
                 self.model, self.dev_docs, self.model.encode_labels(self.labels),
                 cached_lower=self.cache, prepared=self.prepared, batch_size=self.cfg.batch_size,
+                encoded=self.encoded,
             )
         sweep = sweep_threshold(scored, gold_facts(self.dev_docs))
         if self._train_fact_names is None:
             self._train_fact_names = train_fact_names(self.all_train_docs)
         kept = [f for f, s in scored if s > sweep.best_threshold]
         at = evaluate_facts(self.dev_docs, kept, self._train_fact_names)
-        self.last_dev_eval = {
+        result = {
             "f1": sweep.best_f1, "threshold": sweep.best_threshold, "curve": sweep.curve,
             "precision": at["precision"], "recall": at["recall"], "ign_f1": at["ign_f1"],
+            "score": sweep.best_f1,
         }
+        if self.entity_labels:
+            with self._autocast(), torch.no_grad():
+                types = self.model.encode_entity_types(self.entity_labels)
+                spans = score_entity_spans(
+                    self.model, self.dev_docs, types, prepared=self.prepared, cached_lower=self.cache,
+                    encoded=self.encoded, batch_size=self.cfg.batch_size,
+                )
+            ent = entity_threshold_sweep(self.model, spans, self.dev_docs, types)
+            result.update(entity_f1=ent["f1"], entity_threshold=ent["threshold"])
+            select = self.cfg.select_on or "mean"
+            result["score"] = {"relation": sweep.best_f1, "entity": ent["f1"], "mean": (sweep.best_f1 + ent["f1"]) / 2}[select]
+        self.last_dev_eval = result
         return self.last_dev_eval
 
     def evaluate_dev(self) -> tuple[float, float]:
@@ -354,6 +427,7 @@ class Trainer:
                 ids = order[b : b + cfg.batch_size]
                 batch = [self.prepared[i] for i in ids]
                 cache = [self.cache[i] for i in ids] if self.cache else None
+                encoded = [self.encoded[i] for i in ids] if self.encoded else None
                 if self.sampler is not None:
                     labels = self.sampler.sample(lab for p in batch for _, lab, _ in p.relations)
                 else:
@@ -362,7 +436,7 @@ class Trainer:
                 no_sync = net.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
                 with no_sync:
                     with self._autocast():
-                        loss = net(batch, labels, cache) / cfg.grad_accum
+                        loss = net(batch, labels, cache, self.entity_labels or None, encoded) / cfg.grad_accum
                     loss.backward()
                 running.append(loss.item() * cfg.grad_accum)
                 seen_docs += len(batch)
@@ -390,7 +464,7 @@ class Trainer:
                     record = None
                     if self.rank == 0:
                         dev = self.dev_evaluation()
-                        f1, thr = dev["f1"], dev["threshold"]
+                        f1, thr = dev["score"], dev["threshold"]
                         record = {
                             "step": step, "epoch": epoch, "minutes": elapsed / 60,
                             "train_loss": sum(running) / len(running) if running else float("nan"),
@@ -399,9 +473,14 @@ class Trainer:
                             "dev_ign_f1": dev["ign_f1"], "dev_precision": dev["precision"],
                             "dev_recall": dev["recall"], "docs_per_second": seen_docs / elapsed,
                         }
+                        if "entity_f1" in dev:
+                            record.update(dev_relation_f1=dev["f1"], dev_entity_f1=dev["entity_f1"],
+                                          dev_entity_threshold=dev["entity_threshold"])
                         if f1 > best_f1:
                             best_f1, best_thr = f1, thr
                             model.config.threshold = thr
+                            if "entity_threshold" in dev:
+                                model.config.entity_threshold = dev["entity_threshold"]
                             model.save_pretrained(best_dir)
                             record["saved"] = True
                         history.append(record)

@@ -1,0 +1,88 @@
+"""From decoded spans to entities: char-offset mentions grouped by coreference rules.
+
+This is the glue between the span head and the relation scorer in ``GLiDRE.extract``: the
+predicted mentions become :class:`~glidre_core.documents.Entity` objects (ids ``E0``, ``E1``, ...
+in text order of their first mention) that the unchanged relation path then scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from glidre_core.coreference import CoreferenceMode, MentionCandidate, cluster_mentions
+from glidre_core.documents import Document, Entity, Mention
+from glidre_core.modeling.spans import SpanPrediction
+from glidre_core.text import Words
+
+
+@dataclass
+class PredictedEntities:
+    """Predicted entities of one document with their word spans (for pooling) and scores."""
+
+    entities: list[Entity]
+    mention_spans: list[list[tuple[int, int]]]
+    mention_scores: list[list[float]]
+
+    @property
+    def scores(self) -> list[float]:
+        """Entity score: the best score among its mentions."""
+        return [max(s) for s in self.mention_scores]
+
+
+def group_mentions(
+    predictions: list[SpanPrediction], words: Words, type_names: list[str], mode: CoreferenceMode
+) -> PredictedEntities:
+    """Turn word-span predictions into entities. An entity's type is that of its highest-scoring
+    mention (rules only merge type-compatible mentions, so this matters only for None types)."""
+    cands = [
+        MentionCandidate(
+            start=words.starts[p.start], end=words.ends[p.end - 1],
+            text=words.text[words.starts[p.start] : words.ends[p.end - 1]],
+            type=type_names[p.type_index], score=p.score,
+        )
+        for p in predictions
+    ]
+    entities, spans, scores = [], [], []
+    for k, cluster in enumerate(cluster_mentions(cands, mode)):
+        best = max(cluster, key=lambda i: cands[i].score)
+        entities.append(
+            Entity(
+                id=f"E{k}", type=cands[best].type,
+                mentions=[Mention(start=cands[i].start, end=cands[i].end) for i in cluster],
+            )
+        )
+        spans.append([(predictions[i].start, predictions[i].end) for i in cluster])
+        scores.append([cands[i].score for i in cluster])
+    return PredictedEntities(entities, spans, scores)
+
+
+@dataclass
+class ExtractionResult:
+    """What :meth:`GLiDRE.extract_documents` returns per document.
+
+    ``document`` is the input document with the *predicted* entities and relations (the form the
+    end-to-end metrics and the extraction job consume); ``entities`` and ``relations`` are the
+    same as plain rows.
+    """
+
+    document: Document
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    relations: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"doc_id": self.document.doc_id, "entities": self.entities, "relations": self.relations}
+
+
+def entity_rows(doc: Document, predicted: PredictedEntities) -> list[dict[str, Any]]:
+    """Plain rows: id, type, text (longest mention), score, mentions with char offsets."""
+    rows = []
+    for ent, scores, score in zip(predicted.entities, predicted.mention_scores, predicted.scores):
+        rows.append({
+            "id": ent.id, "type": ent.type, "text": doc.entity_text(ent), "score": score,
+            "mentions": [
+                {"start": m.start, "end": m.end, "text": doc.text[m.start : m.end], "score": s}
+                for m, s in zip(ent.mentions, scores)
+            ],
+        })
+    return rows
