@@ -56,17 +56,37 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
 @click.option("--threshold", type=float, default=None, help="override the stored dev threshold")
 @click.option("--limit", type=int, default=None, help="evaluate on the first N documents")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None)
-def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json) -> None:
-    """Official F1 / Ign F1 (+ per-relation, intra/inter) of MODEL on labelled DATA."""
-    from glidre_core.evaluation import evaluate_model
+@click.option("--task", type=click.Choice(["relation", "ner", "joint"]), default="relation", show_default=True,
+              help="relation: given entities; ner: entity recognition; joint: relations from raw text")
+@click.option("--entity-threshold", type=float, default=None, help="override the stored entity threshold")
+@click.option("--entity-labels", default=None, help="comma-separated entity types (default: the data's own)")
+@click.option("--match", type=click.Choice(["strict", "relaxed"]), default="strict", show_default=True,
+              help="joint: a predicted entity matches a gold one by equal mention sets, or best overlap")
+@click.option("--typed/--untyped", default=None,
+              help="joint: entity types must match too (default: typed for conll04, untyped otherwise)")
+def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
+             entity_labels, match, typed) -> None:
+    """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
+    entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint)."""
+    from glidre_core.evaluation import evaluate_entities, evaluate_joint, evaluate_model
     from glidre_core.metrics import train_fact_names
     from glidre_core.model_loading import load_model
     from glidre_core.readers import read_documents
 
     model = load_model(model_ref)
     docs = read_documents(data_path, fmt, limit=limit)
-    facts = train_fact_names(read_documents(train_facts, fmt)) if train_facts else None
-    result = evaluate_model(model, docs, train_facts=facts, threshold=threshold)
+    types = [t.strip() for t in entity_labels.split(",") if t.strip()] if entity_labels else None
+    if task != "relation" and model.span_head is None:
+        raise click.UsageError(f"--task {task} needs a model with an entity (span) head; {model_ref} has none")
+    if task == "ner":
+        result = evaluate_entities(model, docs, types, threshold=entity_threshold)
+    elif task == "joint":
+        typed = (fmt == "conll04") if typed is None else typed
+        result = evaluate_joint(model, docs, types, entity_threshold=entity_threshold, threshold=threshold,
+                                match=match, typed=typed)
+    else:
+        facts = train_fact_names(read_documents(train_facts, fmt)) if train_facts else None
+        result = evaluate_model(model, docs, train_facts=facts, threshold=threshold)
     result["model"] = model_ref
     result["data"] = str(data_path)
     click.echo(format_metrics(result))
@@ -81,6 +101,8 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
 @click.option("--output", "output_uri", default=None, help="output directory or s3:// prefix")
 @click.option("--model", "model_ref", default=None, help="directory, 'default' or models:/NAME@ALIAS")
 @click.option("--labels", default=None, help="labels file (one per line) or a named set, e.g. 'redocred'")
+@click.option("--entity-labels", default=None,
+              help="entity types file or named set for documents without entities (span head models)")
 @click.option("--num-actors", type=int, default=None, help="model actors (min = max = N)")
 @click.option("--batch-size", type=int, default=None, help="documents per forward pass")
 @click.option("--num-gpus-per-actor", type=float, default=None, help="GPUs per actor (0 = CPU)")
@@ -89,13 +111,13 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value")
 def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, num_gpus_per_actor, resume,
-            overwrite, config_path, overrides) -> None:
+            overwrite, config_path, overrides, entity_labels=None) -> None:
     """Extract relations from a corpus with Ray Data (starts a local Ray if none is running)."""
     from glidre_core.extraction import ExtractionError, cli_values, load_extract_config, run_extraction, summary_text
 
     values = cli_values(input=input_uri, output=output_uri, model=model_ref, labels=labels, num_actors=num_actors,
                         batch_size=batch_size, num_gpus_per_actor=num_gpus_per_actor, resume=resume,
-                        overwrite=overwrite)
+                        overwrite=overwrite, entity_labels=entity_labels)
     try:
         cfg = load_extract_config(config_path, list(overrides), values)
         manifest = run_extraction(cfg)
@@ -109,6 +131,19 @@ def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, nu
 def format_metrics(result: dict) -> str:
     from glidre_core.metrics import summary_rows
 
+    task = result.get("task", "relation")
+    if task in ("ner", "joint"):
+        head = f"docs {result['docs']}  ({result['docs_per_second']:.2f} docs/s)  entity threshold {result['entity_threshold']:.3f}"
+        if task == "ner":
+            rows = [("entities", result), ("untyped", result["untyped"])]
+            rows += [(t, r) for t, r in sorted(result["per_type"].items())]
+        else:
+            head += f"  threshold {result['threshold']:.3f}  match {result['match']}  typed {result['typed']}"
+            rows = [("entities", result["entity"]), ("relations", result)]
+        lines = [head, f"{'':14s} {'P':>7s} {'R':>7s} {'F1':>7s}"]
+        for name, r in rows:
+            lines.append(f"{name[:14]:14s} {100*r['precision']:7.2f} {100*r['recall']:7.2f} {100*r['f1']:7.2f}")
+        return "\n".join(lines)
     lines = [
         f"docs {result['docs']}  ({result['docs_per_second']:.2f} docs/s)  threshold {result['threshold']:.3f}",
         f"{'':12s} {'P':>7s} {'R':>7s} {'F1':>7s}",

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output")
     parser.add_argument("--model")
     parser.add_argument("--labels")
+    parser.add_argument("--entity-labels", help="entity types for documents without entities (span head models)")
     parser.add_argument("--num-actors", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--num-gpus-per-actor", type=float)
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = cli_values(input=args.input, output=args.output, model=args.model, labels=args.labels,
+                        entity_labels=args.entity_labels,
                         num_actors=args.num_actors, batch_size=args.batch_size,
                         num_gpus_per_actor=args.num_gpus_per_actor, resume=args.resume, overwrite=args.overwrite)
     try:

@@ -137,6 +137,10 @@ def test_pair_vectors_match_naive_reference(pooling):
     logits = PairScorer.logits(got, labels)
     assert logits.shape == (n * (n - 1), 3)
     assert torch.allclose(logits[4, 2], (got[4] * labels[2]).sum(), atol=1e-5)
+    # the folded path (last pair-FFN Linear folded into the labels) is the same function
+    with torch.no_grad():
+        folded = scorer.label_logits(scorer.pair_hidden(ents, heads, tails), labels)
+    torch.testing.assert_close(folded, logits, rtol=1e-5, atol=1e-5)
 
 
 def test_pair_direction_matters():

@@ -128,3 +128,20 @@ def test_joint_loss_is_the_weighted_sum_and_trains_the_span_head():
 def test_model_without_span_head_refuses_entity_extraction_clearly(tiny_model):
     with pytest.raises(ValueError, match="no entity \\(span\\) head"):
         tiny_model.extract("Marie Curie lived in Paris.", ["person"], ["residence"])
+
+
+def test_span_loss_only_covers_the_types_the_documents_corpus_annotates():
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(span_head=True, max_span_width=3))
+    model.eval()
+    p = model.prepare(_typed_doc())
+    labels = model.encode_labels(["residence"])
+    both = model.encode_entity_types(["location", "person"])
+    extra = model.encode_entity_types(["location", "person", "time"])
+    model.config.relation_loss_weight = 0.0
+    unscoped = model.loss([p], labels, entity_types=extra)
+    p.entity_type_scope = frozenset({"person", "location"})
+    scoped = model.loss([p], labels, entity_types=extra)
+    # scoped to its corpus's types, the extra "time" column adds nothing
+    torch.testing.assert_close(scoped, model.loss([p], labels, entity_types=both), rtol=1e-5, atol=1e-7)
+    assert float(unscoped) > float(scoped)

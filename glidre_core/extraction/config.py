@@ -84,6 +84,18 @@ class ExtractConfig(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-label thresholds")
     top_k: int | None = Field(None, ge=1, description="keep at most k labels per entity pair")
 
+    # Documents without entities are run through the model's span head (joint extraction); these
+    # only matter for such documents, and only with a model that has a span head.
+    entity_labels: str | list[str] | None = Field(
+        None, description="entity types: file, named set ('docred', 'conll04'), list, or None = the model's types"
+    )
+    entity_threshold: float | dict[str, float] | None = Field(
+        None, description="span threshold: global, per entity type, or None = the model's dev-chosen one"
+    )
+    coreference: Literal["rules", "none"] | None = Field(
+        None, description="group predicted mentions into entities ('rules') or not ('none'); None = the model's"
+    )
+
     max_entities: int = Field(128, ge=1, description="documents with more entities go to errors/")
     max_text_chars: int = Field(200_000, ge=1, description="longer documents go to errors/")
 
@@ -106,6 +118,10 @@ class ExtractConfig(BaseModel):
         for label, value in self.thresholds.items():
             if not 0 < value < 1:
                 raise ValueError(f"thresholds[{label!r}] = {value} is not in (0, 1)")
+        entity = self.entity_threshold
+        for name, value in (entity.items() if isinstance(entity, dict) else [("<all>", entity)]):
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"entity_threshold[{name!r}] = {value} is not in (0, 1)")
         return self
 
 
@@ -139,6 +155,7 @@ def cli_values(
     output: str | None = None,
     model: str | None = None,
     labels: str | None = None,
+    entity_labels: str | None = None,
     num_actors: int | None = None,
     batch_size: int | None = None,
     num_gpus_per_actor: float | None = None,
@@ -147,7 +164,8 @@ def cli_values(
 ) -> dict[str, Any]:
     """Map the CLI / job flags onto config keys (one mapping shared by ``glidre`` and ``jobs/``)."""
     values: dict[str, Any] = {
-        "input": input, "output": output, "model": model, "labels": labels, "batch_size": batch_size,
+        "input": input, "output": output, "model": model, "labels": labels, "entity_labels": entity_labels,
+        "batch_size": batch_size,
         "actors.num_gpus": num_gpus_per_actor,
         "resume": True if resume else None, "overwrite": True if overwrite else None,
     }

@@ -4,9 +4,12 @@ Layout under the output prefix::
 
     triplets/<part>.parquet    doc_id, head_id, head_text, head_type, relation, tail_id, tail_text,
                                tail_type, score, model, run_id
-    entities/<part>.parquet    doc_id, entity_id, text, type, mention_count, run_id
+    entities/<part>.parquet    doc_id, entity_id, text, type, mention_count, entity_source
+                               (given | predicted), score (null if given), mentions
+                               (list of start, end, text, score: character offsets), run_id
     errors/<part>.parquet      doc_id, stage, error_type, field, message, source, line, run_id
-    documents/<part>.parquet   the ledger: one row per input document (extracted or failed)
+    documents/<part>.parquet   the ledger: one row per input document (extracted or failed), with
+                               its entity_source
     _run.json                  what the run was started with (written first)
     _manifest.json             counts, model, labels, config, times (written LAST)
 
@@ -41,7 +44,8 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
 from glidre_core.extraction.schemas import (
-    DOCUMENTS, ENTITIES, ERRORS, RESULT, STATUS_EXTRACTED, STATUS_FAILED, STATUS_SKIPPED, TRIPLETS,
+    DOCUMENTS, ENTITIES, ERRORS, RESULT, SOURCE_PREDICTED, STATUS_EXTRACTED, STATUS_FAILED, STATUS_SKIPPED,
+    TRIPLETS,
 )
 from glidre_core.extraction.storage import Location, ensure_dir, read_bytes, write_bytes
 
@@ -181,7 +185,7 @@ def split_results(table: pa.Table, model_ref: str, run_id: str) -> dict[str, pa.
     ledger = pa.Table.from_arrays(
         [table.column("doc_id"), table.column("status"), table.column("num_entities"),
          pc.fill_null(table.column("num_triplets"), 0), table.column("source"), table.column("line"),
-         _const(run_id, n)],
+         _const(run_id, n), table.column("entity_source")],
         schema=DOCUMENTS,
     )
     return {"triplets": triplets, "entities": entities, "errors": errors, LEDGER: ledger}
@@ -215,7 +219,8 @@ class ExtractionSink(Datasink[dict]):
         table = pa.concat_tables(tables).cast(RESULT) if tables else RESULT.empty_table()
         statuses = Counter(table.column("status").to_pylist())
         counts = {"skipped": statuses.get(STATUS_SKIPPED, 0), "extracted": statuses.get(STATUS_EXTRACTED, 0),
-                  "failed": statuses.get(STATUS_FAILED, 0), "triplets": 0, "parts": 0}
+                  "failed": statuses.get(STATUS_FAILED, 0), "triplets": 0, "parts": 0,
+                  "predicted_entities_docs": table.column("entity_source").to_pylist().count(SOURCE_PREDICTED)}
         unknown = set(statuses) - {STATUS_SKIPPED, STATUS_EXTRACTED, STATUS_FAILED}
         if unknown:  # a bug upstream; refuse to write rows that would be silently lost
             raise RuntimeError(f"rows with unexpected status {sorted(unknown)} reached the sink")

@@ -5,7 +5,9 @@ Plan (Ray Data, streaming)::
 
     read (JSON Lines datasource / read_parquet)     CPU tasks: raw records with file + line
       -> map_batches(preprocess_batch)              CPU tasks (fractional CPUs): validate + tokenize
-      -> map_batches(Extractor, ActorPoolStrategy)  model actors: model + label embeddings loaded once
+      -> map_batches(Extractor, ActorPoolStrategy)  model actors: model + label embeddings loaded once;
+                                                    documents without entities take the joint
+                                                    (span head) path when the model has one
       -> write_datasink(ExtractionSink)             Parquet parts, each committed by its ledger file
     then, on the driver: scan the output, remove uncommitted parts, write _manifest.json LAST.
 
@@ -27,10 +29,13 @@ from typing import Any, Iterator
 
 from glidre_core.extraction.config import ExtractConfig
 from glidre_core.extraction.errors import ModelLoadError, OutputError
-from glidre_core.extraction.labels import resolve_labels, threshold_spec
+from glidre_core.extraction.labels import (
+    entity_threshold_spec, resolve_entity_labels, resolve_labels, threshold_spec,
+)
 from glidre_core.extraction.output import (
     ExtractionSink, OutputLayout, count_rows, remove_orphans, scan_output,
 )
+from glidre_core.extraction.schemas import OUTPUT_SCHEMA_VERSION, SOURCE_PREDICTED
 from glidre_core.extraction.source import JsonLinesDatasource, discover_inputs, parquet_to_records
 from glidre_core.extraction.storage import Location, Storage, check_bucket, delete_tree, list_files
 from glidre_core.extraction.udf import Extractor, TokenizerSpec, load_model_ref, preprocess_batch
@@ -38,7 +43,8 @@ from glidre_core.extraction.udf import Extractor, TokenizerSpec, load_model_ref,
 logger = logging.getLogger(__name__)
 
 #: Settings that must match between an interrupted run and its --resume.
-RESUME_KEYS = ("model", "labels", "threshold", "top_k", "max_entities", "max_text_chars")
+RESUME_KEYS = ("model", "labels", "threshold", "top_k", "max_entities", "max_text_chars",
+               "entity_labels", "entity_threshold", "coreference")
 
 
 def _now() -> datetime:
@@ -96,7 +102,35 @@ class _Setup:
         self.labels = resolve_labels(cfg.labels, model.config.labels, self.storage, model.config.normalize_label)
         self.threshold = threshold_spec(self.labels, cfg.threshold, cfg.thresholds)
         self.model_threshold = model.config.threshold
+        self._resolve_entity_path(model)
         del model
+
+    def _resolve_entity_path(self, model: Any) -> None:
+        """Entity types, threshold and coreference mode for documents given without entities.
+
+        Without a span head there is no such path: documents without entities become
+        ``NoEntities`` rows of ``errors/`` (the others are unaffected), so entity settings are
+        ignored with a warning rather than failing a corpus whose documents may all have entities.
+        """
+        cfg = self.cfg
+        self.entity_labels: list[str] | None = None
+        self.entity_threshold: float | dict[str, float] | None = None
+        self.coreference: str | None = None
+        self.model_entity_threshold: float | None = None
+        if getattr(model, "span_head", None) is None:
+            if cfg.entity_labels is not None or cfg.entity_threshold is not None or cfg.coreference is not None:
+                logger.warning("model %s has no entity (span) head: entity_labels / entity_threshold / "
+                               "coreference are ignored; documents without entities will be failed", cfg.model)
+            return
+        if cfg.entity_labels is None and not model.config.entity_labels:
+            logger.warning("model %s has a span head but stores no entity types and none are set: documents "
+                           "without entities will be failed (set entity_labels)", cfg.model)
+        else:
+            self.entity_labels = resolve_entity_labels(cfg.entity_labels, model.config.entity_labels,
+                                                       self.storage, model.config.normalize_label)
+            self.entity_threshold = entity_threshold_spec(self.entity_labels, cfg.entity_threshold)
+        self.coreference = cfg.coreference or model.config.coreference
+        self.model_entity_threshold = model.config.entity_threshold
 
     def _check_output_not_inside_input(self) -> None:
         if type(self.input.fs) is type(self.output.fs):
@@ -108,7 +142,8 @@ class _Setup:
     def run_settings(self) -> dict[str, Any]:
         return {"model": self.cfg.model, "labels": self.labels, "threshold": self.threshold,
                 "top_k": self.cfg.top_k, "max_entities": self.cfg.max_entities,
-                "max_text_chars": self.cfg.max_text_chars}
+                "max_text_chars": self.cfg.max_text_chars, "entity_labels": self.entity_labels,
+                "entity_threshold": self.entity_threshold, "coreference": self.coreference}
 
 
 def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str, Any]):
@@ -123,10 +158,10 @@ def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str,
     elif existing:
         previous = layout.read_json(layout.run_state_path) or {}
         for key in RESUME_KEYS:
-            if key in previous and previous[key] != settings[key]:
+            if key in previous and previous[key] != settings.get(key):
                 raise OutputError(
                     f"cannot resume {layout.loc.uri!r}: it was written with {key}={previous[key]!r}, "
-                    f"this run has {key}={settings[key]!r} (use --overwrite to start again)"
+                    f"this run has {key}={settings.get(key)!r} (use --overwrite to start again)"
                 )
     elif cfg.resume:
         logger.info("--resume: %s is empty, starting a fresh run", layout.loc.uri)
@@ -170,6 +205,8 @@ def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None)
             "model_ref": cfg.model, "labels": setup.labels, "threshold": setup.threshold, "top_k": cfg.top_k,
             "tracking_uri": cfg.tracking_uri, "device": "cuda" if actors.num_gpus > 0 else "cpu",
             "torch_threads": actors.torch_threads, "progress": progress,
+            "entity_labels": setup.entity_labels, "entity_threshold": setup.entity_threshold,
+            "coreference": setup.coreference,
         },
     )
 
@@ -183,6 +220,10 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
     statuses = Counter(ledger.column("status").to_pylist())
     doc_ids = ledger.column("doc_id").to_pylist()
     duplicates = len(doc_ids) - len(set(doc_ids))
+    predicted_docs = sum(
+        1 for status, source in zip(ledger.column("status").to_pylist(), ledger.column("entity_source").to_pylist())
+        if status == "extracted" and source == SOURCE_PREDICTED
+    )
     per_run: dict[str, Counter] = {}
     for rid, status, n in zip(ledger.column("run_id").to_pylist(), ledger.column("status").to_pylist(),
                               ledger.column("num_triplets").to_pylist()):
@@ -210,17 +251,24 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
         "input_files": len(setup.files),
         "output": cfg.output,
         "model": cfg.model,
+        "schema_version": OUTPUT_SCHEMA_VERSION,
         "labels": setup.labels,
         "threshold": setup.threshold if setup.threshold is not None else setup.model_threshold,
+        "entity_labels": setup.entity_labels,
+        "entity_threshold": (setup.entity_threshold if setup.entity_threshold is not None
+                             else setup.model_entity_threshold),
+        "coreference": setup.coreference,
         "docs_read": docs_read,
         "docs_extracted": extracted,
         "docs_failed": failed,
         "docs_skipped_resume": run_counts["skipped"],
+        "docs_with_predicted_entities": predicted_docs,
         "triplets_written": triplets_written,
         "entities_written": count_rows(layout, "entities"),
         "error_rows": count_rows(layout, "errors"),
         "duplicate_doc_ids": duplicates,
         "this_run": {"docs_extracted": run_counts["extracted"], "docs_failed": run_counts["failed"],
+                     "docs_with_predicted_entities": run_counts["predicted_entities_docs"],
                      "triplets_written": run_counts["triplets"], "parts_written": run_counts["parts"]},
         "runs": {rid: dict(c) for rid, c in sorted(per_run.items())},
         "throughput": {
@@ -257,8 +305,9 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     state = prepare_output(layout, cfg, settings)
     layout.write_json(layout.run_state_path, {**settings, "run_id": run_id, "started_at": started.isoformat(),
                                               "input": cfg.input})
-    logger.info("extraction %s: %d %s files from %s -> %s (model %s, %d labels)", run_id, len(setup.files),
-                setup.format, cfg.input, cfg.output, cfg.model, len(setup.labels))
+    logger.info("extraction %s: %d %s files from %s -> %s (model %s, %d labels, %s)", run_id, len(setup.files),
+                setup.format, cfg.input, cfg.output, cfg.model, len(setup.labels),
+                f"{len(setup.entity_labels)} entity types" if setup.entity_labels else "no entity types")
     with ray_session(cfg):
         tracker = ProgressTracker.remote()
         ds = build_dataset(setup, state.done_ids, tracker)
@@ -274,10 +323,11 @@ def log_summary(manifest: dict[str, Any]) -> None:
     tp = manifest["throughput"]
     steady = tp.get("steady_docs_per_second")
     logger.info(
-        "extraction %s %s in %.1fs: %d docs read = %d extracted + %d failed (%d skipped as already done); "
-        "%d triplets, %d entities, %d error rows; %.2f docs/s%s -> %s",
+        "extraction %s %s in %.1fs: %d docs read = %d extracted (%d with predicted entities) + %d failed "
+        "(%d skipped as already done); %d triplets, %d entities, %d error rows; %.2f docs/s%s -> %s",
         manifest["run_id"], manifest["status"], manifest["duration_s"], manifest["docs_read"],
-        manifest["docs_extracted"], manifest["docs_failed"], manifest["docs_skipped_resume"],
+        manifest["docs_extracted"], manifest["docs_with_predicted_entities"], manifest["docs_failed"],
+        manifest["docs_skipped_resume"],
         manifest["triplets_written"], manifest["entities_written"], manifest["error_rows"],
         tp["docs_per_second"] or 0.0, f" ({steady:.2f} steady)" if steady else "", manifest["output"],
     )
@@ -288,7 +338,7 @@ def summary_text(manifest: dict[str, Any]) -> str:
     lines = [
         f"run {manifest['run_id']}: {manifest['status']} in {manifest['duration_s']:.1f}s",
         f"docs read       {manifest['docs_read']}",
-        f"docs extracted  {manifest['docs_extracted']}",
+        f"docs extracted  {manifest['docs_extracted']}  ({manifest['docs_with_predicted_entities']} with predicted entities)",
         f"docs failed     {manifest['docs_failed']}  (see errors/)",
         f"skipped (resume) {manifest['docs_skipped_resume']}",
         f"triplets        {manifest['triplets_written']}",

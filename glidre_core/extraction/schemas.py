@@ -7,11 +7,23 @@ parts of one output always concatenate.
 Flow: ``RECORD`` (read) -> ``PREPARED`` (validate + tokenize, CPU tasks) -> ``RESULT`` (model
 actors; one row per document with nested triplets/entities) -> the sink explodes ``RESULT`` into
 ``TRIPLETS``, ``ENTITIES``, ``ERRORS`` and the per-document ledger ``DOCUMENTS``.
+
+Schema version 2 added where entities come from: documents given with entities keep them
+(``entity_source="given"``), documents without entities get them from the model's span head
+(``"predicted"``, with a score per entity and per mention). Readers of version-1 outputs see
+these columns as nulls (Parquet readers fill missing columns from the schema).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+
+#: Recorded in ``_manifest.json``; bump when a written table changes shape.
+OUTPUT_SCHEMA_VERSION = 2
+
+#: Values of ``entity_source`` (entities table, ledger and result rows).
+SOURCE_GIVEN = "given"  # entities came with the document; only relations were predicted
+SOURCE_PREDICTED = "predicted"  # the span head found the entities in raw text
 
 #: One input record: where it came from and its raw bytes (a JSON object, hopefully).
 RECORD = pa.schema([
@@ -48,11 +60,20 @@ TRIPLET_STRUCT = pa.struct([
     ("tail_id", pa.string()), ("tail_text", pa.string()), ("tail_type", pa.string()),
     ("score", pa.float64()),
 ])
+MENTION_STRUCT = pa.struct([
+    ("start", pa.int64()), ("end", pa.int64()),  # character offsets: text[start:end] == text
+    ("text", pa.string()),
+    ("score", pa.float64()),  # null for given mentions
+])
 ENTITY_STRUCT = pa.struct([
     ("entity_id", pa.string()), ("text", pa.string()), ("type", pa.string()), ("mention_count", pa.int32()),
+    ("entity_source", pa.string()),  # SOURCE_GIVEN | SOURCE_PREDICTED
+    ("score", pa.float64()),  # best mention score of a predicted entity; null for given ones
+    ("mentions", pa.list_(MENTION_STRUCT)),
 ])
 
 RESULT = pa.schema(_STATUS_FIELDS + [
+    ("entity_source", pa.string()),  # how the document's entities were obtained; null if it failed
     ("num_triplets", pa.int32()),
     ("triplets", pa.list_(TRIPLET_STRUCT)),
     ("entities", pa.list_(ENTITY_STRUCT)),
@@ -88,4 +109,5 @@ DOCUMENTS = pa.schema([
     ("source", pa.string()),
     ("line", pa.int64()),
     ("run_id", pa.string()),
+    ("entity_source", pa.string()),  # given | predicted for extracted documents, else null
 ])

@@ -3,9 +3,12 @@
 1. :func:`preprocess_batch` (stateless CPU tasks): raw record -> validated, tokenized document,
    or a failure row. Tokenizing here keeps the model actors (possibly on GPUs) busy with forward
    passes only.
-2. :class:`Extractor` (actor pool): loads the model and embeds the label set ONCE in
-   ``__init__``, then turns each batch of prepared documents into one result row per document
-   (nested triplets and entities), or a failure row.
+2. :class:`Extractor` (actor pool): loads the model and embeds the label set (and, for a model
+   with a span head, the entity types) ONCE in ``__init__``, then turns each batch of prepared
+   documents into one result row per document (nested triplets and entities), or a failure row.
+   Documents given with entities only get relations (``entity_source="given"``); documents
+   without entities get entities and relations from the joint path ``GLiDRE.extract_prepared``
+   (``entity_source="predicted"``), or, when the model has no span head, a ``NoEntities`` failure.
 
 Error flow: nothing raised by a single document escapes either stage. A record that is not
 UTF-8 or not JSON, a document that fails validation, has too many entities or too long a text,
@@ -31,9 +34,10 @@ import pyarrow as pa
 
 from glidre_core.documents import Document, DocumentError, parse_document
 from glidre_core.extraction.schemas import (
-    PREPARED, RESULT, STATUS_EXTRACTED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED,
+    PREPARED, RESULT, SOURCE_GIVEN, SOURCE_PREDICTED, STATUS_EXTRACTED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED,
 )
 from glidre_core.extraction.source import fallback_id
+from glidre_core.text import split_words
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,20 @@ def decode_prepared(document_json: str, tokens_json: str):
     t = json.loads(tokens_json)
     tokens = TokenizedDocument(t["ids"], t["first"], t["end"], [Window(*w) for w in t["windows"]])
     spans = [[tuple(s) for s in ent] for ent in t["spans"]]
-    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], [])
+    # The word char offsets are not shipped (they follow from the text with the one splitter):
+    # the joint path needs them to turn predicted word spans back into character mentions.
+    words = split_words(doc.text) if not doc.entities else None
+    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], [], words)
+
+
+def given_entity_row(doc: Document, entity: Any) -> dict[str, Any]:
+    """An ``entities`` row for an entity that came with the document (no scores: not predicted)."""
+    return {
+        "entity_id": entity.id, "text": doc.entity_text(entity), "type": entity.type,
+        "mention_count": len(entity.mentions), "entity_source": SOURCE_GIVEN, "score": None,
+        "mentions": [{"start": m.start, "end": m.end, "text": doc.text[m.start : m.end], "score": None}
+                     for m in entity.mentions],
+    }
 
 
 def _failure(doc_id: str | None, source: str, line: int | None, stage: str, error_type: str,
@@ -195,19 +212,30 @@ def load_model_ref(ref: str, tracking_uri: str | None = None, device: str = "cpu
     return model.to(device) if "device" not in params else model
 
 
+#: Messages of the ``NoEntities`` failure rows: why a document without entities cannot be extracted.
+NO_ENTITY_HEAD = "document has no entities and the model has no entity head; give entities or use a model with span_head"
+NO_ENTITY_TYPES = ("document has no entities and no entity types are set (the model stores none); "
+                   "give entities or set entity_labels")
+
+
 class Extractor:
-    """Ray Data actor: the model and the label embeddings are loaded once, in ``__init__``.
+    """Ray Data actor: the model, the label embeddings and (span head models) the entity-type
+    embeddings and thresholds are computed once, in ``__init__``.
 
     ``__call__`` takes a :data:`PREPARED` batch and returns a :data:`RESULT` batch with exactly one
-    row per input row. The batch is scored in one forward pass; if that fails (a pathological
-    document, out of GPU memory, ...) each document is retried alone, so only the documents that
-    fail on their own become failure rows.
+    row per input row. Documents with at least one given entity are scored for relations only;
+    documents without entities take the joint path (entities, then relations, one encoder pass).
+    Each group is run in one call; if that fails (a pathological document, out of GPU memory,
+    ...) each document is retried alone, so only the documents that fail on their own become
+    failure rows.
     """
 
     def __init__(
         self, *, model_ref: str, labels: list[str], threshold: float | dict[str, float] | None,
         top_k: int | None = None, tracking_uri: str | None = None, device: str = "cpu",
         torch_threads: int | None = None, progress: Any = None,
+        entity_labels: list[str] | None = None, entity_threshold: float | dict[str, float] | None = None,
+        coreference: str | None = None,
     ):
         import torch
 
@@ -224,8 +252,30 @@ class Extractor:
         self.top_k = top_k
         self.progress = progress
         self.actor_id = f"{id(self):x}"
-        logger.info("extractor ready in %.1fs (model %s, %d labels, device %s, %d threads)",
-                    time.perf_counter() - t0, model_ref, len(labels), device, torch.get_num_threads())
+        self._init_entity_path(entity_labels, entity_threshold, coreference)
+        logger.info("extractor ready in %.1fs (model %s, %d labels, %s, device %s, %d threads)",
+                    time.perf_counter() - t0, model_ref, len(labels),
+                    f"{len(self.entity_types)} entity types" if self.entity_types is not None else "no entity path",
+                    device, torch.get_num_threads())
+
+    def _init_entity_path(self, entity_labels: list[str] | None, entity_threshold: Any,
+                          coreference: str | None) -> None:
+        """Entity-type embeddings and thresholds for documents without entities, or the reason why
+        such documents cannot be extracted (then ``entity_types`` is None)."""
+        import torch
+
+        self.entity_types = self.entity_thresholds = None
+        self.coreference = coreference or self.model.config.coreference
+        if self.model.span_head is None:
+            self.no_entities_reason = NO_ENTITY_HEAD
+            return
+        if not (entity_labels or self.model.config.entity_labels):
+            self.no_entities_reason = NO_ENTITY_TYPES
+            return
+        with torch.inference_mode():
+            self.entity_types = self.model._entity_type_embeddings(entity_labels or None)
+        self.entity_thresholds = self.model._entity_threshold_vector(self.entity_types, entity_threshold)
+        self.no_entities_reason = None
 
     def _score(self, prepared: list) -> list[Any]:
         """Scores per document, or the exception that document raised when scored alone."""
@@ -245,6 +295,30 @@ class Extractor:
                     out.append(exc)
             return out
 
+    def _extract_raw(self, prepared: list) -> list[Any]:
+        """Joint-path results per document without entities, or the exception it raised alone."""
+        import torch
+
+        def run(docs: list) -> list[Any]:
+            return self.model.extract_prepared(
+                docs, self.entity_types, self.label_emb, entity_threshold=self.entity_thresholds,
+                threshold=self.thresholds, coreference=self.coreference, top_k=self.top_k,
+            )
+
+        with torch.inference_mode():
+            try:
+                return list(run(prepared))
+            except Exception:  # noqa: BLE001 - isolate the failing document(s)
+                if len(prepared) == 1:
+                    raise
+            out: list[Any] = []
+            for p in prepared:
+                try:
+                    out.append(run([p])[0])
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         out: list[dict[str, Any] | None] = [None] * len(rows)
@@ -260,15 +334,48 @@ class Extractor:
             except Exception as exc:  # noqa: BLE001
                 out[i] = _failure(r["doc_id"], r["source"], r["line"], "extract", type(exc).__name__, None,
                                   f"document {r['doc_id']!r}: cannot rebuild the prepared document: {exc}")
-        if todo:
+        given = [(i, p) for i, p in todo if p.doc.entities]
+        raw = [(i, p) for i, p in todo if not p.doc.entities]
+        if given:
             try:
-                scores = self._score([p for _, p in todo])
+                scores = self._score([p for _, p in given])
             except Exception as exc:  # noqa: BLE001 - a single document failed alone
                 scores = [exc]
-            for (i, p), sc in zip(todo, scores):
+            for (i, p), sc in zip(given, scores):
                 out[i] = self._result(rows[i], p, sc)
+        if raw and self.entity_types is None:
+            for i, p in raw:
+                out[i] = self._no_entities(rows[i], p.doc.doc_id)
+        elif raw:
+            try:
+                results = self._extract_raw([p for _, p in raw])
+            except Exception as exc:  # noqa: BLE001 - a single document failed alone
+                results = [exc]
+            for (i, p), res in zip(raw, results):
+                out[i] = self._raw_result(rows[i], p.doc.doc_id, res)
         self._report(out)
         return pa.Table.from_pylist(out, schema=RESULT)
+
+    def _no_entities(self, row: dict[str, Any], doc_id: str) -> dict[str, Any]:
+        return _failure(doc_id, row["source"], row["line"], "extract", "NoEntities", "entities",
+                        f"document {doc_id!r}: field 'entities': {self.no_entities_reason}", num_entities=0)
+
+    def _raw_result(self, row: dict[str, Any], doc_id: str, result: Any) -> dict[str, Any]:
+        """A result row from the joint path: predicted entities (with scores and char-offset
+        mentions) and the relations between them."""
+        if isinstance(result, Exception):
+            return _failure(doc_id, row["source"], row["line"], "extract", type(result).__name__, None,
+                            f"document {doc_id!r}: entity and relation extraction failed: {result}", num_entities=0)
+        entities = [
+            {"entity_id": e["id"], "text": e["text"], "type": e["type"], "mention_count": len(e["mentions"]),
+             "entity_source": SOURCE_PREDICTED, "score": e["score"], "mentions": e["mentions"]}
+            for e in result.entities
+        ]
+        return {
+            "doc_id": doc_id, "source": row["source"], "line": row["line"], "status": STATUS_EXTRACTED,
+            "entity_source": SOURCE_PREDICTED, "num_entities": len(entities),
+            "num_triplets": len(result.relations), "triplets": result.relations, "entities": entities,
+        }
 
     def _result(self, row: dict[str, Any], prepared: Any, scores: Any) -> dict[str, Any]:
         doc = prepared.doc
@@ -278,16 +385,13 @@ class Extractor:
                             num_entities=len(doc.entities))
         try:
             triplets = self.model.decode(prepared, scores, self.label_emb, self.thresholds, self.top_k)
-            entities = [
-                {"entity_id": e.id, "text": doc.entity_text(e), "type": e.type, "mention_count": len(e.mentions)}
-                for e in doc.entities
-            ]
+            entities = [given_entity_row(doc, e) for e in doc.entities]
         except Exception as exc:  # noqa: BLE001
             return _failure(doc.doc_id, row["source"], row["line"], "extract", type(exc).__name__, None,
                             f"document {doc.doc_id!r}: decoding failed: {exc}", num_entities=len(doc.entities))
         return {
             "doc_id": doc.doc_id, "source": row["source"], "line": row["line"], "status": STATUS_EXTRACTED,
-            "num_entities": len(doc.entities), "num_triplets": len(triplets),
+            "entity_source": SOURCE_GIVEN, "num_entities": len(doc.entities), "num_triplets": len(triplets),
             "triplets": triplets, "entities": entities,
         }
 

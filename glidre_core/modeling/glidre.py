@@ -55,6 +55,8 @@ class PreparedDocument:
     entity_ids: list[str]
     relations: list[tuple[int, str, int]] = field(default_factory=list)  # (head idx, label, tail idx)
     words: Words | None = None  # char offsets of the words (span predictions -> char mentions)
+    # entity types this document's corpus annotates (training); None = every type scored
+    entity_type_scope: frozenset[str] | None = None
 
 
 def prepare_document(
@@ -227,11 +229,11 @@ class GLiDRE(nn.Module):
             empty = words.new_zeros((0, num_labels))
             return DocumentScores(heads, tails, empty, None, span_logits, spans)
         ents = pool_entities(encoded, words, prepared.mention_spans, self.config.pooling)
-        pairs = self.scorer.pair_vectors(ents, heads, tails)
-        logits = self.scorer.logits(pairs, labels.vectors)
+        hidden = self.scorer.pair_hidden(ents, heads, tails)
+        logits = self.scorer.label_logits(hidden, labels.vectors)
         th = None
         if self.threshold_embedding is not None:
-            th = pairs @ self.threshold_embedding.to(pairs.dtype)
+            th = self.scorer.label_logits(hidden, self.threshold_embedding.unsqueeze(0))[:, 0]
         return DocumentScores(heads, tails, logits, th, span_logits, spans)
 
     def encode_prepared(
@@ -287,6 +289,14 @@ class GLiDRE(nn.Module):
         grid = enumerate_spans(num_words, width)
         return dense[grid[:, 0] * width + (grid[:, 1] - grid[:, 0] - 1)]
 
+    def type_columns(self, prepared: PreparedDocument, entity_types: LabelEmbeddings) -> list[int] | None:
+        """Columns of ``entity_types`` inside the document's ``entity_type_scope`` (None = all)."""
+        if prepared.entity_type_scope is None:
+            return None
+        norm = self.config.normalize_label
+        scope = {norm(t) for t in prepared.entity_type_scope}
+        return [i for i, t in enumerate(entity_types.labels) if norm(t) in scope]
+
     def loss(
         self,
         prepared: list[PreparedDocument],
@@ -314,8 +324,11 @@ class GLiDRE(nn.Module):
             if s.span_logits is not None and s.span_logits.shape[0] > 0:
                 target = self.span_targets(p, p.tokens.num_words, entity_types)
                 if target is not None:
+                    columns = self.type_columns(p, entity_types)
+                    logits = s.span_logits if columns is None else s.span_logits[:, columns]
+                    target = target if columns is None else target[:, columns]
                     span_terms.append(
-                        span_loss(cfg.span_loss, s.span_logits, target.to(s.span_logits.device),
+                        span_loss(cfg.span_loss, logits, target.to(logits.device),
                                   alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
                     )
         total = None
@@ -477,12 +490,35 @@ class GLiDRE(nn.Module):
             out: list[ExtractionResult] = []
             for s in range(0, len(items), batch_size):
                 bare = [d.model_copy(update={"entities": [], "relations": []}) for d in items[s : s + batch_size]]
-                batch = [self.prepare(d) for d in bare]
-                for p, enc in zip(batch, self.encode_prepared(batch)):
-                    out.append(self._extract_one(p, enc, types, rel, ent_thr, rel_thr, mode, flat_ner, top_k))
+                out.extend(self.extract_prepared(
+                    [self.prepare(d) for d in bare], types, rel, entity_threshold=ent_thr, threshold=rel_thr,
+                    coreference=mode, flat_ner=flat_ner, top_k=top_k,
+                ))
             return out
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def extract_prepared(
+        self,
+        prepared: list[PreparedDocument],
+        entity_types: LabelEmbeddings,
+        relation_labels: LabelEmbeddings,
+        *,
+        entity_threshold: torch.Tensor,
+        threshold: torch.Tensor,
+        coreference: str,
+        flat_ner: bool = True,
+        top_k: int | None = None,
+    ) -> list[ExtractionResult]:
+        """The batch step of :meth:`extract_documents` on already prepared (tokenized) documents,
+        with embeddings and threshold vectors computed once by the caller (the extraction job's
+        actors call this; their CPU tasks did the tokenizing). Given entities are ignored."""
+        encoded = self.encode_prepared(prepared)
+        return [
+            self._extract_one(p, enc, entity_types, relation_labels, entity_threshold, threshold, coreference, flat_ner, top_k)
+            for p, enc in zip(prepared, encoded)
+        ]
 
     def _extract_one(self, prepared, encoded, types, rel, ent_thr, rel_thr, mode, flat_ner, top_k) -> ExtractionResult:
         span_scores = self.score_encoded(prepared, encoded, None, types)

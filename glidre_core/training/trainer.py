@@ -76,17 +76,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_train_dev(cfg: TrainingConfig) -> tuple[list[Document], list[Document]]:
+def split_train_dev(
+    cfg: TrainingConfig, corpus_of: dict[str, int] | None = None
+) -> tuple[list[Document], list[Document]]:
     """Train and dev documents. Without a dev file, the last ``dev_holdout`` docs of a seeded
-    shuffle of the training file are held out."""
-    def read(data) -> list[Document]:
-        return read_documents(data.path, data.format, on_error="skip", limit=data.limit)
+    shuffle of the training file are held out. ``corpus_of`` (filled if given) maps each doc id
+    to its corpus: 0 for ``train``/``dev``, i+1 for ``extra_train[i]``/``extra_dev[i]``."""
+    corpus_of = {} if corpus_of is None else corpus_of
 
-    train = read(cfg.train)
-    extra_train = [d for data in cfg.extra_train for d in read(data)]
-    extra_dev = [d for data in cfg.extra_dev for d in read(data)]
+    def read(data, corpus: int) -> list[Document]:
+        docs = read_documents(data.path, data.format, on_error="skip", limit=data.limit)
+        corpus_of.update((d.doc_id, corpus) for d in docs)
+        return docs
+
+    train = read(cfg.train, 0)
+    extra_train = [d for i, data in enumerate(cfg.extra_train) for d in read(data, i + 1)]
+    extra_dev = [d for i, data in enumerate(cfg.extra_dev) for d in read(data, i + 1)]
     if cfg.dev is not None:
-        train, dev = train, read(cfg.dev)
+        train, dev = train, read(cfg.dev, 0)
     else:
         order = list(range(len(train)))
         random.Random(cfg.seed).shuffle(order)
@@ -168,7 +175,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        all_train, self.dev_docs = split_train_dev(cfg)
+        corpus_of: dict[str, int] = {}
+        all_train, self.dev_docs = split_train_dev(cfg, corpus_of)
         if not all_train:
             raise ValueError(f"no usable training documents in {cfg.train.path}")
         labels = relation_labels(all_train + self.dev_docs)
@@ -211,6 +219,15 @@ class Trainer:
         # only rank 0 evaluates, so only rank 0 prepares (and caches) the dev documents
         for d in self.train_docs + (self.dev_docs if rank == 0 else []):
             self.prepared[d.doc_id] = self.model.prepare(d)
+        if self.entity_labels:
+            # each corpus teaches only the entity types it annotates: CoNLL04 has no "time", so
+            # its dates must not become negatives for the "time" type Re-DocRED teaches
+            scope: dict[int, set[str]] = {}
+            for d in all_train + self.dev_docs:
+                scope.setdefault(corpus_of.get(d.doc_id, 0), set()).update(
+                    t for e in d.entities if (t := cfg.model.entity_label(e.type)))
+            for doc_id, p in self.prepared.items():
+                p.entity_type_scope = frozenset(scope.get(corpus_of.get(doc_id, 0), ()))
         self.cache: dict[str, list[torch.Tensor]] | None = None
         self.encoded: dict[str, Any] | None = None
         encoder_frozen = not any(p.requires_grad for p in self.model.encoder.parameters())
