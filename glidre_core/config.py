@@ -27,6 +27,13 @@ DEFAULT_ENTITY_TYPE_NAMES: dict[str, str] = {
     "Peop": "person", "Org": "organization", "Loc": "location", "Other": "other",
 }
 
+#: Relation codes of the bundled datasets that are not words, spelled as the dataset's own
+#: ``conll04_types.json`` "verbose" names (the label encoder reads them as text).
+DEFAULT_RELATION_LABEL_NAMES: dict[str, str] = {
+    "OrgBased_In": "organization based in", "Work_For": "work for", "Live_In": "live in",
+    "Located_In": "located in", "Kill": "kill",
+}
+
 
 class GLiDREConfig(BaseModel):
     """Architecture, loss and inference settings of a GLiDRE model."""
@@ -75,6 +82,7 @@ class GLiDREConfig(BaseModel):
     entity_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="span decision threshold, chosen on dev")
     entity_labels: list[str] = Field(default_factory=list, description="entity types seen in training")
     entity_type_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENTITY_TYPE_NAMES))
+    relation_label_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RELATION_LABEL_NAMES))
     span_loss: Literal["focal", "bce"] = "focal"
     span_loss_weight: float = Field(1.0, ge=0.0, description="joint loss = relation + weight * span")
     relation_loss_weight: float = Field(1.0, ge=0.0)
@@ -90,6 +98,9 @@ class GLiDREConfig(BaseModel):
         return v
 
     def normalize_label(self, label: str) -> str:
+        """The text a label is encoded and matched as: dataset codes spelled out
+        (``relation_label_names``), underscores as spaces, then the training casing."""
+        label = self.relation_label_names.get(label, label)
         label = " ".join(label.replace("_", " ").split())
         return label.lower() if self.label_casing == "lower" else label
 
