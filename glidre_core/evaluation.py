@@ -15,7 +15,7 @@ from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores
 from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
 from glidre_core.modeling.glidre import PreparedDocument
-from glidre_core.modeling.spans import decode_spans
+from glidre_core.modeling.entities import decode_document_spans
 from glidre_core.readers import relation_labels
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def entity_predictions(scored: Sequence[SpanScores], types: LabelEmbeddings, thr
     docs = []
     for item in scored:
         words = item.prepared.words
-        found = decode_spans(item.spans, item.probs, threshold, flat=flat)
+        found = decode_document_spans(item.prepared.doc, words, item.spans, item.probs, threshold, flat=flat)
         ents = [
             Entity(id=f"M{i}", type=types.labels[p.type_index],
                    mentions=[Mention(start=words.starts[p.start], end=words.ends[p.end - 1])])

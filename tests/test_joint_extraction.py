@@ -115,7 +115,7 @@ def test_ner_and_joint_evaluation_on_the_training_distribution(joint_model):
 
 def test_second_stage_trains_only_the_span_head_of_a_saved_relation_model(tmp_path):
     torch.manual_seed(0)
-    base = GLiDRE(tiny_config(encoder_config=NO_DROPOUT, label_encoder_config=NO_DROPOUT))
+    base = GLiDRE(tiny_config(encoder_config=NO_DROPOUT, label_encoder_config=NO_DROPOUT, threshold=0.37))
     base_dir = base.save_pretrained(tmp_path / "relation_only")
     cfg = training_config(
         tmp_path, init_from=str(base_dir), train_only=["span_head."], epochs=3,
@@ -125,7 +125,10 @@ def test_second_stage_trains_only_the_span_head_of_a_saved_relation_model(tmp_pa
     assert cfg.init_from == str(base_dir)
     trainer = Trainer(cfg)
     assert trainer.encoded is not None and trainer.cache is None  # whole encoder frozen: cached once
-    trainer.train()
+    result = trainer.train()
+    # the relation heads were not trained: their dev-chosen threshold is kept
+    assert GLiDRE.from_pretrained(result.best_dir).config.threshold == pytest.approx(0.37)
+    assert result.best_threshold == pytest.approx(0.37)
     after = trainer.model.state_dict()
     before = base.state_dict()
     unchanged = [k for k in before if torch.equal(before[k], after[k])]

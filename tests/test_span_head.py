@@ -145,3 +145,32 @@ def test_span_loss_only_covers_the_types_the_documents_corpus_annotates():
     # scoped to its corpus's types, the extra "time" column adds nothing
     torch.testing.assert_close(scoped, model.loss([p], labels, entity_types=both), rtol=1e-5, atol=1e-7)
     assert float(unscoped) > float(scoped)
+
+
+def test_sentence_breaks_and_spans_that_cross_them():
+    from glidre_core.modeling.spans import sentence_breaks, within_sentences
+    from glidre_core.text import split_words
+
+    words = split_words("Curie was born in Warsaw . Curie moved to St. Louis , U.S. in 1900 .").tokens
+    breaks = sentence_breaks(words)
+    # only the "." after Warsaw ends a sentence: not "St." or "U.S." or the final one
+    assert [words[i - 1] for i in breaks.nonzero().flatten().tolist()] == ["Warsaw"]
+    w = {t: i for i, t in reversed(list(enumerate(words)))}
+    spans = torch.tensor([[w["Warsaw"], w["Warsaw"] + 1], [w["Warsaw"], w["moved"]],  # crosses
+                          [w["Warsaw"], w["Warsaw"] + 2],  # "Warsaw ." ends on the break: kept
+                          [w["St"], w["Louis"] + 1], [w["U"], w["U"] + 4]])
+    assert within_sentences(spans, breaks).tolist() == [True, False, True, True, True]
+    # annotated sentence ends add breaks
+    assert sentence_breaks(words, [1])[1]
+
+
+def test_extract_never_returns_a_mention_across_sentences():
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(span_head=True, max_span_width=12, entity_threshold=0.01))
+    model.eval()
+    text = "Marie Curie was born in Warsaw . Curie later worked in Paris ."
+    out = model.extract(text, ["person", "location"], ["residence"], coreference="none")
+    assert out["entities"], "a random head with a 0.01 threshold finds spans"
+    for e in out["entities"]:
+        for m in e["mentions"]:
+            assert ". Curie" not in text[m["start"] : m["end"]]

@@ -12,8 +12,26 @@ from typing import Any
 
 from glidre_core.coreference import CoreferenceMode, MentionCandidate, cluster_mentions
 from glidre_core.documents import Document, Entity, Mention
-from glidre_core.modeling.spans import SpanPrediction
+from bisect import bisect_left
+
+import torch
+
+from glidre_core.modeling.spans import SpanPrediction, decode_spans, sentence_breaks, within_sentences
 from glidre_core.text import Words
+
+
+def decode_document_spans(
+    doc: Document, words: Words, spans: torch.Tensor, probs: torch.Tensor, threshold, flat: bool = True
+) -> list[SpanPrediction]:
+    """Decode one document's span probabilities, dropping spans that cross a sentence break
+    (annotated ``doc.sentences`` plus the punctuation rule of :func:`sentence_breaks`)."""
+    ends = []
+    for _, end in doc.sentences or ():
+        k = bisect_left(words.starts, end) - 1  # the last word starting before the sentence end
+        if k >= 0:
+            ends.append(k)
+    keep = within_sentences(spans, sentence_breaks(words.tokens, ends))
+    return decode_spans(spans[keep], probs[keep], threshold, flat=flat)
 
 
 @dataclass

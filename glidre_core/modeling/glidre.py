@@ -27,8 +27,8 @@ from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
 from glidre_core.modeling.losses import relation_loss, span_loss
 from glidre_core.modeling.pooling import pool_entities
 from glidre_core.modeling.scorer import PairScorer, ordered_pairs
-from glidre_core.modeling.entities import ExtractionResult, entity_rows, group_mentions
-from glidre_core.modeling.spans import SpanHead, decode_spans, enumerate_spans
+from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
+from glidre_core.modeling.spans import SpanHead, enumerate_spans
 from glidre_core.modeling.windows import TokenizedDocument, tokenize_words
 from glidre_core.pretrained import (
     encoder_fingerprint,
@@ -523,7 +523,7 @@ class GLiDRE(nn.Module):
     def _extract_one(self, prepared, encoded, types, rel, ent_thr, rel_thr, mode, flat_ner, top_k) -> ExtractionResult:
         span_scores = self.score_encoded(prepared, encoded, None, types)
         probs = torch.sigmoid(span_scores.span_logits.float()).cpu()
-        found = decode_spans(span_scores.spans.cpu(), probs, ent_thr, flat=flat_ner)
+        found = decode_document_spans(prepared.doc, prepared.words, span_scores.spans.cpu(), probs, ent_thr, flat_ner)
         predicted = group_mentions(found, prepared.words, list(types.labels), mode)
         doc = prepared.doc.model_copy(update={"entities": predicted.entities})
         with_entities = PreparedDocument(

@@ -18,6 +18,7 @@ Both are the same function as the plain FFN (summation order aside), in training
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,3 +136,42 @@ class SpanHead(nn.Module):
         s = self.start_ffn(words)[spans[:, 0]]
         e = self.end_ffn(words)[spans[:, 1] - 1]
         return self.span_ffn(torch.cat([s, e], -1)) @ types.to(words.dtype).t()
+
+
+#: words before a "." that mark an abbreviation, not a sentence end ("St. Louis", "Dr. Who")
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "inc", "co", "corp", "ltd", "vs", "no", "mt", "ft", "gen", "gov", "sen", "rep", "prof"})
+
+
+def sentence_breaks(words: Sequence[str], sentence_ends: Sequence[int] = ()) -> torch.Tensor:
+    """``[W]`` bool: a sentence ends after word ``i``.
+
+    Why: spans are represented by their first and last words only, so without this a span such
+    as "Warsaw . Curie later worked in Paris" (a place at each end) can outscore the real
+    mentions inside it. Entity mentions do not cross sentences, so decoding drops such spans.
+    A break is a ``.``/``!``/``?`` word followed by a word that starts with an upper-case letter
+    or a digit, unless the word before it is a short token or a known abbreviation ("U.S.",
+    "St. Louis"); ``sentence_ends`` (word indices, e.g. from annotated sentences) are added.
+    """
+    out = torch.zeros(len(words), dtype=torch.bool)
+    for i, w in enumerate(words[:-1]):
+        if w not in (".", "!", "?") or i == 0:
+            continue
+        prev, nxt = words[i - 1], words[i + 1]
+        if len(prev) <= 2 or prev.lower() in ABBREVIATIONS:
+            continue
+        if nxt[:1].isupper() or nxt[:1].isdigit():
+            out[i] = True
+    for i in sentence_ends:
+        if 0 <= i < len(words):
+            out[i] = True
+    return out
+
+
+def within_sentences(spans: torch.Tensor, breaks: torch.Tensor) -> torch.Tensor:
+    """``[S]`` bool: the span has no sentence break before its last word."""
+    if spans.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    cum = torch.cat([torch.zeros(1, dtype=torch.long), breaks.long().cumsum(0)])
+    # breaks at words start .. end-2 (a break on the last word is the span's own final ".")
+    inside = cum[(spans[:, 1] - 1).clamp(min=0)] - cum[spans[:, 0]]
+    return inside == 0

@@ -206,6 +206,9 @@ class Trainer:
             if not any(p.requires_grad for p in self.model.parameters()):
                 raise ValueError(f"train_only={cfg.train_only} matches no parameter")
         self.labels = labels
+        self.relation_heads_trained = any(
+            p.requires_grad for n, p in self.model.named_parameters() if n.startswith("scorer.")
+        )
         self.sampler: LabelSampler | None = None
         if cfg.pretraining.enabled:
             norm = model_cfg.normalize_label
@@ -494,8 +497,11 @@ class Trainer:
                             record.update(dev_relation_f1=dev["f1"], dev_entity_f1=dev["entity_f1"],
                                           dev_entity_threshold=dev["entity_threshold"])
                         if f1 > best_f1:
-                            best_f1, best_thr = f1, thr
-                            model.config.threshold = thr
+                            best_f1, best_thr = f1, (thr if self.relation_heads_trained else model.config.threshold)
+                            if self.relation_heads_trained:
+                                # a stage that trains the span head alone keeps the relation
+                                # threshold its relation model was selected with
+                                model.config.threshold = thr
                             if "entity_threshold" in dev:
                                 model.config.entity_threshold = dev["entity_threshold"]
                             model.save_pretrained(best_dir)
