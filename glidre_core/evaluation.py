@@ -33,25 +33,40 @@ def score_candidates(
     encoded: dict[str, Any] | None = None,
 ) -> list[tuple[Fact, float]]:
     """Every (fact, probability) with probability above ``floor``."""
+    out: list[tuple[Fact, float]] = []
+    for p, sc in scored_batches(model, docs, labels, None, batch_size, prepared, cached_lower, encoded):
+        probs = sc.probabilities()
+        for pi, ri in (probs > floor).nonzero().tolist():
+            h = p.entity_ids[int(sc.heads[pi])]
+            t = p.entity_ids[int(sc.tails[pi])]
+            out.append(((p.doc.doc_id, h, labels.labels[ri], t), float(probs[pi, ri])))
+    return out
+
+
+def scored_batches(
+    model: GLiDRE,
+    docs: Sequence[Document],
+    labels: LabelEmbeddings | None,
+    entity_types: LabelEmbeddings | None,
+    batch_size: int = 4,
+    prepared: dict[str, Any] | None = None,
+    cached_lower: dict[str, list[torch.Tensor]] | None = None,
+    encoded: dict[str, Any] | None = None,
+):
+    """(prepared document, scores) for ``docs`` in eval mode without gradients, batch by batch,
+    from the training caches when given (``prepared`` / ``cached_lower`` / ``encoded`` by id)."""
     was = model.training
     model.eval()
-    out: list[tuple[Fact, float]] = []
     try:
-        for s in range(0, len(docs), batch_size):
-            batch = docs[s : s + batch_size]
-            preps = [prepared[d.doc_id] if prepared else model.prepare(d) for d in batch]
-            cache = [cached_lower[d.doc_id] for d in batch] if cached_lower else None
-            enc = [encoded[d.doc_id] for d in batch] if encoded else None
-            for p, sc in zip(preps, model.score_documents(preps, labels, cache, encoded=enc)):
-                probs = sc.probabilities()
-                idx = (probs > floor).nonzero().tolist()
-                for pi, ri in idx:
-                    h = p.entity_ids[int(sc.heads[pi])]
-                    t = p.entity_ids[int(sc.tails[pi])]
-                    out.append(((p.doc.doc_id, h, labels.labels[ri], t), float(probs[pi, ri])))
+        with torch.no_grad():
+            for s in range(0, len(docs), batch_size):
+                batch = docs[s : s + batch_size]
+                preps = [prepared[d.doc_id] if prepared else model.prepare(d) for d in batch]
+                cache = [cached_lower[d.doc_id] for d in batch] if cached_lower else None
+                enc = [encoded[d.doc_id] for d in batch] if encoded else None
+                yield from zip(preps, model.score_documents(preps, labels, cache, entity_types, enc))
     finally:
         model.train(was)
-    return out
 
 
 def dev_sweep(model: GLiDRE, docs: Sequence[Document], labels: LabelEmbeddings, **kw) -> ThresholdSweep:
@@ -112,20 +127,10 @@ def score_entity_spans(
     encoded: dict[str, Any] | None = None,
 ) -> list[SpanScores]:
     """Span probabilities for ``docs`` (given entities are ignored: they are the gold)."""
-    was = model.training
-    model.eval()
-    out: list[SpanScores] = []
-    try:
-        for s in range(0, len(docs), batch_size):
-            batch = docs[s : s + batch_size]
-            preps = [prepared[d.doc_id] if prepared else model.prepare(d) for d in batch]
-            cache = [cached_lower[d.doc_id] for d in batch] if cached_lower else None
-            enc = [encoded[d.doc_id] for d in batch] if encoded else None
-            for p, sc in zip(preps, model.score_documents(preps, None, cache, types, enc)):
-                out.append(SpanScores(p, sc.spans.cpu(), torch.sigmoid(sc.span_logits.float()).cpu()))
-    finally:
-        model.train(was)
-    return out
+    return [
+        SpanScores(p, sc.spans.cpu(), torch.sigmoid(sc.span_logits.float()).cpu())
+        for p, sc in scored_batches(model, docs, None, types, batch_size, prepared, cached_lower, encoded)
+    ]
 
 
 def entity_predictions(scored: Sequence[SpanScores], types: LabelEmbeddings, threshold, flat: bool = True) -> list[Document]:

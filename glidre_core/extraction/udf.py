@@ -218,6 +218,26 @@ NO_ENTITY_TYPES = ("document has no entities and no entity types are set (the mo
                    "give entities or set entity_labels")
 
 
+def _per_document(run: Any, prepared: list) -> list[Any]:
+    """``run`` over the batch; if the batch fails, over each document alone, so one bad document
+    becomes its own exception (a failure row) instead of failing its neighbours."""
+    import torch
+
+    with torch.inference_mode():
+        try:
+            return list(run(prepared))
+        except Exception:  # noqa: BLE001 - isolate the failing document(s)
+            if len(prepared) == 1:
+                raise
+        out: list[Any] = []
+        for p in prepared:
+            try:
+                out.append(run([p])[0])
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
+
+
 class Extractor:
     """Ray Data actor: the model, the label embeddings and (span head models) the entity-type
     embeddings and thresholds are computed once, in ``__init__``.
@@ -279,45 +299,17 @@ class Extractor:
 
     def _score(self, prepared: list) -> list[Any]:
         """Scores per document, or the exception that document raised when scored alone."""
-        import torch
-
-        with torch.inference_mode():
-            try:
-                return list(self.model.score_documents(prepared, self.label_emb))
-            except Exception:  # noqa: BLE001 - isolate the failing document(s)
-                if len(prepared) == 1:
-                    raise
-            out: list[Any] = []
-            for p in prepared:
-                try:
-                    out.append(self.model.score_documents([p], self.label_emb)[0])
-                except Exception as exc:  # noqa: BLE001
-                    out.append(exc)
-            return out
+        return _per_document(lambda docs: self.model.score_documents(docs, self.label_emb), prepared)
 
     def _extract_raw(self, prepared: list) -> list[Any]:
         """Joint-path results per document without entities, or the exception it raised alone."""
-        import torch
-
-        def run(docs: list) -> list[Any]:
-            return self.model.extract_prepared(
+        return _per_document(
+            lambda docs: self.model.extract_prepared(
                 docs, self.entity_types, self.label_emb, entity_threshold=self.entity_thresholds,
                 threshold=self.thresholds, coreference=self.coreference, top_k=self.top_k,
-            )
-
-        with torch.inference_mode():
-            try:
-                return list(run(prepared))
-            except Exception:  # noqa: BLE001 - isolate the failing document(s)
-                if len(prepared) == 1:
-                    raise
-            out: list[Any] = []
-            for p in prepared:
-                try:
-                    out.append(run([p])[0])
-                except Exception as exc:  # noqa: BLE001
-                    out.append(exc)
-            return out
+            ),
+            prepared,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
