@@ -226,9 +226,9 @@ def _per_document(run: Any, prepared: list) -> list[Any]:
     with torch.inference_mode():
         try:
             return list(run(prepared))
-        except Exception:  # noqa: BLE001 - isolate the failing document(s)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing document(s)
             if len(prepared) == 1:
-                raise
+                return [exc]
         out: list[Any] = []
         for p in prepared:
             try:
@@ -329,20 +329,14 @@ class Extractor:
         given = [(i, p) for i, p in todo if p.doc.entities]
         raw = [(i, p) for i, p in todo if not p.doc.entities]
         if given:
-            try:
-                scores = self._score([p for _, p in given])
-            except Exception as exc:  # noqa: BLE001 - a single document failed alone
-                scores = [exc]
+            scores = self._score([p for _, p in given])
             for (i, p), sc in zip(given, scores):
                 out[i] = self._result(rows[i], p, sc)
         if raw and self.entity_types is None:
             for i, p in raw:
                 out[i] = self._no_entities(rows[i], p.doc.doc_id)
         elif raw:
-            try:
-                results = self._extract_raw([p for _, p in raw])
-            except Exception as exc:  # noqa: BLE001 - a single document failed alone
-                results = [exc]
+            results = self._extract_raw([p for _, p in raw])
             for (i, p), res in zip(raw, results):
                 out[i] = self._raw_result(rows[i], p.doc.doc_id, res)
         self._report(out)

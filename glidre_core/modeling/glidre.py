@@ -342,15 +342,27 @@ class GLiDRE(nn.Module):
         return total
 
     # -- inference -----------------------------------------------------------------------------
-    def _label_embeddings(self, labels: Sequence[str] | LabelEmbeddings | None) -> LabelEmbeddings:
-        if isinstance(labels, LabelEmbeddings):
-            return labels
-        if labels is None:
-            if not self.config.labels:
-                raise ValueError("no relation labels given and the model stores none")
-            labels = self.config.labels
+    @staticmethod
+    def _resolve_embeddings(given, stored: list[str], encode: Callable, what: str) -> LabelEmbeddings:
+        """Given embeddings as they are; strings encoded; None = the ``stored`` training set."""
+        if isinstance(given, LabelEmbeddings):
+            return given
+        if given is None:
+            if not stored:
+                raise ValueError(f"no {what} given and the model stores none")
+            given = stored
         with torch.no_grad():
-            return self.encode_labels(list(labels))
+            return encode(list(given))
+
+    @staticmethod
+    def _per_label(labels: LabelEmbeddings, threshold, base: float) -> torch.Tensor:
+        """``[L]`` thresholds from None (``base``), a float, or a per-label dict (missing = base)."""
+        if threshold is None or isinstance(threshold, (int, float)):
+            return torch.full((len(labels),), base if threshold is None else float(threshold))
+        return torch.tensor([float(threshold.get(lab, base)) for lab in labels.labels])
+
+    def _label_embeddings(self, labels: Sequence[str] | LabelEmbeddings | None) -> LabelEmbeddings:
+        return self._resolve_embeddings(labels, self.config.labels, self.encode_labels, "relation labels")
 
     @torch.no_grad()
     def predict_documents(
@@ -383,11 +395,7 @@ class GLiDRE(nn.Module):
             self.train(was_training)
 
     def _threshold_vector(self, labels: LabelEmbeddings, threshold) -> torch.Tensor:
-        base = self.config.threshold
-        if threshold is None or isinstance(threshold, (int, float)):
-            value = base if threshold is None else float(threshold)
-            return torch.full((len(labels),), value)
-        return torch.tensor([float(threshold.get(lab, base)) for lab in labels.labels])
+        return self._per_label(labels, threshold, self.config.threshold)
 
     @staticmethod
     def decode(
@@ -432,20 +440,10 @@ class GLiDRE(nn.Module):
 
     # -- joint extraction (entities + relations from raw text) -----------------------------------
     def _entity_type_embeddings(self, types: Sequence[str] | LabelEmbeddings | None) -> LabelEmbeddings:
-        if isinstance(types, LabelEmbeddings):
-            return types
-        if types is None:
-            if not self.config.entity_labels:
-                raise ValueError("no entity types given and the model stores none")
-            types = self.config.entity_labels
-        with torch.no_grad():
-            return self.encode_entity_types(list(types))
+        return self._resolve_embeddings(types, self.config.entity_labels, self.encode_entity_types, "entity types")
 
     def _entity_threshold_vector(self, types: LabelEmbeddings, threshold) -> torch.Tensor:
-        base = self.config.entity_threshold
-        if threshold is None or isinstance(threshold, (int, float)):
-            return torch.full((len(types),), base if threshold is None else float(threshold))
-        return torch.tensor([float(threshold.get(t, base)) for t in types.labels])
+        return self._per_label(types, threshold, self.config.entity_threshold)
 
     @torch.no_grad()
     def extract_documents(
