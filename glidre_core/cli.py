@@ -64,8 +64,10 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
               help="joint: a predicted entity matches a gold one by equal mention sets, or best overlap")
 @click.option("--typed/--untyped", default=None,
               help="joint: entity types must match too (default: typed for conll04, untyped otherwise)")
+@click.option("--head-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="precision of the pair/span heads (default: the model's, 'auto' = bf16 where native)")
 def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
-             entity_labels, match, typed) -> None:
+             entity_labels, match, typed, head_precision=None) -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
     entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint)."""
     from glidre_core.evaluation import evaluate_entities, evaluate_joint, evaluate_model
@@ -73,7 +75,11 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
     from glidre_core.model_loading import load_model
     from glidre_core.readers import read_documents
 
+    from glidre_core.modeling.precision import head_dtype
+
     model = load_model(model_ref)
+    if head_precision is not None:
+        model.config.head_precision = head_precision
     docs = read_documents(data_path, fmt, limit=limit)
     types = [t.strip() for t in entity_labels.split(",") if t.strip()] if entity_labels else None
     if task != "relation" and model.span_head is None:
@@ -89,6 +95,7 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         result = evaluate_model(model, docs, train_facts=facts, threshold=threshold)
     result["model"] = model_ref
     result["data"] = str(data_path)
+    result["head_dtype"] = str(head_dtype(model.config.head_precision, model.device)).replace("torch.", "")
     click.echo(format_metrics(result))
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,10 @@ class GLiDREConfig(BaseModel):
     max_length: int = Field(512, ge=16, description="encoder window in sub-words, specials included")
     window_overlap: int = Field(128, ge=0, description="sub-words shared by consecutive windows")
     pair_chunk_size: int = Field(4096, ge=1)
+    # Precision of the pair scorer and span head at inference (training follows the trainer's
+    # bf16 flag). auto = bf16 where the hardware runs it natively, else fp32; see
+    # glidre_core.modeling.precision for why and what it costs.
+    head_precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
     # Which encoder layers were trained; the lower ones are frozen (and cacheable in training).
     trainable_encoder_layers: int | None = Field(None, description="None = all layers trainable")

@@ -11,6 +11,7 @@ Public API, Hugging Face style: :meth:`GLiDRE.from_pretrained`, :meth:`GLiDRE.sa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from glidre_core.modeling.encoder import DocumentEncoder, EncodedDocument
 from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
 from glidre_core.modeling.losses import relation_loss, span_loss
 from glidre_core.modeling.pooling import pool_entities
+from glidre_core.modeling.precision import head_autocast
 from glidre_core.modeling.scorer import PairScorer, ordered_pairs
 from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
 from glidre_core.modeling.spans import SpanHead, enumerate_spans
@@ -220,7 +222,8 @@ class GLiDRE(nn.Module):
             if self.span_head is None:
                 raise ValueError("this model has no entity (span) head")
             spans = enumerate_spans(words.shape[0], self.config.max_span_width, device)
-            span_logits = self.span_head.logits(words, spans, entity_types.vectors)
+            with self._head_precision_context(device):
+                span_logits = self.span_head.logits(words, spans, entity_types.vectors).float()
         n = len(prepared.entity_ids)
         heads, tails = ordered_pairs(n, device)
         num_labels = len(labels) if labels is not None else 0
@@ -229,12 +232,20 @@ class GLiDRE(nn.Module):
             empty = words.new_zeros((0, num_labels))
             return DocumentScores(heads, tails, empty, None, span_logits, spans)
         ents = pool_entities(encoded, words, prepared.mention_spans, self.config.pooling)
-        hidden = self.scorer.pair_hidden(ents, heads, tails)
-        logits = self.scorer.label_logits(hidden, labels.vectors)
         th = None
-        if self.threshold_embedding is not None:
-            th = self.scorer.label_logits(hidden, self.threshold_embedding.unsqueeze(0))[:, 0]
+        with self._head_precision_context(device):
+            hidden = self.scorer.pair_hidden(ents, heads, tails)
+            logits = self.scorer.label_logits(hidden, labels.vectors).float()
+            if self.threshold_embedding is not None:
+                th = self.scorer.label_logits(hidden, self.threshold_embedding.unsqueeze(0))[:, 0].float()
         return DocumentScores(heads, tails, logits, th, span_logits, spans)
+
+    def _head_precision_context(self, device: torch.device):
+        """bf16 autocast for the heads at inference where ``config.head_precision`` asks for
+        it (:mod:`.precision`); training and fp32 run as they are."""
+        if self.training:
+            return contextlib.nullcontext()
+        return head_autocast(self.config.head_precision, device)
 
     def encode_prepared(
         self, prepared: list[PreparedDocument], cached_lower: list[list[torch.Tensor]] | None = None

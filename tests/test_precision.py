@@ -1,0 +1,100 @@
+"""Head precision at inference: which dtype 'auto' picks, and what bf16 heads change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from glidre_core import GLiDRE, parse_document
+from glidre_core.cli import main
+from glidre_core.modeling import precision
+from glidre_core.modeling.precision import head_autocast, head_dtype
+
+from conftest import tiny_config
+
+TEXT = "Anna Schmidt works for Siemens in Munich and lives near Augsburg with Paul Weber ."
+NAMES = ["Anna Schmidt", "Siemens", "Munich", "Augsburg", "Paul Weber"]
+LABELS = ["employer", "residence", "spouse", "located in"]
+
+
+def _doc():
+    ents = []
+    for i, n in enumerate(NAMES):
+        s = TEXT.index(n)
+        ents.append({"id": f"e{i}", "mentions": [{"start": s, "end": s + len(n)}]})
+    return parse_document({"doc_id": "d", "text": TEXT, "entities": ents})
+
+
+def test_explicit_precisions_and_unknown_name():
+    cpu = torch.device("cpu")
+    assert head_dtype("float32", cpu) is torch.float32
+    assert head_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown head precision 'half'"):
+        head_dtype("half", cpu)
+    with head_autocast("float32", cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    with head_autocast("bfloat16", cpu):
+        assert torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, native):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert head_dtype("auto", torch.device("cpu")) is (torch.bfloat16 if native else torch.float32)
+
+
+def test_cpu_flag_detection_reads_cpuinfo():
+    flags = open("/proc/cpuinfo").read()
+    assert precision.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def _logits(model: GLiDRE, prec: str) -> torch.Tensor:
+    model.config.head_precision = prec
+    prep = [model.prepare(_doc())]
+    labels = model.encode_labels(LABELS)
+    with torch.no_grad():
+        return model.score_documents(prep, labels)[0].logits
+
+
+def test_bf16_heads_are_close_to_fp32_and_return_fp32():
+    torch.manual_seed(4)
+    model = GLiDRE(tiny_config(hidden_size=32))
+    model.eval()
+    full = _logits(model, "float32")
+    half = _logits(model, "bfloat16")
+    assert full.dtype == half.dtype == torch.float32
+    assert full.shape == half.shape == (20, 4)
+    diff = (full - half).abs().max()
+    assert 0 < float(diff) < 0.05 * float(full.abs().max()) + 1e-3  # rounded, not a different function
+    assert torch.allclose(torch.sigmoid(full), torch.sigmoid(half), atol=0.01)
+
+
+def test_training_mode_ignores_head_precision():
+    torch.manual_seed(4)
+    model = GLiDRE(tiny_config(hidden_size=32))
+    model.train()
+    torch.manual_seed(0)  # the same dropout masks in both runs
+    a = _logits(model, "float32")
+    torch.manual_seed(0)
+    b = _logits(model, "bfloat16")
+    assert torch.equal(a, b)
+
+
+def test_evaluate_cli_records_the_head_dtype(tmp_path):
+    torch.manual_seed(5)
+    model = GLiDRE(tiny_config())
+    model.save_pretrained(tmp_path / "m")
+    data = tmp_path / "d.jsonl"
+    ents = [{"id": e.id, "mentions": [{"start": m.start, "end": m.end} for m in e.mentions]} for e in _doc().entities]
+    row = {"doc_id": "d", "text": TEXT, "entities": ents,
+           "relations": [{"head": "e0", "label": "employer", "tail": "e1"}]}
+    data.write_text(json.dumps(row) + "\n")
+    for prec, expected in [("float32", "float32"), ("bfloat16", "bfloat16")]:
+        out = tmp_path / f"{prec}.json"
+        res = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "m"), "--data", str(data),
+                                        "--format", "jsonl", "--head-precision", prec, "--output-json", str(out)])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        assert json.loads(out.read_text())["head_dtype"] == expected
