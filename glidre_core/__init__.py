@@ -1,11 +1,40 @@
-"""glidre_core: GLiDRE document-level relation extraction, its training, evaluation and Ray glue."""
+"""glidre_core: GLiDRE document-level relation extraction, its training, evaluation and Ray glue.
 
-from glidre_core.config import GLiDREConfig
-from glidre_core.documents import Document, DocumentError, Entity, Mention, Relation, parse_document
-from glidre_core.modeling import GLiDRE, LabelEmbeddings
-from glidre_core.readers import read_documents
+The public names below load on first use (PEP 562): ``import glidre_core.documents`` or the
+extraction job's pre-processing code must not pull in torch and transformers, which cost several
+seconds of CPU in every fresh Ray worker process.
+"""
 
-__all__ = [
-    "Document", "DocumentError", "Entity", "GLiDRE", "GLiDREConfig", "LabelEmbeddings", "Mention",
-    "Relation", "parse_document", "read_documents",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "GLiDREConfig": "glidre_core.config",
+    "Document": "glidre_core.documents",
+    "DocumentError": "glidre_core.documents",
+    "Entity": "glidre_core.documents",
+    "Mention": "glidre_core.documents",
+    "Relation": "glidre_core.documents",
+    "parse_document": "glidre_core.documents",
+    "GLiDRE": "glidre_core.modeling.glidre",
+    "LabelEmbeddings": "glidre_core.modeling.label_encoder",
+    "read_documents": "glidre_core.readers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from glidre_core.config import GLiDREConfig
+    from glidre_core.documents import Document, DocumentError, Entity, Mention, Relation, parse_document
+    from glidre_core.modeling.glidre import GLiDRE
+    from glidre_core.modeling.label_encoder import LabelEmbeddings
+    from glidre_core.readers import read_documents
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'glidre_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

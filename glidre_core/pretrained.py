@@ -12,10 +12,10 @@ import importlib.resources
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # torch and transformers load lazily: tokenizer-only workers never need them
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ def encoder_fingerprint(name: str | None) -> str | None:
     return _sha256(str(wf), wf.stat().st_mtime) if wf else None
 
 
-def load_tokenizer(name: str | None) -> PreTrainedTokenizerBase:
+def load_tokenizer(name: str | None) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
     path = resolve_encoder_path(name or RANDOM_ENCODER_TOKENIZER)
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if not tok.is_fast:
@@ -80,8 +82,27 @@ def load_tokenizer(name: str | None) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_encoder(name: str | None, config: dict[str, Any] | None = None) -> PreTrainedModel:
+def load_subword_tokenizer(name: str | None) -> Any:
+    """The encoder's sub-word tokenizer as a bare ``tokenizers.Tokenizer`` (from its
+    ``tokenizer.json``), for processes that only tokenize: importing ``tokenizers`` takes a
+    fraction of a second, ``transformers`` and ``torch`` several seconds of CPU per process.
+
+    Same ids as :func:`load_tokenizer` (``tests/test_text_alignment.py`` checks it on real
+    documents). An encoder directory without a ``tokenizer.json`` falls back to the HF tokenizer.
+    """
+    path = resolve_encoder_path(name or RANDOM_ENCODER_TOKENIZER)
+    if (path / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    return load_tokenizer(name)
+
+
+def load_encoder(name: str | None, config: dict[str, Any] | None = None) -> "PreTrainedModel":
     """Load a named/local encoder strictly and offline, or build a random one from ``config``."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
     if name is None:
         if config is None:
             raise ValueError("an encoder needs a name or a config dict")

@@ -6,7 +6,6 @@ This is the test path that runs the real pretrained encoder with trained heads.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from safetensors import safe_open

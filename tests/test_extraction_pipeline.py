@@ -14,7 +14,6 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from click.testing import CliRunner
 
 from extraction_support import (

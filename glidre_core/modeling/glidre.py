@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from glidre_core.config import GLiDREConfig
-from glidre_core.documents import Document, DocumentError, Entity, Relation, parse_document
+from glidre_core.documents import Document, Entity, Relation, parse_document
 from glidre_core.modeling.encoder import DocumentEncoder, EncodedDocument
 from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
 from glidre_core.modeling.losses import relation_loss, span_loss
@@ -31,7 +31,7 @@ from glidre_core.modeling.precision import head_autocast
 from glidre_core.modeling.scorer import PairScorer, ordered_pairs
 from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
 from glidre_core.modeling.spans import SpanHead, enumerate_spans
-from glidre_core.modeling.windows import TokenizedDocument, tokenize_words
+from glidre_core.preparation import PreparedDocument, prepare_document
 from glidre_core.pretrained import (
     encoder_fingerprint,
     load_encoder,
@@ -39,55 +39,11 @@ from glidre_core.pretrained import (
     resolve_encoder_path,
     weights_file,
 )
-from glidre_core.text import SpanAlignmentError, Words, char_span_to_words, split_words
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
-
-
-@dataclass
-class PreparedDocument:
-    """A document turned into model inputs: words, sub-word windows, mention word spans."""
-
-    doc: Document
-    tokens: TokenizedDocument
-    mention_spans: list[list[tuple[int, int]]]  # per entity, [w0, w1) word spans
-    entity_ids: list[str]
-    relations: list[tuple[int, str, int]] = field(default_factory=list)  # (head idx, label, tail idx)
-    words: Words | None = None  # char offsets of the words (span predictions -> char mentions)
-    # entity types this document's corpus annotates (training); None = every type scored
-    entity_type_scope: frozenset[str] | None = None
-
-
-def prepare_document(
-    doc: Document,
-    tokenizer,
-    max_length: int,
-    overlap: int,
-    normalize_label: Callable[[str], str] | None = None,
-) -> PreparedDocument:
-    """Model inputs of ``doc`` without the model: the one implementation used by
-    :meth:`GLiDRE.prepare` and by the CPU pre-processing tasks of the extraction job."""
-    words = split_words(doc.text)
-    if len(words) == 0:
-        raise DocumentError(doc.doc_id, "text", "no words in the text")
-    spans: list[list[tuple[int, int]]] = []
-    for i, ent in enumerate(doc.entities):
-        ent_spans = []
-        for j, m in enumerate(ent.mentions):
-            try:
-                ent_spans.append(char_span_to_words(words, m.start, m.end, context=f"{doc.doc_id}: "))
-            except SpanAlignmentError as exc:
-                raise DocumentError(doc.doc_id, f"entities[{i}].mentions[{j}]", str(exc)) from None
-        spans.append(ent_spans)
-    norm = normalize_label or (lambda x: x)
-    index = {e.id: i for i, e in enumerate(doc.entities)}
-    rels = [(index[r.head], norm(r.label), index[r.tail]) for r in doc.relations]
-    rels = [r for r in rels if r[0] != r[2]]
-    tokens = tokenize_words(words.tokens, tokenizer, max_length, overlap)
-    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], rels, words)
 
 
 @dataclass

@@ -10,8 +10,7 @@ window.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import Any
 
 
 @dataclass
@@ -41,15 +40,44 @@ class TokenizedDocument:
         return len(self.word_first_token)
 
 
-def tokenize_words(
-    words: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int, overlap: int
-) -> TokenizedDocument:
-    """Tokenise pre-split words and plan the windows (specials excluded from the counts)."""
+def subword_backend(tokenizer: Any) -> Any:
+    """The Rust ``tokenizers.Tokenizer`` behind an HF fast tokenizer (or the object itself when it
+    already is one), set to neither truncate nor pad: documents are windowed, never cut.
+
+    Tokenizing through the backend is what the HF wrapper does internally, minus its per-call
+    overhead, and it lets the extraction job's CPU workers tokenize without importing
+    transformers (:func:`glidre_core.pretrained.load_subword_tokenizer`). HF re-applies its own
+    truncation and padding settings before each of its calls, so switching them off here does not
+    change what the wrapper does.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return backend
+
+
+def unknown_token_id(tokenizer: Any) -> int:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None:
+        return unk
+    backend = subword_backend(tokenizer)
+    token = getattr(backend.model, "unk_token", None)
+    unk = backend.token_to_id(token) if token is not None else None
+    return 0 if unk is None else unk
+
+
+def tokenize_words(words: list[str], tokenizer: Any, max_length: int, overlap: int) -> TokenizedDocument:
+    """Tokenise pre-split words and plan the windows (specials excluded from the counts).
+
+    ``tokenizer``: an HF fast tokenizer or a ``tokenizers.Tokenizer``; both give the same ids.
+    """
     if not words:
         raise ValueError("no words to encode")
-    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
-    ids: list[int] = enc["input_ids"]
-    word_ids = enc.word_ids()
+    enc = subword_backend(tokenizer).encode(words, is_pretokenized=True, add_special_tokens=False)
+    ids: list[int] = enc.ids
+    word_ids = enc.word_ids
     n = len(words)
     first = [-1] * n
     end = [0] * n
@@ -63,7 +91,7 @@ def tokenize_words(
     # first sub-word; at the end of the text, the last sub-word.
     nxt = len(ids) - 1 if ids else 0
     if not ids:
-        ids = [tokenizer.unk_token_id]
+        ids = [unknown_token_id(tokenizer)]
         nxt = 0
     for w in range(n - 1, -1, -1):
         if first[w] < 0:
