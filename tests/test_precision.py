@@ -98,3 +98,28 @@ def test_evaluate_cli_records_the_head_dtype(tmp_path):
                                         "--format", "jsonl", "--head-precision", prec, "--output-json", str(out)])
         assert res.exit_code == 0, res.output + repr(res.exception)
         assert json.loads(out.read_text())["head_dtype"] == expected
+
+
+def test_bf16_head_copies_are_cached_refreshed_and_never_saved():
+    torch.manual_seed(6)
+    model = GLiDRE(tiny_config(hidden_size=32, head_precision="bfloat16"))
+    model.eval()
+    keys = set(model.state_dict())
+    cpu = torch.device("cpu")
+    scorer, span_head = model._inference_heads(cpu)
+    assert scorer is not model.scorer and span_head is None  # the tiny model has no span head
+    assert all(p.dtype is torch.bfloat16 and not p.requires_grad for p in scorer.parameters())
+    assert model._inference_heads(cpu)[0] is scorer  # cached
+    before = _logits(model, "bfloat16")
+    with torch.no_grad():  # what an optimizer step or load_weights does: an in-place update
+        model.scorer.pair_ffn[0].weight.mul_(-1)
+    fresh = model._inference_heads(cpu)[0]
+    assert fresh is not scorer
+    assert torch.equal(fresh.pair_ffn[0].weight, model.scorer.pair_ffn[0].weight.to(torch.bfloat16))
+    after = _logits(model, "bfloat16")
+    assert not torch.allclose(before, after)
+    # matches fp32 on the updated weights: the refreshed copy is really in use
+    assert torch.allclose(torch.sigmoid(after), torch.sigmoid(_logits(model, "float32")), atol=0.01)
+    assert set(model.state_dict()) == keys  # the copies are not parameters of the model
+    model.train()
+    assert model._inference_heads(cpu)[0] is model.scorer

@@ -12,6 +12,7 @@ Public API, Hugging Face style: :meth:`GLiDRE.from_pretrained`, :meth:`GLiDRE.sa
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from glidre_core.modeling.encoder import DocumentEncoder, EncodedDocument
 from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
 from glidre_core.modeling.losses import relation_loss, span_loss
 from glidre_core.modeling.pooling import pool_entities
-from glidre_core.modeling.precision import head_autocast
+from glidre_core.modeling.precision import head_autocast, head_dtype
 from glidre_core.modeling.scorer import PairScorer, ordered_pairs
 from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
 from glidre_core.modeling.spans import SpanHead, enumerate_spans
@@ -179,7 +180,8 @@ class GLiDRE(nn.Module):
                 raise ValueError("this model has no entity (span) head")
             spans = enumerate_spans(words.shape[0], self.config.max_span_width, device)
             with self._head_precision_context(device):
-                span_logits = self.span_head.logits(words, spans, entity_types.vectors).float()
+                span_head = self._inference_heads(device)[1]
+                span_logits = span_head.logits(words, spans, entity_types.vectors).float()
         n = len(prepared.entity_ids)
         heads, tails = ordered_pairs(n, device)
         num_labels = len(labels) if labels is not None else 0
@@ -190,10 +192,11 @@ class GLiDRE(nn.Module):
         ents = pool_entities(encoded, words, prepared.mention_spans, self.config.pooling)
         th = None
         with self._head_precision_context(device):
-            hidden = self.scorer.pair_hidden(ents, heads, tails)
-            logits = self.scorer.label_logits(hidden, labels.vectors).float()
+            scorer = self._inference_heads(device)[0]
+            hidden = scorer.pair_hidden(ents, heads, tails)
+            logits = scorer.label_logits(hidden, labels.vectors).float()
             if self.threshold_embedding is not None:
-                th = self.scorer.label_logits(hidden, self.threshold_embedding.unsqueeze(0))[:, 0].float()
+                th = scorer.label_logits(hidden, self.threshold_embedding.unsqueeze(0))[:, 0].float()
         return DocumentScores(heads, tails, logits, th, span_logits, spans)
 
     def _head_precision_context(self, device: torch.device):
@@ -202,6 +205,28 @@ class GLiDRE(nn.Module):
         if self.training:
             return contextlib.nullcontext()
         return head_autocast(self.config.head_precision, device)
+
+    def _inference_heads(self, device: torch.device) -> tuple[PairScorer, SpanHead | None]:
+        """The pair scorer and span head to run: the modules themselves, or (inference with bf16
+        heads) copies cast to bf16 once and cached. Autocast would otherwise re-cast every head
+        weight for every document, about an eighth of the heads' time.
+
+        The cache is keyed on the identity, version counter and device of every head parameter,
+        so training steps, ``load_weights`` and ``.to(device)`` all invalidate it.
+        """
+        dtype = torch.float32 if self.training else head_dtype(self.config.head_precision, device)
+        if dtype is torch.float32:
+            return self.scorer, self.span_head
+        modules = (self.scorer, self.span_head)
+        key = (dtype, tuple((id(p), p._version, p.device) for m in modules if m is not None for p in m.parameters()))
+        cached = self.__dict__.get("_cast_heads")
+        if cached is None or cached[0] != key:
+            copies = tuple(
+                None if m is None else copy.deepcopy(m).to(dtype).requires_grad_(False).eval() for m in modules
+            )
+            # a plain attribute (not a registered submodule): never saved, never trained
+            self.__dict__["_cast_heads"] = cached = (key, copies)
+        return cached[1]
 
     def encode_prepared(
         self, prepared: list[PreparedDocument], cached_lower: list[list[torch.Tensor]] | None = None
