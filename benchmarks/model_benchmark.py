@@ -347,7 +347,8 @@ def run_speed(model, args) -> dict[str, Any]:
     # the two encoder paths (same fp32 heads) compute the same function; SDPA vs eager rounding
     # may flip a score that sits on the threshold, so agreement allows 0.2% of the relations
     a, b = rows_found["glidre_fp32_heads"], rows_found["glidre_old_eager_path"]
-    result["paths_agree"] = abs(a - b) <= max(1, 0.002 * max(a, b))
+    tolerance = 0.005 if args.bf16 else 0.002  # bf16 encoders round more: more flips
+    result["paths_agree"] = abs(a - b) <= max(1, tolerance * max(a, b))
     # where GLiDRE's time goes: the encoder stage vs. everything else (tokenisation, pooling,
     # pair scoring, decoding), from per-rep paired times
     result["encoder_stage_share_of_glidre"] = statistics.median(
@@ -478,8 +479,11 @@ def memory_worker(args) -> None:
         "peak_delta_mb": (peak - rss0) / 1024, "peak_reset": exact, "relations_found": found,
     })
     if args.naive and n <= 100:  # sanity: the naive reference computes the same scores
-        with torch.no_grad(), autocast_ctx(args.bf16):
-            eff = model.score_documents([prepared], label_emb)[0].logits  # ordered_pairs order
+        with torch.no_grad(), autocast_ctx(args.bf16), fp32_heads(model):
+            scores = model.score_documents([prepared], label_emb)[0]
+        dense = scores.logits.new_zeros((n, n, scores.logits.shape[1]))
+        dense[scores.heads, scores.tails] = scores.logits
+        eff = dense[~torch.eye(n, dtype=torch.bool)]  # head-major, like the naive reference
         out["max_abs_diff_vs_glidre"] = float((eff.float() - logits.float()).abs().max())
     print(json.dumps(out))
 
@@ -561,7 +565,8 @@ def markdown(res: dict[str, Any]) -> str:
         desc = {
             "encoder_sdpa": "bare encoder, SDPA, no attention output (baseline)",
             "glidre": f"GLiDRE predict_documents, as configured (heads {s.get('head_dtype', '?')})",
-            "glidre_fp32_heads": "GLiDRE predict_documents, heads forced to fp32",
+            "glidre_fp32_heads": "GLiDRE predict_documents, heads forced to fp32"
+            + (" (inside the bf16 autocast of this run)" if s["dtype"] != "fp32" else ""),
             "encoder_eager_attn": "bare encoder, eager, output_attentions=True",
             "glidre_old_eager_path": "GLiDRE with the old eager output_attentions path",
             "glidre_encoder_stage": "GLiDRE encoder stage only (windows + last-layer attention + stitch)",

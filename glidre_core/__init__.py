@@ -7,8 +7,9 @@ seconds of CPU in every fresh Ray worker process.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from glidre_core.lazy import lazy_exports
 
 _EXPORTS = {
     "GLiDREConfig": "glidre_core.config",
@@ -33,8 +34,4 @@ if TYPE_CHECKING:
     from glidre_core.readers import read_documents
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glidre_core' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -70,7 +70,7 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
              entity_labels, match, typed, head_precision=None) -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
     entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint)."""
-    from glidre_core.evaluation import evaluate_entities, evaluate_joint, evaluate_model
+    from glidre_core.evaluation import evaluate_entities, evaluate_joint, evaluate_model, evaluation_labels
     from glidre_core.metrics import train_fact_names
     from glidre_core.model_loading import load_model
     from glidre_core.readers import read_documents
@@ -88,11 +88,12 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         result = evaluate_entities(model, docs, types, threshold=entity_threshold)
     elif task == "joint":
         typed = (fmt == "conll04") if typed is None else typed
-        result = evaluate_joint(model, docs, types, entity_threshold=entity_threshold, threshold=threshold,
-                                match=match, typed=typed)
+        result = evaluate_joint(model, docs, types, relation_labels_=evaluation_labels(docs, fmt),
+                                entity_threshold=entity_threshold, threshold=threshold, match=match, typed=typed)
     else:
         facts = train_fact_names(read_documents(train_facts, fmt)) if train_facts else None
-        result = evaluate_model(model, docs, train_facts=facts, threshold=threshold)
+        result = evaluate_model(model, docs, labels=evaluation_labels(docs, fmt), train_facts=facts,
+                                threshold=threshold)
     result["model"] = model_ref
     result["data"] = str(data_path)
     result["head_dtype"] = str(head_dtype(model.config.head_precision, model.device)).replace("torch.", "")

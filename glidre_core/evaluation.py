@@ -16,7 +16,7 @@ from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshol
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
 from glidre_core.modeling.glidre import PreparedDocument
 from glidre_core.modeling.entities import decode_document_spans
-from glidre_core.readers import relation_labels
+from glidre_core.readers import load_rel_info, relation_labels
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,15 @@ def dev_sweep(model: GLiDRE, docs: Sequence[Document], labels: LabelEmbeddings, 
     return sweep_threshold(score_candidates(model, docs, labels, **kw), gold_facts(docs))
 
 
+def evaluation_labels(docs: Sequence[Document], fmt: str) -> list[str]:
+    """The candidate relation labels of an evaluation: the dataset's schema. DocRED / Re-DocRED:
+    the 96 relation names of ``rel_info.json`` (the official protocol scores all of them, also
+    those absent from the split); other formats: the labels the data uses."""
+    if fmt == "docred":
+        return sorted(set(load_rel_info().values()))
+    return relation_labels(docs)
+
+
 def evaluate_model(
     model: GLiDRE,
     docs: list[Document],
@@ -82,8 +91,14 @@ def evaluate_model(
     threshold: float | None = None,
     batch_size: int = 4,
 ) -> dict[str, Any]:
-    """Predict on ``docs`` with the stored (or given) threshold and compute all metrics."""
-    labels = list(labels) if labels else (model.config.labels or relation_labels(docs))
+    """Predict on ``docs`` with the stored (or given) threshold and compute all metrics.
+
+    ``labels`` None = the relation labels the data uses, never the model's training labels: a
+    model trained on several corpora would otherwise be scored with other corpora's labels as
+    extra candidates (false positives the benchmark protocol does not have). The CLI passes the
+    format's full schema where there is one (:func:`evaluation_labels`).
+    """
+    labels = list(labels) if labels else relation_labels(docs)
     start = time.perf_counter()
     label_emb = model._label_embeddings(labels)
     preds = model.predict_documents(docs, label_emb, threshold=threshold, batch_size=batch_size)

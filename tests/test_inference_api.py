@@ -181,3 +181,15 @@ def test_predict_restores_training_mode(tiny_model: GLiDRE):
     tiny_model.train()
     tiny_model.predict_relations(TEXT, _entities(), LABELS, threshold=0.5)
     assert tiny_model.training
+
+
+def test_every_public_name_resolves_lazily():
+    import glidre_core
+    import glidre_core.extraction
+    import glidre_core.modeling
+
+    for package in (glidre_core, glidre_core.modeling, glidre_core.extraction):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, (package.__name__, name)
+        with pytest.raises(AttributeError, match="has no attribute 'missing_name'"):
+            getattr(package, "missing_name")

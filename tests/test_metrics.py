@@ -214,3 +214,27 @@ def test_sweep_threshold_last_candidate_cut_uses_floor():
     assert sweep.best_f1 == pytest.approx(1.0)
     assert sweep.best_threshold == pytest.approx(0.3)  # midpoint of 0.4 and the floor
     assert _f1_at(scored, gold, sweep.best_threshold) == pytest.approx(1.0)
+
+
+def test_evaluation_candidates_are_the_datasets_labels_not_the_models():
+    import torch
+
+    from glidre_core import GLiDRE, parse_document
+    from glidre_core.evaluation import evaluate_model, evaluation_labels
+
+    from conftest import tiny_config
+
+    text = "Ada Lovelace met Charles Babbage in London ."
+    ents = [{"id": n, "mentions": [{"start": text.index(n), "end": text.index(n) + len(n)}]}
+            for n in ("Ada Lovelace", "Charles Babbage", "London")]
+    doc = parse_document({"doc_id": "d", "text": text, "entities": ents,
+                          "relations": [{"head": "Ada Lovelace", "label": "colleague", "tail": "Charles Babbage"}]})
+    assert evaluation_labels([doc], "jsonl") == ["colleague"]
+    docred = evaluation_labels([doc], "docred")
+    assert len(docred) == 96 and "country" in docred and "colleague" not in docred
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(labels=["colleague", "spouse", "works for", "born in"]))
+    model.eval()
+    res = evaluate_model(model, [doc], threshold=1e-9)  # every candidate passes: counts show the label set
+    assert res["labels"] == 1
+    assert res["precision"] == pytest.approx(1 / 6)  # 6 ordered pairs x 1 label, one of them gold

@@ -10,8 +10,9 @@ Names load on first use: the Ray worker processes that only pre-process document
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from glidre_core.lazy import lazy_exports
 
 _EXPORTS = {
     "ExtractConfig": "glidre_core.extraction.config",
@@ -34,8 +35,4 @@ if TYPE_CHECKING:
     from glidre_core.extraction.pipeline import run_extraction, summary_text
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glidre_core.extraction' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

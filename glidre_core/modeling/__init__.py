@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from glidre_core.lazy import lazy_exports
 
 _EXPORTS = {
     "GLiDRE": "glidre_core.modeling.glidre",
@@ -19,8 +20,4 @@ if TYPE_CHECKING:
     from glidre_core.preparation import PreparedDocument
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'glidre_core.modeling' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
