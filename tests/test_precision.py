@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from glidre_core import GLiDRE, parse_document
 from glidre_core.cli import main
 from glidre_core.modeling import precision
-from glidre_core.modeling.precision import head_autocast, head_dtype
+from glidre_core.modeling.precision import head_dtype
 
 from conftest import tiny_config
 
@@ -34,10 +34,6 @@ def test_explicit_precisions_and_unknown_name():
     assert head_dtype("bfloat16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="unknown head precision 'half'"):
         head_dtype("half", cpu)
-    with head_autocast("float32", cpu):
-        assert not torch.is_autocast_enabled("cpu")
-    with head_autocast("bfloat16", cpu):
-        assert torch.is_autocast_enabled("cpu")
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -106,8 +102,10 @@ def test_bf16_head_copies_are_cached_refreshed_and_never_saved():
     model.eval()
     keys = set(model.state_dict())
     cpu = torch.device("cpu")
-    scorer, span_head = model._inference_heads(cpu)
+    scorer, span_head, precision = model._inference_heads(cpu)
     assert scorer is not model.scorer and span_head is None  # the tiny model has no span head
+    with precision:  # bf16 autocast casts the fp32 activations for the bf16 weights
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is torch.bfloat16
     assert all(p.dtype is torch.bfloat16 and not p.requires_grad for p in scorer.parameters())
     assert model._inference_heads(cpu)[0] is scorer  # cached
     before = _logits(model, "bfloat16")
@@ -122,4 +120,7 @@ def test_bf16_head_copies_are_cached_refreshed_and_never_saved():
     assert torch.allclose(torch.sigmoid(after), torch.sigmoid(_logits(model, "float32")), atol=0.01)
     assert set(model.state_dict()) == keys  # the copies are not parameters of the model
     model.train()
-    assert model._inference_heads(cpu)[0] is model.scorer
+    scorer, _, precision = model._inference_heads(cpu)
+    assert scorer is model.scorer
+    with precision:
+        assert not torch.is_autocast_enabled("cpu")

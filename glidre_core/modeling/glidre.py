@@ -28,7 +28,7 @@ from glidre_core.modeling.encoder import DocumentEncoder, EncodedDocument
 from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
 from glidre_core.modeling.losses import relation_loss, span_loss
 from glidre_core.modeling.pooling import pool_entities
-from glidre_core.modeling.precision import head_autocast, head_dtype
+from glidre_core.modeling.precision import head_dtype
 from glidre_core.modeling.scorer import PairScorer, ordered_pairs
 from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
 from glidre_core.modeling.spans import SpanHead, enumerate_spans
@@ -179,8 +179,8 @@ class GLiDRE(nn.Module):
             if self.span_head is None:
                 raise ValueError("this model has no entity (span) head")
             spans = enumerate_spans(words.shape[0], self.config.max_span_width, device)
-            with self._head_precision_context(device):
-                span_head = self._inference_heads(device)[1]
+            _, span_head, precision = self._inference_heads(device)
+            with precision:
                 span_logits = span_head.logits(words, spans, entity_types.vectors).float()
         n = len(prepared.entity_ids)
         heads, tails = ordered_pairs(n, device)
@@ -191,32 +191,29 @@ class GLiDRE(nn.Module):
             return DocumentScores(heads, tails, empty, None, span_logits, spans)
         ents = pool_entities(encoded, words, prepared.mention_spans, self.config.pooling)
         th = None
-        with self._head_precision_context(device):
-            scorer = self._inference_heads(device)[0]
+        scorer, _, precision = self._inference_heads(device)
+        with precision:
             hidden = scorer.pair_hidden(ents, heads, tails)
             logits = scorer.label_logits(hidden, labels.vectors).float()
             if self.threshold_embedding is not None:
                 th = scorer.label_logits(hidden, self.threshold_embedding.unsqueeze(0))[:, 0].float()
         return DocumentScores(heads, tails, logits, th, span_logits, spans)
 
-    def _head_precision_context(self, device: torch.device):
-        """bf16 autocast for the heads at inference where ``config.head_precision`` asks for
-        it (:mod:`.precision`); training and fp32 run as they are."""
-        if self.training:
-            return contextlib.nullcontext()
-        return head_autocast(self.config.head_precision, device)
-
-    def _inference_heads(self, device: torch.device) -> tuple[PairScorer, SpanHead | None]:
-        """The pair scorer and span head to run: the modules themselves, or (inference with bf16
-        heads) copies cast to bf16 once and cached. Autocast would otherwise re-cast every head
-        weight for every document, about an eighth of the heads' time.
+    def _inference_heads(
+        self, device: torch.device
+    ) -> tuple[PairScorer, SpanHead | None, contextlib.AbstractContextManager]:
+        """``(scorer, span_head, context)`` to run the heads in: the modules themselves and no
+        autocast (training, fp32), or, for inference in bf16 (``config.head_precision``,
+        :mod:`.precision`), copies cast to bf16 once and cached, run under bf16 autocast (which
+        casts the fp32 activations). Autocast alone would re-cast every head weight for every
+        document, about an eighth of the heads' time.
 
         The cache is keyed on the identity, version counter and device of every head parameter,
         so training steps, ``load_weights`` and ``.to(device)`` all invalidate it.
         """
         dtype = torch.float32 if self.training else head_dtype(self.config.head_precision, device)
         if dtype is torch.float32:
-            return self.scorer, self.span_head
+            return self.scorer, self.span_head, contextlib.nullcontext()
         modules = (self.scorer, self.span_head)
         key = (dtype, tuple((id(p), p._version, p.device) for m in modules if m is not None for p in m.parameters()))
         cached = self.__dict__.get("_cast_heads")
@@ -226,7 +223,7 @@ class GLiDRE(nn.Module):
             )
             # a plain attribute (not a registered submodule): never saved, never trained
             self.__dict__["_cast_heads"] = cached = (key, copies)
-        return cached[1]
+        return (*cached[1], torch.autocast(device_type=device.type, dtype=dtype))
 
     def encode_prepared(
         self, prepared: list[PreparedDocument], cached_lower: list[list[torch.Tensor]] | None = None

@@ -13,14 +13,9 @@ bf16 is slower than fp32. Training is not affected: it follows the trainer's own
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
-from typing import ContextManager
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 HEAD_PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -52,11 +47,3 @@ def head_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.float32
-
-
-def head_autocast(precision: str, device: torch.device) -> ContextManager:
-    """Autocast for the heads at inference; a no-op for fp32."""
-    dtype = head_dtype(precision, device)
-    if dtype is torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
