@@ -72,6 +72,17 @@ class GLiDREConfig(BaseModel):
     # bf16 flag). auto = bf16 where the hardware runs it natively, else fp32; see
     # glidre_core.modeling.precision for why and what it costs.
     head_precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Precision of the document encoder at inference: auto = bf16 on a bf16 GPU, fp32 on CPU
+    # (glidre_core.modeling.precision.encoder_dtype says why).
+    encoder_precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Encoder windows are padded to a multiple of this many sub-words so attention kernels (and
+    # cuDNN plans) are reused across batches; None = 64 on CUDA, 1 (no bucketing) elsewhere,
+    # where padding costs compute and buys nothing.
+    length_multiple: int | None = Field(None, ge=1)
+    # SDPA backend on CUDA (glidre_core.modeling.encoder.sdpa_context): auto = memory-efficient
+    # attention, which takes the padding mask and keeps no per-shape plan cache; pytorch =
+    # PyTorch's own per-call choice.
+    sdpa_backend: Literal["auto", "pytorch", "efficient", "flash", "cudnn", "math"] = "auto"
 
     # Which encoder layers were trained; the lower ones are frozen (and cacheable in training).
     trainable_encoder_layers: int | None = Field(None, description="None = all layers trainable")

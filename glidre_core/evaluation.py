@@ -1,4 +1,8 @@
-"""Scoring a model on labelled documents: predictions -> official metrics (+ throughput)."""
+"""Scoring a model on labelled documents: predictions -> official metrics (+ throughput).
+
+Every function here predicts through the public inference layer
+(:class:`glidre_core.inference.Predictor`); threshold sweeps are vectorised over all candidates.
+"""
 
 from __future__ import annotations
 
@@ -8,70 +12,42 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from glidre_core.documents import Document, Entity, Mention
-from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores
+from glidre_core.inference import Predictor, SpanScores
+from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, mention_units, type_key
 from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
-from glidre_core.modeling.glidre import PreparedDocument
 from glidre_core.modeling.entities import decode_document_spans
+from glidre_core.preparation import PreparedDocument
 from glidre_core.readers import load_rel_info, relation_labels
 
 logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def score_candidates(
-    model: GLiDRE,
-    docs: Sequence[Document],
-    labels: LabelEmbeddings,
-    floor: float = 0.05,
-    batch_size: int = 4,
-    cached_lower: dict[str, list[torch.Tensor]] | None = None,
-    prepared: dict[str, Any] | None = None,
-    encoded: dict[str, Any] | None = None,
+def relation_candidates(
+    predictor: Predictor, docs: Sequence[Document | PreparedDocument], floor: float = 0.05
 ) -> list[tuple[Fact, float]]:
-    """Every (fact, probability) with probability above ``floor``."""
+    """Every (fact, probability) with probability above ``floor``: the input of a threshold
+    sweep. One pass of the predictor; the selection is numpy over all pairs at once."""
+    labels = predictor.relations.labels
     out: list[tuple[Fact, float]] = []
-    for p, sc in scored_batches(model, docs, labels, None, batch_size, prepared, cached_lower, encoded):
-        probs = sc.probabilities()
-        for pi, ri in (probs > floor).nonzero().tolist():
-            h = p.entity_ids[int(sc.heads[pi])]
-            t = p.entity_ids[int(sc.tails[pi])]
-            out.append(((p.doc.doc_id, h, labels.labels[ri], t), float(probs[pi, ri])))
+    for sc in predictor.score_relations(docs):
+        ids, doc_id = sc.prepared.entity_ids, sc.prepared.doc.doc_id
+        pairs, rels = np.nonzero(sc.probs > floor)
+        for p, r, prob in zip(pairs.tolist(), rels.tolist(), sc.probs[pairs, rels].tolist()):
+            out.append(((doc_id, ids[sc.heads[p]], labels[r], ids[sc.tails[p]]), prob))
     return out
 
 
-def scored_batches(
-    model: GLiDRE,
-    docs: Sequence[Document],
-    labels: LabelEmbeddings | None,
-    entity_types: LabelEmbeddings | None,
-    batch_size: int = 4,
-    prepared: dict[str, Any] | None = None,
-    cached_lower: dict[str, list[torch.Tensor]] | None = None,
-    encoded: dict[str, Any] | None = None,
-):
-    """(prepared document, scores) for ``docs`` in eval mode without gradients, batch by batch,
-    from the training caches when given (``prepared`` / ``cached_lower`` / ``encoded`` by id)."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for s in range(0, len(docs), batch_size):
-                batch = docs[s : s + batch_size]
-                preps = [prepared[d.doc_id] if prepared else model.prepare(d) for d in batch]
-                cache = [cached_lower[d.doc_id] for d in batch] if cached_lower else None
-                enc = [encoded[d.doc_id] for d in batch] if encoded else None
-                yield from zip(preps, model.score_documents(preps, labels, cache, entity_types, enc))
-    finally:
-        model.train(was)
-
-
-def dev_sweep(model: GLiDRE, docs: Sequence[Document], labels: LabelEmbeddings, **kw) -> ThresholdSweep:
-    """Threshold sweep on dev documents (the only place a decision threshold is chosen)."""
-    return sweep_threshold(score_candidates(model, docs, labels, **kw), gold_facts(docs))
+def dev_sweep(
+    model: GLiDRE, docs: Sequence[Document], labels: Sequence[str] | LabelEmbeddings | None = None, **kw: Any
+) -> ThresholdSweep:
+    """Threshold sweep on dev documents (the only place a decision threshold is chosen);
+    ``labels`` None = the model's training labels."""
+    predictor = model.predictor(relation_labels=labels, **kw)
+    return sweep_threshold(relation_candidates(predictor, docs), gold_facts(docs))
 
 
 def evaluation_labels(docs: Sequence[Document], fmt: str) -> list[str]:
@@ -89,7 +65,7 @@ def evaluate_model(
     labels: Sequence[str] | None = None,
     train_facts: set[tuple[str, str, str]] | None = None,
     threshold: float | None = None,
-    batch_size: int = 4,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Predict on ``docs`` with the stored (or given) threshold and compute all metrics.
 
@@ -100,8 +76,7 @@ def evaluate_model(
     """
     labels = list(labels) if labels else relation_labels(docs)
     start = time.perf_counter()
-    label_emb = model._label_embeddings(labels)
-    preds = model.predict_documents(docs, label_emb, threshold=threshold, batch_size=batch_size)
+    preds = model.predictor(relation_labels=labels, threshold=threshold, batch_size=batch_size).predict(docs)
     elapsed = time.perf_counter() - start
     facts = [
         (d.doc_id, row["head_id"], row["relation"], row["tail_id"]) for d, rows in zip(docs, preds) for row in rows
@@ -120,32 +95,6 @@ def evaluate_model(
 # -- entity recognition and joint (raw text) evaluation -------------------------------------------
 #: entity decision thresholds tried on dev (the span head's threshold is chosen here only)
 ENTITY_THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
-
-
-@dataclass
-class SpanScores:
-    """Probabilities of every candidate span of one document against an entity-type set."""
-
-    prepared: PreparedDocument
-    spans: torch.Tensor  # [S, 2] word [start, end)
-    probs: torch.Tensor  # [S, T]
-
-
-@torch.no_grad()
-def score_entity_spans(
-    model: GLiDRE,
-    docs: Sequence[Document],
-    types: LabelEmbeddings,
-    batch_size: int = 4,
-    prepared: dict[str, Any] | None = None,
-    cached_lower: dict[str, list[torch.Tensor]] | None = None,
-    encoded: dict[str, Any] | None = None,
-) -> list[SpanScores]:
-    """Span probabilities for ``docs`` (given entities are ignored: they are the gold)."""
-    return [
-        SpanScores(p, sc.spans.cpu(), torch.sigmoid(sc.span_logits.float()).cpu())
-        for p, sc in scored_batches(model, docs, None, types, batch_size, prepared, cached_lower, encoded)
-    ]
 
 
 def entity_predictions(scored: Sequence[SpanScores], types: LabelEmbeddings, threshold, flat: bool = True) -> list[Document]:
@@ -171,11 +120,31 @@ def entity_threshold_sweep(
     types: LabelEmbeddings,
     grid: Sequence[float] = ENTITY_THRESHOLD_GRID,
 ) -> dict[str, Any]:
-    """Strict mention F1 at every threshold of ``grid``; the best one (dev data only)."""
-    curve = []
-    for thr in grid:
-        res = entity_scores(gold, entity_predictions(scored, types, thr), type_name=model.config.entity_label)
-        curve.append((thr, res["f1"]))
+    """Strict mention F1 at every threshold of ``grid``; the best one (dev data only).
+
+    Vectorised: spans are decoded once, at the lowest threshold of the grid. Greedy flat
+    decoding visits spans from the highest score down, so the spans it keeps at a higher
+    threshold are exactly those it keeps at the lowest one that score above it (every
+    decision is taken before any lower-scoring span is seen, and with one threshold for all
+    types the best type of a span does not depend on it). Each threshold is then a count.
+    """
+    tn = model.config.entity_label
+    gold_units = set().union(*(mention_units(d, tn) for d in gold)) if gold else set()
+    lowest = min(grid)
+    scores, correct = [], []
+    for item in scored:
+        words, doc_id = item.prepared.words, item.prepared.doc.doc_id
+        for p in decode_document_spans(item.prepared.doc, words, item.spans, item.probs, lowest):
+            unit = (doc_id, words.starts[p.start], words.ends[p.end - 1], type_key(tn(types.labels[p.type_index])))
+            scores.append(p.score)
+            correct.append(unit in gold_units)
+    s_arr, c_arr = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=bool)
+    thr = np.asarray(grid, dtype=np.float64)
+    above = s_arr[None, :] > thr[:, None]  # [G, predictions]
+    n_pred, tp = above.sum(1), (above & c_arr[None, :]).sum(1)
+    denom = n_pred + len(gold_units)
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    curve = [(float(t), float(f)) for t, f in zip(grid, f1)]
     best_thr, best_f1 = max(curve, key=lambda x: (x[1], -abs(x[0] - 0.5)))
     return {"threshold": best_thr, "f1": best_f1, "curve": curve}
 
@@ -193,16 +162,15 @@ def evaluate_entities(
     docs: list[Document],
     entity_labels: Sequence[str] | None = None,
     threshold: float | None = None,
-    batch_size: int = 4,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Strict (span and type) mention-level entity recognition on ``docs``; ``entity_labels``
     None = the data's own types."""
     types_list = list(entity_labels) if entity_labels else data_entity_types(model, docs)
     start = time.perf_counter()
-    types = model._entity_type_embeddings(types_list)
-    thr = model._entity_threshold_vector(types, threshold)
-    scored = score_entity_spans(model, docs, types, batch_size=batch_size)
-    preds = entity_predictions(scored, types, thr)
+    predictor = model.predictor(entity_labels=types_list, entity_threshold=threshold, batch_size=batch_size)
+    scored = predictor.score_spans(docs)
+    preds = entity_predictions(scored, predictor.entity_types, predictor.entity_type_thresholds())
     elapsed = time.perf_counter() - start
     result = entity_scores(docs, preds, type_name=model.config.entity_label)
     result.update({
@@ -223,7 +191,7 @@ def evaluate_joint(
     threshold: float | None = None,
     match: str = "strict",
     typed: bool = False,
-    batch_size: int = 4,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """End to end from raw text: ``model.extract_documents`` on the texts alone, then strict
     entity F1 and end-to-end relation F1 (entity matching rule ``match``, with types when

@@ -117,14 +117,15 @@ def pair_documents(
     return [(g, pred_by_id.get(g.doc_id)) for g in gold]
 
 
-def _type_key(t: str | None) -> str:
+def type_key(t: str | None) -> str:
     return NO_TYPE if t is None else str(t)
 
 
-def _mention_units(doc: Document | None, type_name: TypeName) -> set[tuple[str, int, int, str]]:
+def mention_units(doc: Document | None, type_name: TypeName) -> set[tuple[str, int, int, str]]:
+    """The (doc id, start, end, type key) units of every mention of ``doc`` (strict NER)."""
     if doc is None:
         return set()
-    return {(doc.doc_id, m.start, m.end, _type_key(type_name(e.type)))
+    return {(doc.doc_id, m.start, m.end, type_key(type_name(e.type)))
             for e in doc.entities for m in e.mentions}
 
 
@@ -140,8 +141,8 @@ def entity_scores(
     g_units: set[tuple[str, int, int, str]] = set()
     p_units: set[tuple[str, int, int, str]] = set()
     for g, p in pair_documents(gold, pred):
-        g_units |= _mention_units(g, tn)
-        p_units |= _mention_units(p, tn)
+        g_units |= mention_units(g, tn)
+        p_units |= mention_units(p, tn)
     tp_units = g_units & p_units
     result = _scores(len(tp_units), len(p_units), len(g_units))
 

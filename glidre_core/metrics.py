@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from glidre_core.documents import Document, Entity
 
 Fact = tuple[str, str, str, str]  # (doc_id, head_id, label, tail_id)
@@ -140,27 +142,28 @@ def sweep_threshold(
     The returned threshold is the midpoint between the last kept and the first dropped score,
     so ``score > threshold`` reproduces the best cut. ``curve`` samples F1 at 0.05 steps.
     """
-    items = sorted(((s, f in gold) for f, s in scored if s > floor), key=lambda x: -x[0])
-    scores = [s for s, _ in items]
-    hits = 0
-    cum = []
-    for _, hit in items:
-        hits += hit
-        cum.append(hits)
-
-    def f1_at(k: int) -> float:  # keep the first k candidates
-        c = cum[k - 1] if k else 0
-        return 2 * c / (k + len(gold)) if (k + len(gold)) else 0.0
-
+    scored = list(scored)
+    s_arr = np.fromiter((sc for _, sc in scored), dtype=np.float64, count=len(scored))
+    hit = np.fromiter((f in gold for f, _ in scored), dtype=bool, count=len(scored))
+    keep = s_arr > floor
+    order = np.argsort(-s_arr[keep], kind="stable")
+    scores, hits = s_arr[keep][order], hit[keep][order]
+    n_gold = len(gold)
+    # keeping the first k candidates (k = 1..n): F1 = 2 * hits / (k + gold)
+    k = np.arange(1, len(scores) + 1)
+    f1 = 2 * np.cumsum(hits) / np.maximum(k + n_gold, 1)
+    # a cut between tied scores cannot be made by a threshold
+    nxt = np.append(scores[1:], floor)
+    reachable = nxt < scores
     best_f1, best_thr = 0.0, 0.5
-    for k in range(1, len(items) + 1):
-        nxt = scores[k] if k < len(items) else floor
-        if nxt < scores[k - 1]:  # a cut between ties is not reachable by a threshold
-            f1 = f1_at(k)
-            if f1 > best_f1:
-                best_f1, best_thr = f1, (scores[k - 1] + nxt) / 2
-    curve = []
-    for g in [x / 100 for x in range(5, 100, 5)]:
-        k = sum(1 for s in scores if s > g)
-        curve.append((g, f1_at(k)))
+    if reachable.any():
+        cand = np.where(reachable, f1, -1.0)
+        i = int(np.argmax(cand))  # the first (highest threshold) of the best cuts
+        if cand[i] > 0:
+            best_f1, best_thr = float(cand[i]), float((scores[i] + nxt[i]) / 2)
+    grid = np.arange(5, 100, 5) / 100
+    counts = (scores[None, :] > grid[:, None]).sum(1)
+    cum = np.concatenate([[0], np.cumsum(hits)])
+    curve_f1 = np.where(counts + n_gold > 0, 2 * cum[counts] / np.maximum(counts + n_gold, 1), 0.0)
+    curve = [(float(g), float(f)) for g, f in zip(grid, curve_f1)]
     return ThresholdSweep(min(max(best_thr, 0.01), 0.99), best_f1, curve)

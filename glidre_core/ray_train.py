@@ -289,7 +289,7 @@ def finalize(cfg: TrainingConfig, trainer, result, tracker, meta: dict[str, Any]
         raise RuntimeError(f"training produced no best model in {result.best_dir}")
     best = GLiDRE.from_pretrained(result.best_dir, device=trainer.device)
     final_eval = evaluate_model(best, trainer.dev_docs, train_facts=train_fact_names(trainer.all_train_docs), batch_size=cfg.batch_size)
-    curve = dev_sweep(best, trainer.dev_docs, best._label_embeddings(None)).curve
+    curve = dev_sweep(best, trainer.dev_docs, None, batch_size=cfg.batch_size).curve
     best_step = max(result.history, key=lambda r: r["dev_f1"])["step"] if result.history else None
     eval_fp = documents_fingerprint(trainer.dev_docs)
     final_eval.update({

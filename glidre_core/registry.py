@@ -44,12 +44,16 @@ class GLiDREPyfunc(mlflow.pyfunc.PythonModel):
         self.model = GLiDRE.from_pretrained(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        """Batched: rows are grouped by their label set (absent = the model's labels), and each
+        group goes through one :class:`glidre_core.inference.Predictor` in batches
+        (``params.batch_size``, default 8); rows come back in input order."""
         import json
 
         from glidre_core.documents import parse_document
 
+        params = params or {}
         rows = model_input.to_dict(orient="records") if hasattr(model_input, "to_dict") else list(model_input)
-        out = []
+        groups: dict[tuple[str, ...] | None, list[tuple[int, Any]]] = {}
         for i, row in enumerate(rows):
             ents = row["entities"]
             if isinstance(ents, str):
@@ -58,8 +62,16 @@ class GLiDREPyfunc(mlflow.pyfunc.PythonModel):
             labels = row.get("labels")
             if isinstance(labels, str):
                 labels = json.loads(labels)
-            threshold = (params or {}).get("threshold")
-            out.append(self.model.predict_documents([doc], labels or None, threshold=threshold)[0])
+            key = tuple(labels) if labels is not None and len(labels) else None
+            groups.setdefault(key, []).append((i, doc))
+        out: list[Any] = [None] * len(rows)
+        for labels, items in groups.items():
+            predictor = self.model.predictor(
+                relation_labels=list(labels) if labels else None, threshold=params.get("threshold"),
+                batch_size=int(params.get("batch_size", 8)),
+            )
+            for (i, _), result in zip(items, predictor.predict([d for _, d in items])):
+                out[i] = result
         return out
 
 

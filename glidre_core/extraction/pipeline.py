@@ -206,7 +206,7 @@ def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None)
             "tracking_uri": cfg.tracking_uri, "device": "cuda" if actors.num_gpus > 0 else "cpu",
             "torch_threads": actors.torch_threads, "progress": progress,
             "entity_labels": setup.entity_labels, "entity_threshold": setup.entity_threshold,
-            "coreference": setup.coreference,
+            "coreference": setup.coreference, "batch_size": cfg.batch_size,
         },
     )
 

@@ -251,7 +251,7 @@ class Extractor:
         top_k: int | None = None, tracking_uri: str | None = None, device: str = "cpu",
         torch_threads: int | None = None, progress: Any = None,
         entity_labels: list[str] | None = None, entity_threshold: float | dict[str, float] | None = None,
-        coreference: str | None = None,
+        coreference: str | None = None, batch_size: int = 64,
     ):
         import torch
 
@@ -262,50 +262,36 @@ class Extractor:
         t0 = time.perf_counter()
         self.model = load_model_ref(model_ref, tracking_uri, device)
         self.model.eval()
-        with torch.inference_mode():
-            self.label_emb = self.model.encode_labels(labels)
-        self.thresholds = self.model._threshold_vector(self.label_emb, threshold)
-        self.top_k = top_k
+        self.predictor = self.model.predictor(
+            relation_labels=labels, entity_labels=entity_labels or None, threshold=threshold, top_k=top_k,
+            entity_threshold=entity_threshold, coreference=coreference, batch_size=max(1, batch_size),
+        )
+        _ = self.predictor.relations  # embed the label set now, not on the first batch
         self.progress = progress
         self.actor_id = f"{id(self):x}"
-        self._init_entity_path(entity_labels, entity_threshold, coreference)
+        self.no_entities_reason = self._entity_path(entity_labels)
         logger.info("extractor ready in %.1fs (model %s, %d labels, %s, device %s, %d threads)",
                     time.perf_counter() - t0, model_ref, len(labels),
-                    f"{len(self.entity_types)} entity types" if self.entity_types is not None else "no entity path",
+                    "no entity path" if self.no_entities_reason else f"{len(self.predictor.entity_types)} entity types",
                     device, torch.get_num_threads())
 
-    def _init_entity_path(self, entity_labels: list[str] | None, entity_threshold: Any,
-                          coreference: str | None) -> None:
-        """Entity-type embeddings and thresholds for documents without entities, or the reason why
-        such documents cannot be extracted (then ``entity_types`` is None)."""
-        import torch
-
-        self.entity_types = self.entity_thresholds = None
-        self.coreference = coreference or self.model.config.coreference
+    def _entity_path(self, entity_labels: list[str] | None) -> str | None:
+        """Embed the entity types for documents without entities now, or return the reason why
+        such documents cannot be extracted."""
         if self.model.span_head is None:
-            self.no_entities_reason = NO_ENTITY_HEAD
-            return
+            return NO_ENTITY_HEAD
         if not (entity_labels or self.model.config.entity_labels):
-            self.no_entities_reason = NO_ENTITY_TYPES
-            return
-        with torch.inference_mode():
-            self.entity_types = self.model._entity_type_embeddings(entity_labels or None)
-        self.entity_thresholds = self.model._entity_threshold_vector(self.entity_types, entity_threshold)
-        self.no_entities_reason = None
+            return NO_ENTITY_TYPES
+        _ = self.predictor.entity_types
+        return None
 
     def _score(self, prepared: list) -> list[Any]:
-        """Scores per document, or the exception that document raised when scored alone."""
-        return _per_document(lambda docs: self.model.score_documents(docs, self.label_emb), prepared)
+        """Triplet rows per document, or the exception that document raised when run alone."""
+        return _per_document(self.predictor.predict, prepared)
 
     def _extract_raw(self, prepared: list) -> list[Any]:
         """Joint-path results per document without entities, or the exception it raised alone."""
-        return _per_document(
-            lambda docs: self.model.extract_prepared(
-                docs, self.entity_types, self.label_emb, entity_threshold=self.entity_thresholds,
-                threshold=self.thresholds, coreference=self.coreference, top_k=self.top_k,
-            ),
-            prepared,
-        )
+        return _per_document(self.predictor.extract, prepared)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -328,7 +314,7 @@ class Extractor:
             scores = self._score([p for _, p in given])
             for (i, p), sc in zip(given, scores):
                 out[i] = self._result(rows[i], p, sc)
-        if raw and self.entity_types is None:
+        if raw and self.no_entities_reason is not None:
             for i, p in raw:
                 out[i] = self._no_entities(rows[i], p.doc.doc_id)
         elif raw:
@@ -359,14 +345,13 @@ class Extractor:
             "num_triplets": len(result.relations), "triplets": result.relations, "entities": entities,
         }
 
-    def _result(self, row: dict[str, Any], prepared: Any, scores: Any) -> dict[str, Any]:
+    def _result(self, row: dict[str, Any], prepared: Any, triplets: Any) -> dict[str, Any]:
         doc = prepared.doc
-        if isinstance(scores, Exception):
-            return _failure(doc.doc_id, row["source"], row["line"], "extract", type(scores).__name__, None,
-                            f"document {doc.doc_id!r}: model forward failed: {scores}",
+        if isinstance(triplets, Exception):
+            return _failure(doc.doc_id, row["source"], row["line"], "extract", type(triplets).__name__, None,
+                            f"document {doc.doc_id!r}: model forward failed: {triplets}",
                             num_entities=len(doc.entities))
         try:
-            triplets = self.model.decode(prepared, scores, self.label_emb, self.thresholds, self.top_k)
             entities = [given_entity_row(doc, e) for e in doc.entities]
         except Exception as exc:  # noqa: BLE001
             return _failure(doc.doc_id, row["source"], row["line"], "extract", type(exc).__name__, None,

@@ -1,52 +1,65 @@
-"""Document encoder: word vectors and word-level last-layer attention for whole documents.
+"""Document encoder: word vectors and word-level last-layer attention for a padded batch.
 
 Two things the reference implementation got wrong are handled here:
 
 * ``output_attentions=True`` forces eager attention in *every* layer, although only the last
   layer's attention is used. For BERT-family encoders we run the layers ourselves with the fast
   (SDPA) kernels, the last layer included, and compute its attention probabilities only where
-  they are used: the rows of the words' first sub-words, over the window's real (unpadded)
-  tokens, from the Q/K projections the layer computes anyway. Other architectures fall back to
-  the eager path, which is correct but slower.
+  they are used: the rows of the words' first sub-words, from the Q/K projections the layer
+  computes anyway. Other architectures fall back to the eager path, which is correct but slower.
 * Long documents are encoded in overlapping windows (:mod:`.windows`) instead of being truncated.
 
+Everything is batched (:mod:`.batch` builds the index tensors on the CPU): all windows of all
+documents go through the transformer together, and the word vectors and the ``[B, W, W]``
+word-level attention of every document come out of one gather and one scatter-add. Nothing here
+reads a value back to the host, so on a GPU the encoder stage is a fixed sequence of kernels.
+
 The encoder can also be split at a layer boundary so that frozen lower layers are computed once
-and cached during training (:meth:`DocumentEncoder.lower`, :meth:`DocumentEncoder.upper`).
+and cached during training (:meth:`DocumentEncoder.lower`; the batch then carries
+``lower_states``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.pytorch_utils import apply_chunking_to_forward
 
+from glidre_core.modeling.batch import ModelBatch
 from glidre_core.modeling.windows import TokenizedDocument, tokenize_words
 
 logger = logging.getLogger(__name__)
 
+#: SDPA backends a caller may pin on CUDA (``auto`` lets PyTorch choose per call)
+SDPA_BACKENDS = ("auto", "pytorch", "efficient", "flash", "cudnn", "math")
 
-@dataclass
-class AttentionBlock:
-    """Word-level attention rows of the words a window owns.
 
-    ``rows[i]`` is the attention of word ``row_words[i]`` over words ``[col_start, col_end)``.
+def sdpa_context(backend: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that restricts SDPA to ``backend`` (CUDA only; elsewhere a no-op). ``auto`` is
+    memory-efficient attention: flash attention takes no padding mask, and cuDNN attention builds
+    an execution plan per new shape (60 ms of CPU per call measured on an H200, see issue 10).
+
+    Why a choice at all: PyTorch's default order may pick cuDNN attention, which builds an
+    execution plan per new input shape (the issue behind length bucketing);
+    ``benchmarks/model_benchmark.py --sdpa-backends`` measures the backends against each other.
     """
+    if backend == "pytorch" or device.type != "cuda":
+        return contextlib.nullcontext()
+    backend = "efficient" if backend == "auto" else backend
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    row_words: torch.Tensor  # [R] long, document word indices
-    col_start: int
-    col_end: int
-    rows: torch.Tensor  # [R, col_end - col_start]
-
-
-@dataclass
-class EncodedDocument:
-    word_vectors: torch.Tensor  # [W, H] first-sub-word states
-    attention: list[AttentionBlock]
+    chosen = {
+        "efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH,
+    }
+    if backend not in chosen:
+        raise ValueError(f"unknown SDPA backend {backend!r}; expected one of {', '.join(SDPA_BACKENDS)}")
+    # the math kernel stays allowed as the fallback for inputs the chosen kernel rejects
+    return sdpa_kernel([chosen[backend], SDPBackend.MATH])
 
 
 def is_bert_like(model: PreTrainedModel) -> bool:
@@ -58,7 +71,7 @@ def is_bert_like(model: PreTrainedModel) -> bool:
 
 
 class DocumentEncoder(nn.Module):
-    """Wraps an HF encoder: windows in, word vectors and word-level attention out."""
+    """Wraps an HF encoder: a :class:`ModelBatch` in, word vectors and word attention out."""
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int, overlap: int
@@ -89,52 +102,28 @@ class DocumentEncoder(nn.Module):
     def num_layers(self) -> int:
         return self.model.config.num_hidden_layers
 
+    @property
+    def special_ids(self) -> tuple[int, int, int]:
+        """(cls, sep, pad) token ids, for :func:`glidre_core.modeling.batch.collate`."""
+        t = self.tokenizer
+        return t.cls_token_id, t.sep_token_id, t.pad_token_id or 0
+
     def tokenize(self, words: list[str]) -> TokenizedDocument:
         return tokenize_words(words, self.tokenizer, self.max_length, self.overlap)
 
-    def window_ids(self, doc: TokenizedDocument) -> list[list[int]]:
-        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        return [[cls, *doc.token_ids[w.tok_start : w.tok_end], sep] for w in doc.windows]
-
     # -- running the transformer ------------------------------------------------------------
-    def _pad(self, windows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.model.parameters()).device
-        length = max(len(w) for w in windows)
-        ids = torch.full((len(windows), length), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(windows), length), dtype=torch.long)
-        for i, w in enumerate(windows):
-            ids[i, : len(w)] = torch.tensor(w)
-            mask[i, : len(w)] = 1
-        return ids.to(device), mask.to(device)
-
-    def _layers(self, hidden: torch.Tensor, mask4d, start: int, stop: int) -> torch.Tensor:
+    def _layers(self, hidden: torch.Tensor, mask4d: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         for layer in self.model.encoder.layer[start:stop]:
             hidden = layer(hidden, mask4d)
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
         return hidden
 
-    def _mask4d(self, hidden: torch.Tensor, mask2d: torch.Tensor):
-        """The attention mask exactly as the HF layers build it (None when nothing is padded)."""
-        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask2d)
-
     @staticmethod
-    def _attention_rows(
-        q: torch.Tensor, k: torch.Tensor, mask2d: torch.Tensor, rows: list[torch.Tensor], scale: float
-    ) -> list[torch.Tensor]:
-        """Head-averaged attention probabilities ``[R_i, n_i]`` of the query positions
-        ``rows[i]`` of window ``i`` over its ``n_i`` real tokens (``q``/``k``: ``[B, heads, L, d]``).
-
-        Padded keys would get probability 0 anyway, so dropping them is exact; restricting the
-        queries to the rows that are used (first sub-words of owned words) and the keys to the
-        real tokens avoids the ``L x L`` work of padding and of continuation sub-words.
-        """
-        lengths = mask2d.sum(-1).tolist()
-        out = []
-        for i, (pos, n) in enumerate(zip(rows, lengths)):
-            scores = torch.matmul(q[i].index_select(1, pos), k[i, :, :n].transpose(-1, -2))
-            out.append(scores.float().mul_(scale).softmax(-1).mean(0))
-        return out
+    def _mask4d(key_mask: torch.Tensor) -> torch.Tensor:
+        """``[K, 1, 1, L]`` boolean key mask (True = attend), the form SDPA takes; built without
+        the HF helper, which checks on the host whether anything is padded."""
+        return key_mask[:, None, None, :]
 
     def _qkv(self, attn: nn.Module, hidden_in: torch.Tensor, with_value: bool):
         b, length, _ = hidden_in.shape
@@ -142,18 +131,21 @@ class DocumentEncoder(nn.Module):
         proj = [attn.query, attn.key] + ([attn.value] if with_value else [])
         return [p(hidden_in).view(b, length, heads, dim).transpose(1, 2) for p in proj]
 
-    def _last_attention(
-        self, hidden_in: torch.Tensor, mask2d: torch.Tensor, rows: list[torch.Tensor]
-    ) -> list[torch.Tensor]:
-        """Attention rows of the last layer from that layer's input (layers :meth:`_last_layer`
-        cannot reproduce: the HF layer then runs as is, and Q/K are projected once more)."""
-        attn = self.model.encoder.layer[-1].attention.self
-        q, k = self._qkv(attn, hidden_in, with_value=False)
-        return self._attention_rows(q, k, mask2d, rows, attn.attention_head_size**-0.5)
+    @staticmethod
+    def _attention_rows(
+        q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, rows: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """Head-averaged attention probabilities ``[K, R, L]`` of the query positions ``rows``
+        (``[K, R]``) over each window's real tokens (padded keys get probability 0, exactly as
+        in the layer itself). ``q``/``k``: ``[K, heads, L, d]``."""
+        idx = rows[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1])
+        scores = torch.matmul(q.gather(2, idx), k.transpose(-1, -2)).float()  # [K, h, R, L]
+        scores = scores.mul_(scale).masked_fill_(~key_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1).mean(1)
 
     def _last_layer(
-        self, hidden_in: torch.Tensor, mask2d: torch.Tensor, mask4d, rows: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self, hidden_in: torch.Tensor, key_mask: torch.Tensor, mask4d: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The last layer run by hand: (hidden, attention rows).
 
         The same function as the HF layer (SDPA with the same mask, scale and dropout), with the
@@ -170,7 +162,7 @@ class DocumentEncoder(nn.Module):
         context = context.transpose(1, 2).reshape(b, length, attn.all_head_size)
         out = layer.attention.output(context, hidden_in)
         out = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, out)
-        return out, self._attention_rows(q, k, mask2d, rows, scale)
+        return out, self._attention_rows(q, k, key_mask, rows, scale)
 
     def _hand_last_layer(self) -> bool:
         """Whether the last layer has the plain BERT structure :meth:`_last_layer` reproduces."""
@@ -183,149 +175,61 @@ class DocumentEncoder(nn.Module):
             and getattr(layer.attention.self, "position_embedding_type", "absolute") == "absolute"
         )
 
-    def lower(self, windows: list[list[int]], split: int) -> list[torch.Tensor]:
-        """Hidden states after layer ``split`` for each window (unpadded), for caching."""
+    def lower(self, batch: ModelBatch, split: int) -> torch.Tensor:
+        """Hidden states ``[K, L, H]`` of the batch's windows after layer ``split`` (caching)."""
         if not self.bert_like:
             raise ValueError("layer caching needs a BERT-like encoder")
-        ids, mask = self._pad(windows)
-        hidden = self.model.embeddings(input_ids=ids)
-        hidden = self._layers(hidden, self._mask4d(hidden, mask), 0, split)
-        return [hidden[i, : len(w)] for i, w in enumerate(windows)]
+        hidden = self.model.embeddings(input_ids=batch.input_ids)
+        return self._layers(hidden, self._mask4d(batch.key_mask), 0, split)
 
-    def upper(
-        self, lower_states: list[torch.Tensor], split: int, rows: list[torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Run layers ``split..`` on cached states; returns (hidden, attention rows, mask)."""
-        length = max(s.shape[0] for s in lower_states)
-        dtype = next(self.model.parameters()).dtype
-        hidden = lower_states[0].new_zeros((len(lower_states), length, lower_states[0].shape[-1]), dtype=dtype)
-        mask = torch.zeros((len(lower_states), length), dtype=torch.long, device=hidden.device)
-        for i, s in enumerate(lower_states):
-            hidden[i, : s.shape[0]] = s.to(dtype)
-            mask[i, : s.shape[0]] = 1
-        return self._run_from(hidden, mask, split, rows)
-
-    def _run_from(self, hidden: torch.Tensor, mask: torch.Tensor, split: int, rows: list[torch.Tensor] | None):
-        if rows is None:
-            rows = [torch.arange(int(n), device=hidden.device) for n in mask.sum(-1).tolist()]
+    def windows(self, batch: ModelBatch, split: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the transformer over the batch's windows: ``(hidden [K, L, H], rows [K, R, L])``,
+        ``rows`` being the attention rows of ``batch.row_positions``. ``split`` > 0 starts from
+        ``batch.lower_states`` (the cached output of layer ``split``)."""
+        key_mask = batch.key_mask
+        if not self.bert_like:
+            out = self.model(input_ids=batch.input_ids, attention_mask=key_mask.long(), output_attentions=True)
+            full = out.attentions[-1].float().mean(1)  # [K, L, L]
+            idx = batch.row_positions[:, :, None].expand(-1, -1, full.shape[-1])
+            return out.last_hidden_state, full.gather(1, idx)
+        if split > 0:
+            if batch.lower_states is None:
+                raise ValueError("split > 0 needs the batch's cached lower-layer states")
+            hidden = batch.lower_states.to(next(self.model.parameters()).dtype)
+        else:
+            hidden = self.model.embeddings(input_ids=batch.input_ids)
         n = self.num_layers
-        mask4d = self._mask4d(hidden, mask)
+        mask4d = self._mask4d(key_mask)
         if split < n - 1:
             hidden = self._layers(hidden, mask4d, split, n - 1)
         if self._hand_last_layer():
-            hidden, attention = self._last_layer(hidden, mask, mask4d, rows)
-            return hidden, attention, mask
-        attention = self._last_attention(hidden, mask, rows)
-        hidden = self._layers(hidden, mask4d, n - 1, n)
-        return hidden, attention, mask
-
-    def forward_windows(
-        self, windows: list[list[int]], rows: list[torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Encode windows (lists of ids with specials): ``(hidden [B, L, H], attention, mask)``.
-
-        ``attention[i]`` holds the head-averaged last-layer attention of window ``i``'s query
-        positions ``rows[i]`` (default: all of its tokens) over its real tokens: ``[R_i, n_i]``.
-        """
-        ids, mask = self._pad(windows)
-        if self.bert_like:
-            hidden = self.model.embeddings(input_ids=ids)
-            return self._run_from(hidden, mask, 0, rows)
-        out = self.model(input_ids=ids, attention_mask=mask, output_attentions=True)
-        full = out.attentions[-1].float().mean(1)
-        lengths = mask.sum(-1).tolist()
-        if rows is None:
-            rows = [torch.arange(int(n), device=full.device) for n in lengths]
-        attention = [full[i].index_select(0, pos)[:, :n] for i, (pos, n) in enumerate(zip(rows, lengths))]
-        return out.last_hidden_state, attention, mask
-
-    # -- from windows back to the document -------------------------------------------------
-    @staticmethod
-    def owned_rows(doc: TokenizedDocument) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per window: the words it owns and their first sub-words' positions in the window
-        (``[CLS]`` at position 0). Only these attention rows are ever used."""
-        first = torch.tensor(doc.word_first_token)
-        out = []
-        for win in doc.windows:
-            owned = ((first >= win.own_start) & (first < win.own_end)).nonzero().squeeze(-1)
-            out.append((owned, first[owned] - win.tok_start + 1))
-        return out
+            return self._last_layer(hidden, key_mask, mask4d, batch.row_positions)
+        attn = self.model.encoder.layer[-1].attention.self
+        q, k = self._qkv(attn, hidden, with_value=False)
+        rows = self._attention_rows(q, k, key_mask, batch.row_positions, attn.attention_head_size**-0.5)
+        return self._layers(hidden, mask4d, n - 1, n), rows
 
     @staticmethod
-    def token_words(doc: TokenizedDocument) -> torch.Tensor:
-        """The word of each sub-word. Words' sub-word ranges are contiguous and ordered; a word
-        the tokenizer dropped shares its neighbour's sub-word, which then counts for the later
-        word (``searchsorted(..., right=True)``)."""
-        first = torch.tensor(doc.word_first_token)
-        return torch.searchsorted(first, torch.arange(len(doc.token_ids)), right=True) - 1
+    def stitch(batch: ModelBatch, hidden: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word vectors ``[B, W, H]`` and word attention ``[B, W, W]`` of the documents from
+        their windows' outputs.
 
-    def stitch(
-        self,
-        doc: TokenizedDocument,
-        hidden: torch.Tensor,
-        attention: list[torch.Tensor],
-        rows: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> EncodedDocument:
-        """Word vectors and attention blocks of one document from its windows' outputs.
-
-        ``hidden`` are this document's windows (in order), with specials at position 0 and
-        ``len+1``; ``attention[k]`` the rows ``rows[k]`` (:meth:`owned_rows`) of window ``k``
-        over its tokens. Attention columns are summed over a word's sub-words (mass
-        preserving); rows are the word's first sub-word; special-token columns are dropped.
+        A word's vector is its first sub-word's state in the window that owns it. Its attention
+        row is that sub-word's row, with columns summed over each word's sub-words (mass
+        preserving) and special tokens dropped; columns outside the owning window are 0. One
+        gather and one scatter-add for the whole batch.
         """
-        rows = rows if rows is not None else self.owned_rows(doc)
-        device = hidden.device
-        word_vectors = hidden.new_zeros((doc.num_words, hidden.shape[-1]))
-        blocks = []
-        token_word = self.token_words(doc).to(device)
-        for k, (win, (owned, pos)) in enumerate(zip(doc.windows, rows)):
-            if owned.numel() == 0:
-                continue
-            owned, pos = owned.to(device), pos.to(device)
-            word_vectors = word_vectors.index_copy(0, owned, hidden[k, pos])
-            # columns: words whose sub-words lie in this window
-            tw = token_word[win.tok_start : win.tok_end]
-            col_start, col_end = int(tw[0]), int(tw[-1]) + 1
-            t_attn = attention[k][:, 1 : 1 + (win.tok_end - win.tok_start)]  # [R, T]
-            block = t_attn.new_zeros((owned.numel(), col_end - col_start))
-            block = block.index_add(1, tw - col_start, t_attn)
-            blocks.append(AttentionBlock(owned, col_start, col_end, block))
-        return EncodedDocument(word_vectors, blocks)
+        bsz, wmax = batch.size, batch.max_words
+        words = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.word_source)
+        words = words.view(bsz, wmax, -1) * batch.word_mask.unsqueeze(-1).to(hidden.dtype)
+        width = wmax + 1
+        flat = (batch.row_target.unsqueeze(-1) * width + batch.col_target.unsqueeze(1)).reshape(-1)
+        att = rows.new_zeros(((bsz * wmax + 1) * width,))
+        att = att.index_add(0, flat, rows.reshape(-1))
+        att = att.view(bsz * wmax + 1, width)[: bsz * wmax, :wmax].reshape(bsz, wmax, wmax)
+        return words, att
 
-    def encode(self, docs: list[TokenizedDocument]) -> list[EncodedDocument]:
-        """Encode several documents, batching all their windows through the transformer."""
-        windows, owners = [], []
-        for i, d in enumerate(docs):
-            for w in self.window_ids(d):
-                windows.append(w)
-                owners.append(i)
-        doc_rows = [self.owned_rows(d) for d in docs]
-        hidden, attention, _ = self.forward_windows(windows, self._row_positions(doc_rows))
-        return self._split_and_stitch(docs, owners, hidden, attention, doc_rows)
-
-    def _row_positions(self, doc_rows: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[torch.Tensor]:
-        """The attention rows to compute, window by window, in the batch's window order."""
-        device = next(self.model.parameters()).device
-        return [pos.to(device) for per_doc in doc_rows for _, pos in per_doc]
-
-    def _split_and_stitch(self, docs, owners, hidden, attention, doc_rows) -> list[EncodedDocument]:
-        windows_of: list[list[int]] = [[] for _ in docs]
-        for k, i in enumerate(owners):
-            windows_of[i].append(k)
-        out = []
-        for d, ks, rows in zip(docs, windows_of, doc_rows):
-            idx = torch.tensor(ks, device=hidden.device)
-            out.append(self.stitch(d, hidden.index_select(0, idx), [attention[k] for k in ks], rows))
-        return out
-
-    def encode_from_cache(
-        self, docs: list[TokenizedDocument], cached: list[list[torch.Tensor]], split: int
-    ) -> list[EncodedDocument]:
-        """Like :meth:`encode`, starting from cached layer-``split`` states of each window."""
-        states, owners = [], []
-        for i, per_doc in enumerate(cached):
-            states.extend(per_doc)
-            owners.extend([i] * len(per_doc))
-        doc_rows = [self.owned_rows(d) for d in docs]
-        hidden, attention, _ = self.upper(states, split, self._row_positions(doc_rows))
-        return self._split_and_stitch(docs, owners, hidden, attention, doc_rows)
+    def forward(self, batch: ModelBatch, split: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(word vectors [B, W, H], word attention [B, W, W])`` of the batch's documents."""
+        hidden, rows = self.windows(batch, split)
+        return self.stitch(batch, hidden, rows)

@@ -14,17 +14,20 @@ from glidre_core.coreference import CoreferenceMode, MentionCandidate, cluster_m
 from glidre_core.documents import Document, Entity, Mention
 from bisect import bisect_left
 
-import torch
+import numpy as np
 
 from glidre_core.modeling.spans import SpanPrediction, decode_spans, sentence_breaks, within_sentences
+from glidre_core.rows import EntityRow, TripletRow
 from glidre_core.text import Words
 
 
 def decode_document_spans(
-    doc: Document, words: Words, spans: torch.Tensor, probs: torch.Tensor, threshold, flat: bool = True
+    doc: Document, words: Words, spans: np.ndarray, probs: np.ndarray, threshold, flat: bool = True
 ) -> list[SpanPrediction]:
-    """Decode one document's span probabilities, dropping spans that cross a sentence break
-    (annotated ``doc.sentences`` plus the punctuation rule of :func:`sentence_breaks`)."""
+    """Decode one document's span probabilities (host arrays), dropping spans that cross a
+    sentence break (annotated ``doc.sentences`` plus the punctuation rule of
+    :func:`sentence_breaks`)."""
+    spans, probs = np.asarray(spans), np.asarray(probs)
     ends = []
     for _, end in doc.sentences or ():
         k = bisect_left(words.starts, end) - 1  # the last word starting before the sentence end
@@ -85,14 +88,14 @@ class ExtractionResult:
     """
 
     document: Document
-    entities: list[dict[str, Any]] = field(default_factory=list)
-    relations: list[dict[str, Any]] = field(default_factory=list)
+    entities: list[EntityRow] = field(default_factory=list)
+    relations: list[TripletRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"doc_id": self.document.doc_id, "entities": self.entities, "relations": self.relations}
 
 
-def entity_rows(doc: Document, predicted: PredictedEntities) -> list[dict[str, Any]]:
+def entity_rows(doc: Document, predicted: PredictedEntities) -> list[EntityRow]:
     """Plain rows: id, type, text (longest mention), score, mentions with char offsets."""
     rows = []
     for ent, scores, score in zip(predicted.entities, predicted.mention_scores, predicted.scores):

@@ -40,6 +40,29 @@ def adaptive_threshold_loss(logits: torch.Tensor, threshold_logits: torch.Tensor
     return loss1 + loss2
 
 
+def pair_losses(
+    name: str,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    alpha: float = 0.8,
+    gamma: float = 2.0,
+    threshold_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-pair loss ``[P]`` (summed over labels) of ``[P, R]`` logits against 0/1 targets."""
+    targets = targets.float()
+    logits = logits.float()
+    if name == "focal":
+        return focal_loss(logits, targets, alpha, gamma).sum(-1)
+    if name == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
+    if name == "adaptive_threshold":
+        if threshold_logits is None:
+            raise ValueError("adaptive_threshold loss needs threshold logits")
+        return adaptive_threshold_loss(logits, threshold_logits.float(), targets)
+    raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
+
+
 def relation_loss(
     name: str,
     logits: torch.Tensor,
@@ -49,37 +72,30 @@ def relation_loss(
     gamma: float = 2.0,
     threshold_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sum over labels, mean over pairs. ``logits``/``targets``: [P, R]; padded pairs never exist
-    here because pairs are built per document without padding."""
+    """Sum over labels, mean over pairs (one document's relation loss)."""
     if logits.numel() == 0:
         return logits.sum()
-    targets = targets.to(logits.dtype)
+    return pair_losses(name, logits, targets, alpha=alpha, gamma=gamma, threshold_logits=threshold_logits).mean()
+
+
+def span_losses(
+    name: str, logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.8, gamma: float = 2.0
+) -> torch.Tensor:
+    """Element-wise entity-span loss (same shape as ``logits``). ``focal`` down-weights the many
+    easy negative spans (a document has ~10 candidate spans per word and a handful of mentions)."""
+    targets = targets.float()
     if name == "focal":
-        per = focal_loss(logits.float(), targets.float(), alpha, gamma).sum(-1)
-    elif name == "bce":
-        per = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").sum(-1)
-    elif name == "adaptive_threshold":
-        if threshold_logits is None:
-            raise ValueError("adaptive_threshold loss needs threshold logits")
-        per = adaptive_threshold_loss(logits.float(), threshold_logits.float(), targets.float())
-    else:
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
-    return per.mean()
+        return focal_loss(logits.float(), targets, alpha, gamma)
+    if name == "bce":
+        return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    raise ValueError(f"unknown span loss {name!r}; expected 'focal' or 'bce'")
 
 
 def span_loss(
     name: str, logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.8, gamma: float = 2.0
 ) -> torch.Tensor:
     """Entity-span loss over ``[S, T]`` (span x entity type) logits: sum over types, mean over
-    candidate spans, like :func:`relation_loss`. ``focal`` down-weights the many easy negative
-    spans (a document has ~10 candidate spans per word and a handful of mentions)."""
+    candidate spans, like :func:`relation_loss`."""
     if logits.numel() == 0:
         return logits.sum()
-    targets = targets.to(torch.float32)
-    if name == "focal":
-        per = focal_loss(logits.float(), targets, alpha, gamma)
-    elif name == "bce":
-        per = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    else:
-        raise ValueError(f"unknown span loss {name!r}; expected 'focal' or 'bce'")
-    return per.sum(-1).mean()
+    return span_losses(name, logits, targets, alpha=alpha, gamma=gamma).sum(-1).mean()

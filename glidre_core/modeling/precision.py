@@ -49,3 +49,21 @@ def head_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.float32
+
+
+def encoder_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the document encoder runs in at inference for ``precision``.
+
+    ``auto`` is bf16 on a bf16-capable GPU (where it is the difference between a fraction and the
+    whole of the tensor cores) and fp32 on the CPU, where the encoder's numbers stay exactly those
+    the default model was evaluated with. ``bfloat16`` forces bf16 autocast anywhere.
+    """
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"unknown encoder precision {precision!r}; expected one of {', '.join(HEAD_PRECISIONS)}")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32

@@ -1,4 +1,4 @@
-"""Pair representations (localized context pooling + FFN heads) and label scoring."""
+"""Pair representations (localized context pooling + FFN heads) and label scoring, batched."""
 
 from __future__ import annotations
 
@@ -6,42 +6,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from glidre_core.modeling.batch import EntityIndex
 from glidre_core.modeling.layers import FeedForward
 from glidre_core.modeling.pooling import EntityRepresentations
-
-
-def ordered_pairs(num_entities: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ordered pairs (h, t) with h != t: self pairs are never scored.
-
-    The two orders of a pair are adjacent (``(a, b), (b, a)`` for every ``a < b``): they share
-    their localized context, which :meth:`PairScorer.pair_hidden` then computes once.
-    """
-    a, b = torch.triu_indices(num_entities, num_entities, offset=1, device=device)
-    heads = torch.stack([a, b], dim=1).reshape(-1)
-    tails = torch.stack([b, a], dim=1).reshape(-1)
-    return heads, tails
 
 
 class PairScorer(nn.Module):
     """r = FFN([tanh(FFN_h([e_h; c])); tanh(FFN_t([e_t; c]))]); logits = r . label_emb.
 
-    ``c`` is the localized context: ``normalise(A_h * A_t) @ H``. Pairs are processed in chunks
-    so memory is ``chunk x (W + D)`` whatever the number of entities.
+    ``c`` is the localized context: ``normalise(A_h * A_t) @ H``. The batch's unordered pairs
+    come from one structural index (:mod:`.batch`, ``tril`` order) and are processed in chunks
+    so memory is ``chunk x W`` whatever the number of entities.
 
     The first Linear of ``FFN_h``/``FFN_t`` acts on a concatenation ``[e; c]``, so it is split
     (``W [e; c] + b = W_e e + W_c c + b``): the entity half is computed once per *entity*
-    instead of once per pair. This is the same function (summation order aside, ~1e-7
-    relative), with about a quarter fewer FLOPs per pair and no per-pair ``[e; c]`` copies.
-
-    The context ``c`` is symmetric in ``h`` and ``t``, and so are its projections ``W_c c`` for
-    the head and the tail role: for ``(h, t)`` and ``(t, h)`` they are computed once (pairs
-    are grouped by their unordered key inside each chunk; :func:`ordered_pairs` puts both
-    orders next to each other), which halves the context work. Exact: ``A_h * A_t`` is the
-    same product either way.
-
-    Likewise the last Linear of the pair FFN is folded into the labels (:meth:`label_logits`):
-    ``(W_o h + b_o) . l = h . (W_o^T l) + b_o . l``, so per pair a ``k*D x R`` product replaces
-    the ``k*D x D`` Linear plus the ``D x R`` dot products (R labels, usually fewer than D).
+    instead of once per pair. The context ``c`` is symmetric in ``h`` and ``t``, and so are its
+    projections ``W_c c`` for the head and the tail role: for ``(h, t)`` and ``(t, h)`` they are
+    computed once per unordered pair. Likewise the last Linear of the pair FFN is folded into
+    the labels (:meth:`label_logits`): ``(W_o h + b_o) . l = h . (W_o^T l) + b_o . l``. All are
+    the same function as the plain FFNs (summation order aside, ~1e-7 relative).
     """
 
     def __init__(self, dim: int, expansion: int, dropout: float, chunk_size: int):
@@ -58,52 +41,44 @@ class PairScorer(nn.Module):
             hidden = layer(hidden)
         return hidden
 
-    def pair_vectors(self, ents: EntityRepresentations, heads: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
-        """Pair representations ``r`` ``[P, D]`` (the pair FFN's full output)."""
-        hidden = self.pair_hidden(ents, heads, tails)
-        return self.pair_ffn[3](hidden)
-
-    def label_logits(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``r . label`` for every pair and label from :meth:`pair_hidden`, with the pair FFN's
-        last Linear folded into the labels: equal to ``logits(pair_vectors(...), labels)``."""
+    def folded_labels(self, labels: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair FFN's last Linear folded into the labels: ``(W_o^T l, b_o . l)``."""
         last = self.pair_ffn[3]
-        labels = labels.to(hidden.dtype)
-        folded = labels @ last.weight.to(hidden.dtype)  # [R, kD]
-        bias = labels @ last.bias.to(hidden.dtype)  # [R]
-        return torch.addmm(bias, hidden, folded.t())
+        labels = labels.to(dtype)
+        return labels @ last.weight.to(dtype), labels @ last.bias.to(dtype)
 
-    def pair_hidden(self, ents: EntityRepresentations, heads: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
-        """The pair FFN up to its last Linear (``Dropout(ReLU(W_1 [h; t] + b_1))``): ``[P, k*D]``."""
-        hidden_dim = self.pair_ffn[0].out_features
-        if heads.numel() == 0:
-            return ents.vectors.new_zeros((0, hidden_dim))
-        dim = ents.vectors.shape[-1]
-        num = ents.vectors.shape[0]
+    def chunk_pairs(self, batch_size: int) -> int:
+        """Unordered pairs per document per chunk: about ``chunk_size / 2`` pairs in flight."""
+        return max(1, self.chunk_size // (2 * max(1, batch_size)))
+
+    def forward(self, ents: EntityRepresentations, index: EntityIndex, labels: torch.Tensor) -> torch.Tensor:
+        """Logits ``[P, R]`` of the batch's real ordered pairs against ``labels`` ``[R, D]``, in
+        the order of ``index.valid_pairs`` (per document: low->high, high->low per pair)."""
+        bsz, nmax, dim = ents.vectors.shape
+        if index.max_pairs == 0:
+            return ents.vectors.new_zeros((0, labels.shape[0]))
         first_h, first_t = self.head_ffn[0], self.tail_ffn[0]
         width = first_h.out_features
-        # per entity: W_e e + b, for the head and the tail role  -> [N, k*D] each
+        # per entity: W_e e + b, for the head and the tail role -> [B, N, k*D] each
         ent_h = F.linear(ents.vectors, first_h.weight[:, :dim], first_h.bias)
         ent_t = F.linear(ents.vectors, first_t.weight[:, :dim], first_t.bias)
-        # context halves of both roles side by side: [D, 2*k*D]
-        ctx_w = torch.cat([first_h.weight[:, dim:], first_t.weight[:, dim:]]).t()
-        chunk = self.chunk_size + (self.chunk_size % 2)  # even: both orders stay in one chunk
+        ctx_w = torch.cat([first_h.weight[:, dim:], first_t.weight[:, dim:]]).t()  # [D, 2kD]
+        folded, bias = self.folded_labels(labels, ents.vectors.dtype)
+        step = self.chunk_pairs(bsz)
         out = []
-        for s in range(0, heads.numel(), chunk):
-            h, t = heads[s : s + chunk], tails[s : s + chunk]
-            key = torch.minimum(h, t) * num + torch.maximum(h, t)
-            unordered, which = torch.unique(key, return_inverse=True)
-            a, b = unordered // num, unordered % num
-            alpha = ents.attention[a] * ents.attention[b]
+        for s in range(0, index.max_pairs, step):
+            lo, hi = index.pair_low[s : s + step], index.pair_high[s : s + step]
+            alpha = ents.attention.index_select(1, lo) * ents.attention.index_select(1, hi)  # [B, c, W]
             alpha = alpha / (alpha.sum(-1, keepdim=True) + 1e-10)
-            context = alpha.to(ents.words.dtype) @ ents.words  # [U, D]
-            projected = (context @ ctx_w.to(context.dtype)).index_select(0, which)  # [P, 2*k*D]
-            # per pair only the additions: W_c c + (W_e e + b)
-            hv = torch.tanh(self._rest(self.head_ffn, projected[:, :width] + ent_h[h]))
-            tv = torch.tanh(self._rest(self.tail_ffn, projected[:, width:] + ent_t[t]))
+            context = torch.bmm(alpha.to(ents.words.dtype), ents.words)  # [B, c, D]
+            projected = context @ ctx_w.to(context.dtype)  # [B, c, 2kD]
+            p_h, p_t = projected[..., :width], projected[..., width:]
+            e_h_lo, e_h_hi = ent_h.index_select(1, lo), ent_h.index_select(1, hi)
+            e_t_lo, e_t_hi = ent_t.index_select(1, lo), ent_t.index_select(1, hi)
+            # ordered pair 0: head = low, tail = high; ordered pair 1: head = high, tail = low
+            hv = torch.tanh(self._rest(self.head_ffn, torch.stack([p_h + e_h_lo, p_h + e_h_hi], 2)))
+            tv = torch.tanh(self._rest(self.tail_ffn, torch.stack([p_t + e_t_hi, p_t + e_t_lo], 2)))
             hidden = self.pair_ffn[2](self.pair_ffn[1](self.pair_ffn[0](torch.cat([hv, tv], -1))))
-            out.append(hidden)
-        return torch.cat(out) if len(out) > 1 else out[0]
-
-    @staticmethod
-    def logits(pairs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return pairs @ labels.to(pairs.dtype).T
+            out.append(torch.matmul(hidden, folded.t()) + bias)  # [B, c, 2, R]
+        logits = torch.cat(out, 1) if len(out) > 1 else out[0]
+        return logits.reshape(-1, labels.shape[0]).index_select(0, index.valid_pairs)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -28,18 +30,18 @@ from torch.nn import functional as F
 from glidre_core.modeling.layers import FeedForward
 
 
-def enumerate_spans(num_words: int, max_width: int, device: torch.device | None = None) -> torch.Tensor:
-    """All ``[start, end)`` word spans with ``1 <= end - start <= max_width``: ``[S, 2]`` long,
-    ordered by start, then width."""
+def enumerate_spans(num_words: int, max_width: int) -> np.ndarray:
+    """All ``[start, end)`` word spans with ``1 <= end - start <= max_width``: ``[S, 2]`` int64,
+    ordered by start, then width (the spans :func:`glidre_core.modeling.batch.span_grid` gives a
+    document of ``num_words`` words)."""
     if max_width < 1:
         raise ValueError(f"max_width must be >= 1, got {max_width}")
     if num_words <= 0:
-        return torch.zeros((0, 2), dtype=torch.long, device=device)
-    starts = torch.arange(num_words, device=device).repeat_interleave(max_width)
-    widths = torch.arange(1, max_width + 1, device=device).repeat(num_words)
-    ends = starts + widths
+        return np.zeros((0, 2), dtype=np.int64)
+    starts = np.repeat(np.arange(num_words, dtype=np.int64), max_width)
+    ends = starts + np.tile(np.arange(1, max_width + 1, dtype=np.int64), num_words)
     keep = ends <= num_words
-    return torch.stack([starts[keep], ends[keep]], -1)
+    return np.stack([starts[keep], ends[keep]], -1)
 
 
 @dataclass(frozen=True)
@@ -52,47 +54,61 @@ class SpanPrediction:
     score: float
 
 
-def decode_spans(
-    spans: torch.Tensor,
-    probs: torch.Tensor,
-    threshold: float | torch.Tensor,
-    flat: bool = True,
-) -> list[SpanPrediction]:
-    """Spans whose best type clears the threshold; with ``flat``, overlaps are resolved greedily
-    by score (GLiNER's flat decoding): a span is kept only if it shares no word with a kept,
-    higher-scoring span. Adjacent spans (``[0,2)`` and ``[2,3)``) do not overlap. Without
-    ``flat``, nested spans are kept but partial (crossing) overlaps are still resolved.
+def best_types(probs: np.ndarray, threshold: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per span: the best type among those that clear their threshold, and its probability
+    (-1 where no type clears it)."""
+    thr = np.asarray(threshold, dtype=probs.dtype)
+    above = probs > (thr if thr.ndim == 0 else thr[None, :])
+    masked = np.where(above, probs, -1.0)
+    best_t = masked.argmax(-1)
+    return np.take_along_axis(masked, best_t[:, None], -1)[:, 0], best_t
 
-    ``threshold`` is a float or a per-type tensor ``[T]``. Returns predictions in text order.
-    """
-    if spans.numel() == 0 or probs.numel() == 0:
-        return []
-    thr = torch.as_tensor(threshold, dtype=probs.dtype, device=probs.device)
-    margin = probs - (thr if thr.dim() == 0 else thr.unsqueeze(0))
-    above = margin > 0
-    # the best type per span, among the types that clear their threshold
-    masked = probs.masked_fill(~above, -1.0)
-    best_p, best_t = masked.max(-1)
-    cand = (best_p >= 0).nonzero().flatten()
-    order = cand[torch.argsort(best_p[cand], descending=True, stable=True)].tolist()
+
+def greedy_spans(spans: np.ndarray, scores: np.ndarray, flat: bool = True) -> np.ndarray:
+    """Indices of the spans kept by GLiNER's greedy decoding, visiting ``scores`` from the
+    highest (stable for ties): a span is kept only if it shares no word with a kept span
+    (``flat``), or, without ``flat``, if it does not cross one (nesting allowed, duplicates not).
+    Adjacent spans (``[0,2)`` and ``[2,3)``) do not overlap."""
+    order = np.argsort(-scores, kind="stable")
     kept: list[tuple[int, int]] = []
-    out: list[SpanPrediction] = []
+    out: list[int] = []
     sp = spans.tolist()
-    for i in order:
+    for i in order.tolist():
         s, e = sp[i]
         clash = False
         for ks, ke in kept:
-            overlap = s < ke and ks < e
-            if not overlap:
+            if not (s < ke and ks < e):
                 continue
             nested = (ks <= s and e <= ke) or (s <= ks and ke <= e)
             if flat or not nested or (s, e) == (ks, ke):
                 clash = True
                 break
-        if clash:
-            continue
-        kept.append((s, e))
-        out.append(SpanPrediction(s, e, int(best_t[i]), float(best_p[i])))
+        if not clash:
+            kept.append((s, e))
+            out.append(i)
+    return np.asarray(out, dtype=np.int64)
+
+
+def decode_spans(
+    spans: Any,
+    probs: Any,
+    threshold: float | Any,
+    flat: bool = True,
+) -> list[SpanPrediction]:
+    """Spans whose best type clears the threshold; with ``flat``, overlaps are resolved greedily
+    by score (GLiNER's flat decoding, :func:`greedy_spans`). Without ``flat``, nested spans are
+    kept but partial (crossing) overlaps are still resolved.
+
+    Host-side (numpy; torch CPU tensors are accepted). ``threshold`` is a float or a per-type
+    vector ``[T]``. Returns predictions in text order.
+    """
+    spans, probs = np.asarray(spans), np.asarray(probs)
+    if spans.size == 0 or probs.size == 0:
+        return []
+    best_p, best_t = best_types(probs, np.asarray(threshold))
+    cand = np.nonzero(best_p >= 0)[0]
+    keep = cand[greedy_spans(spans[cand], best_p[cand], flat)]
+    out = [SpanPrediction(int(spans[i, 0]), int(spans[i, 1]), int(best_t[i]), float(best_p[i])) for i in keep]
     out.sort(key=lambda p: (p.start, p.end))
     return out
 
@@ -113,23 +129,27 @@ class SpanHead(nn.Module):
         """Entity-type embeddings from the label encoder's pooled, projected type strings."""
         return self.type_ffn(pooled_types)
 
-    def logits(self, words: torch.Tensor, spans: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """``[S, T]`` logits of ``spans`` (``[S, 2]``, word ``[start, end)``) against ``types``."""
-        if spans.numel() == 0:
-            return words.new_zeros((0, types.shape[0]))
-        dim = words.shape[-1]
+    def forward(
+        self, words: torch.Tensor, span_start: torch.Tensor, span_end: torch.Tensor, types: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, S, T]`` logits of the spans ``[span_start, span_end)`` (``[S]`` each, shared by
+        the batch) of every document in ``words`` (``[B, W, D]``) against ``types`` ``[T, D]``."""
+        bsz, _, dim = words.shape
+        if span_start.numel() == 0:
+            return words.new_zeros((bsz, 0, types.shape[0]))
         first, last = self.span_ffn[0], self.span_ffn[3]
-        start = F.linear(self.start_ffn(words), first.weight[:, :dim], first.bias)  # [W, kD]
-        end = F.linear(self.end_ffn(words), first.weight[:, dim:])  # [W, kD]
+        start = F.linear(self.start_ffn(words), first.weight[:, :dim], first.bias)  # [B, W, kD]
+        end = F.linear(self.end_ffn(words), first.weight[:, dim:])  # [B, W, kD]
         types = types.to(words.dtype)
         folded = types @ last.weight  # [T, kD]
         bias = types @ last.bias  # [T]
+        step = max(1, self.chunk_size // max(1, bsz))
         out = []
-        for s in range(0, spans.shape[0], self.chunk_size):
-            chunk = spans[s : s + self.chunk_size]
-            hidden = self.span_ffn[2](F.relu(start[chunk[:, 0]] + end[chunk[:, 1] - 1]))
-            out.append(torch.addmm(bias, hidden, folded.t()))
-        return torch.cat(out) if len(out) > 1 else out[0]
+        for s in range(0, span_start.shape[0], step):
+            st, en = span_start[s : s + step], span_end[s : s + step] - 1
+            hidden = self.span_ffn[2](F.relu(start.index_select(1, st) + end.index_select(1, en)))
+            out.append(torch.matmul(hidden, folded.t()) + bias)
+        return torch.cat(out, 1) if len(out) > 1 else out[0]
 
     def naive_logits(self, words: torch.Tensor, spans: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         """The unfactorised reference (tests): FFN over ``[start; end]``, then a dot product."""
@@ -142,7 +162,7 @@ class SpanHead(nn.Module):
 ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "inc", "co", "corp", "ltd", "vs", "no", "mt", "ft", "gen", "gov", "sen", "rep", "prof"})
 
 
-def sentence_breaks(words: Sequence[str], sentence_ends: Sequence[int] = ()) -> torch.Tensor:
+def sentence_breaks(words: Sequence[str], sentence_ends: Sequence[int] = ()) -> np.ndarray:
     """``[W]`` bool: a sentence ends after word ``i``.
 
     Why: spans are represented by their first and last words only, so without this a span such
@@ -152,7 +172,7 @@ def sentence_breaks(words: Sequence[str], sentence_ends: Sequence[int] = ()) -> 
     or a digit, unless the word before it is a short token or a known abbreviation ("U.S.",
     "St. Louis"); ``sentence_ends`` (word indices, e.g. from annotated sentences) are added.
     """
-    out = torch.zeros(len(words), dtype=torch.bool)
+    out = np.zeros(len(words), dtype=bool)
     for i, w in enumerate(words[:-1]):
         if w not in (".", "!", "?") or i == 0:
             continue
@@ -167,11 +187,12 @@ def sentence_breaks(words: Sequence[str], sentence_ends: Sequence[int] = ()) -> 
     return out
 
 
-def within_sentences(spans: torch.Tensor, breaks: torch.Tensor) -> torch.Tensor:
+def within_sentences(spans: Any, breaks: Any) -> np.ndarray:
     """``[S]`` bool: the span has no sentence break before its last word."""
-    if spans.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    cum = torch.cat([torch.zeros(1, dtype=torch.long), breaks.long().cumsum(0)])
+    spans, breaks = np.asarray(spans), np.asarray(breaks)
+    if spans.size == 0:
+        return np.zeros(0, dtype=bool)
+    cum = np.concatenate([[0], breaks.astype(np.int64).cumsum()])
     # breaks at words start .. end-2 (a break on the last word is the span's own final ".")
-    inside = cum[(spans[:, 1] - 1).clamp(min=0)] - cum[spans[:, 0]]
+    inside = cum[np.clip(spans[:, 1] - 1, 0, None)] - cum[spans[:, 0]]
     return inside == 0

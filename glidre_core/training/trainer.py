@@ -37,9 +37,12 @@ import torch
 from torch import nn
 
 from glidre_core.documents import Document
-from glidre_core.evaluation import entity_threshold_sweep, score_candidates, score_entity_spans
+from glidre_core.evaluation import entity_threshold_sweep, relation_candidates
 from glidre_core.metrics import evaluate_facts, gold_facts, sweep_threshold, train_fact_names
 from glidre_core.modeling import GLiDRE, PreparedDocument
+from glidre_core.modeling.batch import ModelBatch
+from glidre_core.modeling.cache import EncoderCache
+from glidre_core.modeling.targets import joint_loss, training_batch
 from glidre_core.readers import read_documents, relation_labels
 from glidre_core.training.checkpoint import (
     BEST_DIR,
@@ -124,6 +127,11 @@ def shard_documents(docs: list[Document], rank: int, world_size: int) -> list[Do
     return shard + shard[: size - len(shard)]
 
 
+def _mean(values: list[torch.Tensor]) -> float:
+    """Mean of on-device scalars, read back once (NaN for none)."""
+    return float(torch.stack(values).float().mean()) if values else float("nan")
+
+
 def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
     def fn(step: int) -> float:
         if step < warmup:
@@ -142,11 +150,10 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(
-        self, batch: list[PreparedDocument], labels: list[str], cache, entity_types: list[str] | None = None, encoded=None
-    ) -> torch.Tensor:
+    def forward(self, batch: ModelBatch, labels: list[str] | None, entity_types: list[str] | None = None) -> torch.Tensor:
         types = self.model.encode_entity_types(entity_types) if entity_types else None
-        return self.model.loss(batch, self.model.encode_labels(labels), cache, types, encoded)
+        rel = self.model.encode_labels(labels) if labels is not None else None
+        return joint_loss(self.model, batch, self.model(batch, rel, types))
 
 
 class Trainer:
@@ -231,13 +238,12 @@ class Trainer:
                     t for e in d.entities if (t := cfg.model.entity_label(e.type)))
             for doc_id, p in self.prepared.items():
                 p.entity_type_scope = frozenset(scope.get(corpus_of.get(doc_id, 0), ()))
-        self.cache: dict[str, list[torch.Tensor]] | None = None
-        self.encoded: dict[str, Any] | None = None
+        self.cache: EncoderCache | None = None
         encoder_frozen = not any(p.requires_grad for p in self.model.encoder.parameters())
         if cfg.cache_frozen_layers and encoder_frozen:
-            self.encoded = self._cache_encoded()
+            self.cache = EncoderCache(self.model, self.prepared, "encoded", cfg.batch_size)
         elif cfg.cache_frozen_layers and self.model.frozen_split > 0:
-            self.cache = self._cache_lower()
+            self.cache = EncoderCache(self.model, self.prepared, "lower", cfg.batch_size)
         self.last_dev_eval: dict[str, Any] | None = None
         self._train_fact_names: set[tuple[str, str, str]] | None = None
         self._live: dict[str, Any] = {}
@@ -246,16 +252,6 @@ class Trainer:
             len(self.train_docs), rank, world_size, len(all_train), len(self.dev_docs), len(labels),
             self.model.frozen_split, self.cache is not None,
         )
-
-    @torch.no_grad()
-    def _cache_lower(self) -> dict[str, list[torch.Tensor]]:
-        start = time.perf_counter()
-        self.model.eval()
-        cache = {}
-        for doc_id, p in self.prepared.items():
-            cache[doc_id] = [s.clone() for s in self.model.encoder.lower(self.model.encoder.window_ids(p.tokens), self.model.frozen_split)]
-        logger.info("cached frozen layers for %d docs in %.1fs", len(cache), time.perf_counter() - start)
-        return cache
 
     def _init_from(self, source: str) -> None:
         """Start from saved weights; tensors of parts the saved model lacks (a span head added
@@ -266,21 +262,6 @@ class Trainer:
         self.model.load_weights(directory / WEIGHTS_NAME, allow_missing=("span_head.",))
         self.model.label_encoder.clear_cache()
         logger.info("initialised from %s", directory)
-
-    @torch.no_grad()
-    def _cache_encoded(self) -> dict[str, Any]:
-        """The whole document encoder is frozen: encode every document once (word vectors and
-        last-layer attention); steps then run the heads only."""
-        start = time.perf_counter()
-        self.model.eval()
-        cache = {}
-        items = list(self.prepared.items())
-        for s in range(0, len(items), 8):
-            chunk = items[s : s + 8]
-            for (doc_id, _), enc in zip(chunk, self.model.encode_prepared([p for _, p in chunk])):
-                cache[doc_id] = enc
-        logger.info("cached encoder outputs for %d docs in %.1fs", len(cache), time.perf_counter() - start)
-        return cache
 
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = [
@@ -298,13 +279,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def dev_evaluation(self) -> dict[str, Any]:
-        """Dev threshold sweep plus P/R/F1 and Ign F1 at the chosen threshold (rank 0 only)."""
+        """Dev threshold sweep plus P/R/F1 and Ign F1 at the chosen threshold (rank 0 only).
+
+        Runs through the public inference layer (:class:`glidre_core.inference.Predictor`), so
+        label and type embeddings are encoded in eval mode: with dropout on they would be
+        noisy, and so would checkpoint selection and the saved thresholds.
+        """
+        dev = [self.prepared[d.doc_id] for d in self.dev_docs]
+        predictor = self.model.predictor(
+            relation_labels=self.labels, entity_labels=self.entity_labels or None,
+            batch_size=self.cfg.batch_size, encoder_cache=self.cache,
+        )
         with self._autocast():
-            scored = score_candidates(
-                self.model, self.dev_docs, self.model.encode_labels(self.labels),
-                cached_lower=self.cache, prepared=self.prepared, batch_size=self.cfg.batch_size,
-                encoded=self.encoded,
-            )
+            scored = relation_candidates(predictor, dev)
         sweep = sweep_threshold(scored, gold_facts(self.dev_docs))
         if self._train_fact_names is None:
             self._train_fact_names = train_fact_names(self.all_train_docs)
@@ -316,13 +303,9 @@ class Trainer:
             "score": sweep.best_f1,
         }
         if self.entity_labels:
-            with self._autocast(), torch.no_grad():
-                types = self.model.encode_entity_types(self.entity_labels)
-                spans = score_entity_spans(
-                    self.model, self.dev_docs, types, prepared=self.prepared, cached_lower=self.cache,
-                    encoded=self.encoded, batch_size=self.cfg.batch_size,
-                )
-            ent = entity_threshold_sweep(self.model, spans, self.dev_docs, types)
+            with self._autocast():
+                spans = predictor.score_spans(dev)
+            ent = entity_threshold_sweep(self.model, spans, self.dev_docs, predictor.entity_types)
             result.update(entity_f1=ent["f1"], entity_threshold=ent["threshold"])
             select = self.cfg.select_on or "mean"
             result["score"] = {"relation": sweep.best_f1, "entity": ent["f1"], "mean": (sweep.best_f1 + ent["f1"]) / 2}[select]
@@ -445,21 +428,25 @@ class Trainer:
             first = start_offset if epoch == start_epoch else 0
             for b in range(first, len(order), cfg.batch_size):
                 ids = order[b : b + cfg.batch_size]
-                batch = [self.prepared[i] for i in ids]
-                cache = [self.cache[i] for i in ids] if self.cache else None
-                encoded = [self.encoded[i] for i in ids] if self.encoded else None
+                docs = [self.prepared[i] for i in ids]
                 if self.sampler is not None:
-                    labels = self.sampler.sample(lab for p in batch for _, lab, _ in p.relations)
+                    labels = self.sampler.sample(lab for p in docs for _, lab, _ in p.relations)
                 else:
                     labels = self.labels
+                # a zero relation weight (a stage that trains the span head alone) skips pair scoring
+                rel_labels = labels if cfg.model.relation_loss_weight > 0 else None
+                batch = training_batch(model, docs, rel_labels, self.entity_labels or None)
+                if self.cache is not None:
+                    batch = self.cache.attach(batch)
                 sync = (micro + 1) % cfg.grad_accum == 0
                 no_sync = net.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
                 with no_sync:
                     with self._autocast():
-                        loss = net(batch, labels, cache, self.entity_labels or None, encoded) / cfg.grad_accum
+                        loss = net(batch, rel_labels, self.entity_labels or None) / cfg.grad_accum
                     loss.backward()
-                running.append(loss.item() * cfg.grad_accum)
-                seen_docs += len(batch)
+                # kept on the device: reading a loss back every step would stall a GPU
+                running.append(loss.detach() * cfg.grad_accum)
+                seen_docs += len(docs)
                 micro += 1
                 if micro % cfg.grad_accum:
                     continue
@@ -473,10 +460,10 @@ class Trainer:
                     self.on_step(step)
                 elapsed = time.perf_counter() - start
                 if step % 20 == 0:
-                    recent = running[-20:] or [float("nan")]
+                    recent = running[-20:]
                     logger.info(
                         "epoch %d step %d/%d loss %.4f %.2f docs/s elapsed %.1f min",
-                        epoch, step, total, sum(recent) / len(recent), seen_docs / elapsed, elapsed / 60,
+                        epoch, step, total, _mean(recent), seen_docs / elapsed, elapsed / 60,
                     )
                 out_of_time = self._agree(cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60)
                 last = step >= total or out_of_time
@@ -487,7 +474,7 @@ class Trainer:
                         f1, thr = dev["score"], dev["threshold"]
                         record = {
                             "step": step, "epoch": epoch, "minutes": elapsed / 60,
-                            "train_loss": sum(running) / len(running) if running else float("nan"),
+                            "train_loss": _mean(running),
                             "dev_f1": f1, "dev_threshold": thr,
                             "lr_heads": scheduler.get_last_lr()[-1],
                             "dev_ign_f1": dev["ign_f1"], "dev_precision": dev["precision"],

@@ -1,0 +1,326 @@
+"""The inference layer: one :class:`Predictor` behind every caller.
+
+The ``GLiDRE`` convenience methods, :mod:`glidre_core.evaluation`, the trainer's dev evaluation,
+the Ray Data ``Extractor`` and the MLflow pyfunc all run inference through a
+:class:`Predictor`. It fixes, once:
+
+* the relation-label and entity-type embeddings (encoded in eval mode, without gradients: label
+  embeddings computed in train mode would carry dropout noise);
+* the per-label decision thresholds, the coreference mode, ``top_k`` and flat/nested decoding;
+* eval mode and ``no_grad`` around every call, restoring the model's mode afterwards.
+
+Documents are batched by similar size (sorted by entity count, then length, and returned in
+input order), so padding stays small; each batch is one :meth:`GLiDRE.forward` and **one** copy
+of its probabilities to the host, where decoding runs in numpy. The rows it returns are the
+typed rows of :mod:`glidre_core.rows`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from glidre_core.documents import Document, Entity, Relation, parse_document
+from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
+from glidre_core.modeling.label_encoder import LabelEmbeddings
+from glidre_core.preparation import PreparedDocument
+from glidre_core.rows import EntityRow, TripletRow
+
+if TYPE_CHECKING:
+    from glidre_core.modeling.batch import ModelBatch
+    from glidre_core.modeling.cache import EncoderCache
+    from glidre_core.modeling.glidre import GLiDRE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExtractionResult", "Predictor", "RelationScores", "SpanScores", "TripletRow", "EntityRow",
+           "document_from_text", "per_label_thresholds"]
+
+Threshold = float | dict[str, float] | None
+
+
+@dataclass
+class RelationScores:
+    """Probabilities of every ordered entity pair of one document against the label set."""
+
+    prepared: PreparedDocument
+    heads: np.ndarray  # [P] entity indices
+    tails: np.ndarray  # [P]
+    probs: np.ndarray  # [P, R] float32
+
+
+@dataclass
+class SpanScores:
+    """Probabilities of every candidate span of one document against the entity-type set."""
+
+    prepared: PreparedDocument
+    spans: np.ndarray  # [S, 2] word [start, end)
+    probs: np.ndarray  # [S, T] float32
+
+
+def document_from_text(text: str, entities: Sequence[dict[str, Any] | Entity], doc_id: str = "input") -> Document:
+    """A document from a text and entities given as dicts or :class:`Entity` objects."""
+    ents = [e.model_dump() if isinstance(e, Entity) else e for e in entities]
+    return parse_document({"doc_id": doc_id, "text": text, "entities": ents})
+
+
+def per_label_thresholds(labels: Sequence[str], threshold: Threshold, base: float) -> np.ndarray:
+    """``[L]`` thresholds from None (``base``), a float, or a per-label dict (missing = base)."""
+    if threshold is None or isinstance(threshold, (int, float)):
+        return np.full(len(labels), base if threshold is None else float(threshold), dtype=np.float32)
+    return np.asarray([float(threshold.get(lab, base)) for lab in labels], dtype=np.float32)
+
+
+def select_relations(probs: np.ndarray, threshold: np.ndarray, top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pair, label) indices above the per-label threshold, at most ``top_k`` labels per pair."""
+    keep = probs > threshold[None, :]
+    if top_k is not None and probs.shape[1] > top_k:
+        kth = np.sort(probs, axis=1)[:, -top_k][:, None]
+        keep &= probs >= kth
+    return np.nonzero(keep)
+
+
+class Predictor:
+    """Inference with fixed labels, types, thresholds and options over a :class:`GLiDRE`.
+
+    Arguments:
+        relation_labels / entity_labels: strings, precomputed :class:`LabelEmbeddings`, or None
+            for the sets the model was trained on (encoded lazily, on first use).
+        threshold / entity_threshold: None = the dev-chosen ones stored with the model, a float,
+            or a per-label dict (labels missing from it use the stored threshold).
+        coreference: "rules" or "none" (None = the model's setting); flat_ner: flat decoding.
+        top_k: keep at most k labels per entity pair.
+        batch_size: documents per forward pass.
+        encoder_cache: cached frozen encoder states (training's dev evaluation).
+        need_entity_types: resolve the entity types now, so a model without a span head fails
+            here with a clear message instead of at the first document.
+    """
+
+    def __init__(
+        self,
+        model: "GLiDRE",
+        *,
+        relation_labels: Sequence[str] | LabelEmbeddings | None = None,
+        entity_labels: Sequence[str] | LabelEmbeddings | None = None,
+        threshold: Threshold = None,
+        entity_threshold: Threshold = None,
+        coreference: str | None = None,
+        flat_ner: bool = True,
+        top_k: int | None = None,
+        batch_size: int = 8,
+        encoder_cache: "EncoderCache | None" = None,
+        need_entity_types: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if coreference not in (None, "rules", "none"):
+            raise ValueError(f"unknown coreference mode {coreference!r}; expected 'rules' or 'none'")
+        self.model = model
+        self._relation_spec, self._entity_spec = relation_labels, entity_labels
+        self._threshold_spec, self._entity_threshold_spec = threshold, entity_threshold
+        self.coreference = coreference or model.config.coreference
+        self.flat_ner = flat_ner
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.encoder_cache = encoder_cache
+        self._relations: LabelEmbeddings | None = None
+        self._types: LabelEmbeddings | None = None
+        if need_entity_types:
+            _ = self.entity_types
+
+    # -- mode and embeddings --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Eval mode and no gradients for the duration; the model's mode is restored after."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.model.train(was)
+
+    def _resolve(self, given: Any, stored: list[str], what: str, encode: Any) -> LabelEmbeddings:
+        if isinstance(given, LabelEmbeddings):
+            return given
+        if given is None:
+            if not stored:
+                raise ValueError(f"no {what} given and the model stores none")
+            given = stored
+        with self.inference():
+            return encode(list(given))
+
+    @property
+    def relations(self) -> LabelEmbeddings:
+        """The relation labels and their embeddings (encoded once, in eval mode)."""
+        if self._relations is None:
+            self._relations = self._resolve(self._relation_spec, self.model.config.labels, "relation labels",
+                                            self.model.encode_labels)
+            self.thresholds = per_label_thresholds(self._relations.labels, self._threshold_spec,
+                                                   self.model.config.threshold)
+        return self._relations
+
+    @property
+    def entity_types(self) -> LabelEmbeddings:
+        """The entity types and their embeddings (span head models; encoded once, in eval mode)."""
+        if self._types is None:
+            if self.model.span_head is None:
+                raise ValueError(
+                    "this model has no entity (span) head: give entities with each document "
+                    "(predict_documents), or use a model trained with span_head: true"
+                )
+            self._types = self._resolve(self._entity_spec, self.model.config.entity_labels, "entity types",
+                                        self.model.encode_entity_types)
+            self.entity_thresholds = per_label_thresholds(self._types.labels, self._entity_threshold_spec,
+                                                          self.model.config.entity_threshold)
+        return self._types
+
+    def relation_thresholds(self) -> np.ndarray:
+        _ = self.relations
+        return self.thresholds
+
+    def entity_type_thresholds(self) -> np.ndarray:
+        _ = self.entity_types
+        return self.entity_thresholds
+
+    # -- batching -------------------------------------------------------------------------------
+    def prepare(self, items: Iterable[Document | PreparedDocument | str], bare: bool = False) -> list[PreparedDocument]:
+        """Prepared documents; raw strings become documents ``doc-<i>``; ``bare`` drops given
+        entities and relations (the joint path predicts its own)."""
+        out = []
+        for i, item in enumerate(items):
+            if isinstance(item, PreparedDocument):
+                if bare and (item.doc.entities or item.mention_spans):
+                    item = PreparedDocument(item.doc.model_copy(update={"entities": [], "relations": []}),
+                                            item.tokens, [], [], [], item.words, item.entity_type_scope)
+                out.append(item)
+                continue
+            doc = item if isinstance(item, Document) else parse_document({"doc_id": f"doc-{i}", "text": item})
+            if bare:
+                doc = doc.model_copy(update={"entities": [], "relations": []})
+            out.append(self.model.prepare(doc))
+        return out
+
+    def batches(self, prepared: Sequence[PreparedDocument]) -> Iterator[list[int]]:
+        """Index lists of similar-size documents (entities, then sub-words), ``batch_size`` each."""
+        order = sorted(range(len(prepared)),
+                       key=lambda i: (len(prepared[i].mention_spans), len(prepared[i].tokens.token_ids)))
+        for s in range(0, len(order), self.batch_size):
+            yield order[s : s + self.batch_size]
+
+    def _batch(self, prepared: Sequence[PreparedDocument]) -> "ModelBatch":
+        batch, _ = self.model.collate(prepared)
+        return self.encoder_cache.attach(batch) if self.encoder_cache is not None else batch
+
+    # -- scores ---------------------------------------------------------------------------------
+    def _relation_probs(self, logits: torch.Tensor, th: torch.Tensor | None) -> torch.Tensor:
+        if th is not None:
+            logits = logits - th.unsqueeze(-1)
+        return torch.sigmoid(logits)
+
+    def _split_relations(self, prepared: Sequence[PreparedDocument], batch: "ModelBatch", probs: np.ndarray) -> list[RelationScores]:
+        out, start = [], 0
+        for p, h, t in zip(prepared, batch.entities.heads, batch.entities.tails):
+            out.append(RelationScores(p, h, t, probs[start : start + len(h)]))
+            start += len(h)
+        return out
+
+    def score_relations(self, items: Iterable[Document | PreparedDocument]) -> list[RelationScores]:
+        """Relation probabilities of every ordered entity pair of each document (given
+        entities), in input order."""
+        prepared = self.prepare(items)
+        out: list[RelationScores | None] = [None] * len(prepared)
+        labels = self.relations
+        with self.inference():
+            for idx in self.batches(prepared):
+                docs = [prepared[i] for i in idx]
+                batch = self._batch(docs)
+                res = self.model(batch, labels)
+                probs = self._relation_probs(res.relation_logits, res.threshold_logits).cpu().numpy()
+                for i, sc in zip(idx, self._split_relations(docs, batch, probs)):
+                    out[i] = sc
+        return out  # type: ignore[return-value]
+
+    def score_spans(self, items: Iterable[Document | PreparedDocument]) -> list[SpanScores]:
+        """Entity probabilities of every candidate span of each document, in input order."""
+        prepared = self.prepare(items)
+        out: list[SpanScores | None] = [None] * len(prepared)
+        types = self.entity_types
+        with self.inference():
+            for idx in self.batches(prepared):
+                docs = [prepared[i] for i in idx]
+                batch = self._batch(docs)
+                res = self.model(batch, None, types)
+                for i, sc in zip(idx, self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())):
+                    out[i] = sc
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _split_spans(prepared: Sequence[PreparedDocument], batch: "ModelBatch", probs: np.ndarray) -> list[SpanScores]:
+        grid = batch.span_grid
+        return [SpanScores(p, grid[batch.span_valid[b]], probs[b][batch.span_valid[b]]) for b, p in enumerate(prepared)]
+
+    # -- rows -----------------------------------------------------------------------------------
+    def decode_relations(self, scores: RelationScores, threshold: np.ndarray | None = None) -> list[TripletRow]:
+        """Rows for the pairs and labels above the thresholds, best first."""
+        thr = self.relation_thresholds() if threshold is None else threshold
+        doc = scores.prepared.doc
+        ents = doc.entities
+        labels = self.relations.labels
+        rows: list[TripletRow] = []
+        for p, r in zip(*select_relations(scores.probs, thr, self.top_k)):
+            h: Entity = ents[int(scores.heads[p])]
+            t: Entity = ents[int(scores.tails[p])]
+            rows.append(TripletRow(
+                head_id=h.id, head_text=doc.entity_text(h), head_type=h.type, relation=labels[r],
+                tail_id=t.id, tail_text=doc.entity_text(t), tail_type=t.type, score=float(scores.probs[p, r]),
+            ))
+        rows.sort(key=lambda x: -x["score"])
+        return rows
+
+    def predict(self, items: Iterable[Document | PreparedDocument]) -> list[list[TripletRow]]:
+        """Relations between each document's given entities: rows per document, input order."""
+        return [self.decode_relations(s) for s in self.score_relations(items)]
+
+    def extract(self, items: Iterable[Document | PreparedDocument | str]) -> list[ExtractionResult]:
+        """Entities and relations from raw text (given entities are ignored), input order.
+
+        Per batch: one forward pass for the encoder and the span head, one copy of the span
+        probabilities to the host, span decoding and mention clustering there, then the relation
+        scorer on the predicted entities from the *same* encoder output, and one more copy.
+        """
+        prepared = self.prepare(items, bare=True)
+        out: list[ExtractionResult | None] = [None] * len(prepared)
+        types, labels = self.entity_types, self.relations
+        ent_thr, type_names = self.entity_type_thresholds(), list(types.labels)
+        with self.inference():
+            for idx in self.batches(prepared):
+                docs = [prepared[i] for i in idx]
+                batch = self._batch(docs)
+                res = self.model(batch, None, types)
+                spans = self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())
+                predicted, with_entities = [], []
+                for p, sc in zip(docs, spans):
+                    found = decode_document_spans(p.doc, p.words, sc.spans, sc.probs, ent_thr, self.flat_ner)
+                    grouped = group_mentions(found, p.words, type_names, self.coreference)
+                    predicted.append(grouped)
+                    doc = p.doc.model_copy(update={"entities": grouped.entities})
+                    with_entities.append(PreparedDocument(doc, p.tokens, grouped.mention_spans,
+                                                          [e.id for e in grouped.entities], [], p.words))
+                index = self.model.entity_index([p.mention_spans for p in with_entities], batch.max_words)
+                logits, th = self.model.score_pairs(res.encoded, index, labels.vectors)
+                probs = self._relation_probs(logits, th).cpu().numpy()
+                rel_scores = self._split_relations(with_entities, batch.with_entities(index), probs)
+                for i, p, grouped, sc in zip(idx, with_entities, predicted, rel_scores):
+                    rows = self.decode_relations(sc)
+                    doc = p.doc.model_copy(update={
+                        "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
+                    })
+                    out[i] = ExtractionResult(doc, entity_rows(doc, grouped), rows)
+        return out  # type: ignore[return-value]

@@ -1,0 +1,113 @@
+"""Saving and loading GLiDRE models: safetensors deltas over pip-installed base encoders.
+
+A saved model is ``config.json`` plus ``model.safetensors`` holding only the tensors that differ
+from the named base encoders (so the embedded default model is a 22 MB delta, not a full copy).
+Loading is strict and offline: an unexpected, missing or mis-shaped tensor is an error, and the
+base encoder's weights file must hash to the value recorded at save time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from glidre_core.config import GLiDREConfig
+from glidre_core.pretrained import encoder_fingerprint, resolve_encoder_path, weights_file
+
+if TYPE_CHECKING:
+    from glidre_core.modeling.glidre import GLiDRE
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
+
+
+def _base_state(prefix: str, name: str | None) -> dict[str, torch.Tensor] | None:
+    if name is None:
+        return None
+    wf = weights_file(resolve_encoder_path(name))
+    if wf is None:
+        return None
+    base = load_file(str(wf))
+    return {prefix + k: v for k, v in base.items()}
+
+
+def save_pretrained(model: "GLiDRE", directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` holding only what differs from the bases.
+
+    Encoder weights equal to the pip-installed base encoder are not stored; heads and every
+    changed encoder tensor are, in ``config.save_dtype``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.model_copy(deep=True)
+    cfg.encoder_sha256 = encoder_fingerprint(cfg.encoder)
+    cfg.label_encoder_sha256 = encoder_fingerprint(cfg.label_encoder)
+    base = {}
+    for prefix, name in (("encoder.model.", cfg.encoder), ("label_encoder.model.", cfg.label_encoder)):
+        base.update(_base_state(prefix, name) or {})
+    dtype = getattr(torch, cfg.save_dtype)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        ref = base.get(key)
+        if ref is not None and ref.shape == value.shape and torch.equal(ref.to(value.dtype), value.cpu()):
+            continue
+        v = value.detach().cpu()
+        tensors[key] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "glidre": "delta"})
+    cfg.save(directory)
+    logger.info("saved %d tensors to %s", len(tensors), directory)
+    return directory
+
+
+def load_weights(model: "GLiDRE", path: str | Path, allow_missing: tuple[str, ...] = ()) -> None:
+    """Load a ``save_pretrained`` weights file strictly: no unexpected tensor, no wrong shape,
+    and every tensor not stored must belong to a named (pip/local) base encoder.
+    ``allow_missing``: name prefixes that may be absent (a new head a training run adds to a
+    saved model); never used when loading a model for use."""
+    path = Path(path)
+    stored = load_file(str(path))
+    own = model.state_dict()
+    unexpected = sorted(set(stored) - set(own))
+    if unexpected:
+        raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}")
+    base_ok = set()
+    for prefix, name in (("encoder.model.", model.config.encoder), ("label_encoder.model.", model.config.label_encoder)):
+        if name is not None:
+            base_ok |= {k for k in own if k.startswith(prefix)}
+    missing = sorted(
+        k for k in own if k not in stored and k not in base_ok and not k.startswith(tuple(allow_missing))
+    )
+    if missing:
+        raise ValueError(f"{path}: missing tensors {missing[:5]}")
+    for k, v in stored.items():
+        if v.shape != own[k].shape:
+            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in stored.items()}, strict=False)
+
+
+def from_pretrained(cls: type, directory: str | Path, device: str | torch.device = "cpu") -> "GLiDRE":
+    """Load strictly and offline: every stored tensor must match, every other must be base."""
+    directory = DEFAULT_MODEL_DIR if str(directory) == "default" else Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    cfg = GLiDREConfig.load(directory)
+    for name, expected in ((cfg.encoder, cfg.encoder_sha256), (cfg.label_encoder, cfg.label_encoder_sha256)):
+        if expected is not None and encoder_fingerprint(name) != expected:
+            raise ValueError(
+                f"{directory}: base encoder {name!r} differs from the one this model was trained on "
+                "(sha256 mismatch); install the pinned package version"
+            )
+    model = cls(cfg)
+    wpath = directory / WEIGHTS_NAME
+    if not wpath.exists():
+        raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME}")
+    model.load_weights(wpath)
+    model.label_encoder.clear_cache()
+    model.eval()
+    return model.to(device)

@@ -1,0 +1,167 @@
+"""Training targets and the joint loss of a batch.
+
+Targets are built on the CPU in numpy, in the batch's layout (:mod:`.batch`: ordered pairs in
+output order, spans start-major), and travel to the device in the batch's single copy. The loss
+is then a few element-wise operations and weighted sums: per-document averages are expressed as
+per-element weights, so there is no per-document loop and no host synchronisation.
+
+What is averaged over what (the same definitions as the per-document loop this replaced):
+
+* relation loss: per pair, summed over labels; mean over a document's ordered pairs; mean over
+  the documents with at least one pair;
+* span loss: per candidate span, summed over the entity types the document's corpus annotates
+  (``entity_type_scope``); mean over the document's spans; mean over the documents that can
+  supervise the span head (every entity typed);
+* joint: ``relation_loss_weight * relation + span_loss_weight * span``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from glidre_core.config import GLiDREConfig
+from glidre_core.modeling.batch import ModelBatch, ordered_pairs, span_grid
+from glidre_core.modeling.losses import pair_losses, span_losses
+from glidre_core.preparation import PreparedDocument
+
+if TYPE_CHECKING:
+    from glidre_core.modeling.glidre import GLiDRE, GLiDREOutput
+
+
+def relation_target_arrays(
+    cfg: GLiDREConfig, prepared: Sequence[PreparedDocument], labels: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """``relation_targets [P, R]`` (0/1), ``pair_doc [P]`` and ``pair_weight [P]`` over the
+    batch's real ordered pairs."""
+    index = {cfg.normalize_label(lab): i for i, lab in enumerate(labels)}
+    counts = [len(p.mention_spans) for p in prepared]
+    with_pairs = sum(1 for n in counts if n >= 2)
+    blocks, docs, weights = [], [], []
+    for b, (p, n) in enumerate(zip(prepared, counts)):
+        heads, tails = ordered_pairs(n)
+        dense = np.zeros((n, n, len(labels)), dtype=np.float32)
+        for h, lab, t in p.relations:
+            j = index.get(lab)
+            if j is not None:
+                dense[h, t, j] = 1.0
+        blocks.append(dense[heads, tails])
+        docs.append(np.full(len(heads), b, dtype=np.int64))
+        weights.append(np.full(len(heads), 1.0 / (len(heads) * with_pairs) if len(heads) else 0.0, dtype=np.float32))
+    return {
+        "relation_targets": np.concatenate(blocks) if blocks else np.zeros((0, len(labels)), np.float32),
+        "pair_doc": np.concatenate(docs) if docs else np.zeros(0, np.int64),
+        "pair_weight": np.concatenate(weights) if weights else np.zeros(0, np.float32),
+    }
+
+
+def document_span_targets(
+    cfg: GLiDREConfig, prepared: PreparedDocument, entity_types: Sequence[str], spans: np.ndarray
+) -> np.ndarray | None:
+    """``[S, T]`` gold matrix over ``spans`` (``[S, 2]``), or None when the document cannot
+    supervise the span head: an entity without a type (its spans would be taught as negatives).
+    Mentions longer than ``max_span_width`` words are not candidates and are left out; mentions
+    of a type outside ``entity_types`` are negatives for every type."""
+    width = cfg.max_span_width
+    type_index = {cfg.normalize_label(t): i for i, t in enumerate(entity_types)}
+    gold: dict[tuple[int, int], list[int]] = {}
+    for ent, ment in zip(prepared.doc.entities, prepared.mention_spans):
+        label = cfg.entity_label(ent.type)
+        if label is None:
+            return None
+        t = type_index.get(label)
+        if t is None:
+            continue
+        for w0, w1 in ment:
+            if 1 <= w1 - w0 <= width:
+                gold.setdefault((w0, w1), []).append(t)
+    out = np.zeros((len(spans), len(entity_types)), dtype=np.float32)
+    if gold:
+        row = {(int(s), int(e)): i for i, (s, e) in enumerate(spans)}
+        for key, types in gold.items():
+            if key in row:
+                out[row[key], types] = 1.0
+    return out
+
+
+def type_scope_mask(cfg: GLiDREConfig, prepared: PreparedDocument, entity_types: Sequence[str]) -> np.ndarray:
+    """``[T]`` bool: the types inside the document's ``entity_type_scope`` (None = all)."""
+    if prepared.entity_type_scope is None:
+        return np.ones(len(entity_types), dtype=bool)
+    norm = cfg.normalize_label
+    scope = {norm(t) for t in prepared.entity_type_scope}
+    return np.asarray([norm(t) in scope for t in entity_types], dtype=bool)
+
+
+def span_target_arrays(
+    cfg: GLiDREConfig, prepared: Sequence[PreparedDocument], entity_types: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """``span_targets [B, S, T]`` and ``span_loss_mask [B, S, T]`` (the weight of every element
+    in the span loss; 0 for padded spans, out-of-scope types and unsupervised documents)."""
+    wmax = max(p.tokens.num_words for p in prepared)
+    starts, ends = span_grid(wmax, cfg.max_span_width)
+    grid = np.stack([starts, ends], -1)
+    bsz, num_types = len(prepared), len(entity_types)
+    targets = np.zeros((bsz, len(grid), num_types), dtype=np.float32)
+    mask = np.zeros_like(targets)
+    per_doc = []
+    for b, p in enumerate(prepared):
+        valid = ends <= p.tokens.num_words
+        gold = document_span_targets(cfg, p, entity_types, grid[valid])
+        if gold is None:
+            continue
+        targets[b, valid] = gold
+        per_doc.append((b, valid, type_scope_mask(cfg, p, entity_types), int(valid.sum())))
+    for b, valid, scope, n in per_doc:
+        mask[b][np.ix_(valid, scope)] = 1.0 / (n * len(per_doc))
+    return {"span_targets": targets, "span_loss_mask": mask, "span_supervised": np.asarray(len(per_doc) > 0)}
+
+
+def training_batch(
+    model: "GLiDRE",
+    prepared: Sequence[PreparedDocument],
+    labels: Sequence[str] | None,
+    entity_types: Sequence[str] | None,
+) -> ModelBatch:
+    """A batch with its relation targets (``labels``) and span targets (``entity_types``)."""
+    cfg = model.config
+    extra: dict[str, np.ndarray] = {}
+    if labels is not None:
+        extra.update(relation_target_arrays(cfg, prepared, labels))
+    supervised = False
+    if entity_types is not None:
+        arrays = span_target_arrays(cfg, prepared, entity_types)
+        supervised = bool(arrays.pop("span_supervised"))
+        extra.update(arrays)
+    batch, t = model.collate(prepared, extra)
+    batch.span_supervised = supervised
+    batch.entities.relation_targets = t.get("relation_targets")
+    batch.entities.pair_doc = t.get("pair_doc")
+    batch.entities.pair_weight = t.get("pair_weight")
+    batch.span_targets = t.get("span_targets")
+    batch.span_loss_mask = t.get("span_loss_mask")
+    return batch
+
+
+def joint_loss(model: "GLiDRE", batch: ModelBatch, out: "GLiDREOutput") -> torch.Tensor:
+    """``relation_loss_weight * relation + span_loss_weight * span`` over a training batch
+    (whether each term exists is known on the host: documents with pairs, supervised ones)."""
+    cfg = model.config
+    total = None
+    ents = batch.entities
+    if (out.relation_logits is not None and ents.relation_targets is not None
+            and ents.num_pairs > 0 and cfg.relation_loss_weight > 0):
+        per_pair = pair_losses(cfg.loss, out.relation_logits, ents.relation_targets,
+                               alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, threshold_logits=out.threshold_logits)
+        total = cfg.relation_loss_weight * (per_pair * ents.pair_weight).sum()
+    if out.span_logits is not None and batch.span_targets is not None and batch.span_supervised:
+        per = span_losses(cfg.span_loss, out.span_logits, batch.span_targets, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+        part = cfg.span_loss_weight * (per * batch.span_loss_mask).sum()
+        total = part if total is None else total + part
+    if total is None:
+        # nothing to learn from this batch: a zero that still reaches every head parameter (DDP)
+        return sum(q.sum() * 0 for q in model.head_parameters())
+    return total
