@@ -21,6 +21,7 @@ _EXPORTS = {
     "parse_document": "glidre_core.documents",
     "GLiDRE": "glidre_core.modeling.glidre",
     "LabelEmbeddings": "glidre_core.modeling.label_encoder",
+    "Predictor": "glidre_core.inference",
     "read_documents": "glidre_core.readers",
 }
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from glidre_core.config import GLiDREConfig
     from glidre_core.documents import Document, DocumentError, Entity, Mention, Relation, parse_document
     from glidre_core.modeling.glidre import GLiDRE
+    from glidre_core.inference import Predictor
     from glidre_core.modeling.label_encoder import LabelEmbeddings
     from glidre_core.readers import read_documents
 

@@ -170,7 +170,7 @@ def evaluate_entities(
     start = time.perf_counter()
     predictor = model.predictor(entity_labels=types_list, entity_threshold=threshold, batch_size=batch_size)
     scored = predictor.score_spans(docs)
-    preds = entity_predictions(scored, predictor.entity_types, predictor.entity_type_thresholds())
+    preds = entity_predictions(scored, predictor.entity_types, predictor.entity_thresholds)
     elapsed = time.perf_counter() - start
     result = entity_scores(docs, preds, type_name=model.config.entity_label)
     result.update({

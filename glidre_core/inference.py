@@ -131,6 +131,7 @@ class Predictor:
         self.encoder_cache = encoder_cache
         self._relations: LabelEmbeddings | None = None
         self._types: LabelEmbeddings | None = None
+        self._thresholds = self._entity_thresholds = np.zeros(0, dtype=np.float32)
         if need_entity_types:
             _ = self.entity_types
 
@@ -162,9 +163,15 @@ class Predictor:
         if self._relations is None:
             self._relations = self._resolve(self._relation_spec, self.model.config.labels, "relation labels",
                                             self.model.encode_labels)
-            self.thresholds = per_label_thresholds(self._relations.labels, self._threshold_spec,
-                                                   self.model.config.threshold)
+            self._thresholds = per_label_thresholds(self._relations.labels, self._threshold_spec,
+                                                    self.model.config.threshold)
         return self._relations
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """``[R]`` decision thresholds of the relation labels."""
+        _ = self.relations
+        return self._thresholds
 
     @property
     def entity_types(self) -> LabelEmbeddings:
@@ -177,17 +184,15 @@ class Predictor:
                 )
             self._types = self._resolve(self._entity_spec, self.model.config.entity_labels, "entity types",
                                         self.model.encode_entity_types)
-            self.entity_thresholds = per_label_thresholds(self._types.labels, self._entity_threshold_spec,
-                                                          self.model.config.entity_threshold)
+            self._entity_thresholds = per_label_thresholds(self._types.labels, self._entity_threshold_spec,
+                                                           self.model.config.entity_threshold)
         return self._types
 
-    def relation_thresholds(self) -> np.ndarray:
-        _ = self.relations
-        return self.thresholds
-
-    def entity_type_thresholds(self) -> np.ndarray:
+    @property
+    def entity_thresholds(self) -> np.ndarray:
+        """``[T]`` decision thresholds of the entity types."""
         _ = self.entity_types
-        return self.entity_thresholds
+        return self._entity_thresholds
 
     # -- batching -------------------------------------------------------------------------------
     def prepare(self, items: Iterable[Document | PreparedDocument | str], bare: bool = False) -> list[PreparedDocument]:
@@ -269,7 +274,7 @@ class Predictor:
     # -- rows -----------------------------------------------------------------------------------
     def decode_relations(self, scores: RelationScores, threshold: np.ndarray | None = None) -> list[TripletRow]:
         """Rows for the pairs and labels above the thresholds, best first."""
-        thr = self.relation_thresholds() if threshold is None else threshold
+        thr = self.thresholds if threshold is None else threshold
         doc = scores.prepared.doc
         ents = doc.entities
         labels = self.relations.labels
@@ -298,7 +303,7 @@ class Predictor:
         prepared = self.prepare(items, bare=True)
         out: list[ExtractionResult | None] = [None] * len(prepared)
         types, labels = self.entity_types, self.relations
-        ent_thr, type_names = self.entity_type_thresholds(), list(types.labels)
+        ent_thr, type_names = self.entity_thresholds, list(types.labels)
         with self.inference():
             for idx in self.batches(prepared):
                 docs = [prepared[i] for i in idx]

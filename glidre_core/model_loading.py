@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 def resolve_model_dir(ref: str, tracking_uri: str | None = None) -> Path:
     """Directory of a MODEL reference."""
-    from glidre_core.modeling.glidre import DEFAULT_MODEL_DIR
+    from glidre_core.modeling.persistence import DEFAULT_MODEL_DIR
 
     if ref.startswith("models:/"):
         from glidre_core.registry import download_model_dir

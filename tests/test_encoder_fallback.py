@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import tiny_config
@@ -11,22 +12,86 @@ TINY_DISTILBERT = {
     "model_type": "distilbert", "dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64,
     "vocab_size": 30522, "max_position_embeddings": 512,
 }
+TEXT = ("Marie Curie was born in Warsaw . She later worked in Paris with Pierre Curie and won "
+        "two Nobel prizes .")
+
+
+def _doc(doc_id: str = "d", text: str = TEXT, names=("Marie Curie", "Warsaw")):
+    ents = [{"id": str(i), "mentions": [{"start": text.index(n), "end": text.index(n) + len(n)}]}
+            for i, n in enumerate(names)]
+    return parse_document({"doc_id": doc_id, "text": text, "entities": ents})
+
+
+def _model(**overrides) -> GLiDRE:
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(encoder_config=TINY_DISTILBERT, **overrides))
+    model.eval()
+    return model
 
 
 def test_distilbert_encoder_uses_eager_fallback_and_predicts():
-    torch.manual_seed(0)
-    model = GLiDRE(tiny_config(encoder_config=TINY_DISTILBERT))
+    model = _model()
     assert not model.encoder.bert_like
-    model.eval()
-    doc = parse_document({"doc_id": "d", "text": "Marie Curie was born in Warsaw .", "entities": [
-        {"id": "a", "mentions": [{"start": 0, "end": 11}]},
-        {"id": "b", "mentions": [{"start": 24, "end": 30}]},
-    ]})
-    prepared = [model.prepare(doc)]
+    assert model.encoder.model.config._attn_implementation == "eager"
+    prepared = [model.prepare(_doc())]
     labels = model.encode_labels(["place of birth", "country"])
-    scores = model.score_documents(prepared, labels)[0]
-    assert scores.logits.shape == (2, 2)
+    batch, _ = model.collate(prepared)
+    with torch.no_grad():
+        out = model(batch, labels)
+    assert out.relation_logits.shape == (2, 2)
+    assert torch.isfinite(out.relation_logits).all()
+    rows = model.predict_documents([_doc()], ["place of birth", "country"], threshold=1e-9)[0]
+    assert {(r["head_id"], r["tail_id"]) for r in rows} == {("0", "1"), ("1", "0")}
+    assert len(rows) == 4
     # the attention used for localized context is a real probability distribution over the words
-    encoded = model.encoder.encode([prepared[0].tokens])[0]
-    rows = torch.cat([b.rows for b in encoded.attention])
-    assert torch.all(rows >= 0) and torch.all(rows.sum(-1) <= 1 + 1e-5) and torch.all(rows.sum(-1) > 0.1)
+    with torch.no_grad():
+        _, att = model.encoder(batch)
+    rows_ = att[0]
+    assert torch.all(rows_ >= 0) and torch.all(rows_.sum(-1) <= 1 + 1e-5) and torch.all(rows_.sum(-1) > 0.1)
+
+
+def test_fallback_on_windows_matches_the_model_run_per_window():
+    """Several windows and a padded batch through the fallback: the word vectors and word
+    attention are those of the HF model run on each window alone, stitched with loops."""
+    model = _model(max_length=16, window_overlap=4)
+    prepared = [model.prepare(_doc("a")), model.prepare(_doc("b", "Bern lies in Switzerland .", ("Bern", "Switzerland")))]
+    assert len(prepared[0].tokens.windows) > 1
+    batch, _ = model.collate(prepared)
+    assert not bool(batch.key_mask.all())
+    with torch.no_grad():
+        words, att = model.encoder(batch)
+    cls_id, sep_id, _ = model.encoder.special_ids
+    for b, p in enumerate(prepared):
+        t = p.tokens
+        n = t.num_words
+        token_word = {}
+        for w in range(n):
+            for k in range(t.word_first_token[w], t.word_token_end[w]):
+                token_word[k] = w
+        ref_words = torch.zeros(n, words.shape[-1])
+        ref_att = torch.zeros(n, n)
+        for win in t.windows:
+            ids = [cls_id] + t.token_ids[win.tok_start : win.tok_end] + [sep_id]
+            with torch.no_grad():
+                out = model.encoder.model(input_ids=torch.tensor([ids]), output_attentions=True)
+            hidden, a = out.last_hidden_state[0], out.attentions[-1][0].float().mean(0)
+            for w in range(n):
+                first = t.word_first_token[w]
+                if win.own_start <= first < win.own_end:
+                    pos = first - win.tok_start + 1
+                    ref_words[w] = hidden[pos]
+                    for k in range(win.tok_start, win.tok_end):
+                        ref_att[w, token_word[k]] += a[pos, k - win.tok_start + 1]
+        torch.testing.assert_close(words[b, :n], ref_words, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(att[b, :n, :n], ref_att, atol=1e-6, rtol=1e-5)
+        assert float(att[b, :, n:].abs().sum()) == 0.0 and float(words[b, n:].abs().sum()) == 0.0
+
+
+def test_fallback_encoder_cannot_split_layers():
+    model = _model()
+    batch, _ = model.collate([model.prepare(_doc())])
+    with pytest.raises(ValueError, match="BERT-like"):
+        model.encoder.lower(batch, 1)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="BERT-like"):
+        GLiDRE(tiny_config(encoder_config=TINY_DISTILBERT, trainable_encoder_layers=1))

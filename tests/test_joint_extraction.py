@@ -124,7 +124,7 @@ def test_second_stage_trains_only_the_span_head_of_a_saved_relation_model(tmp_pa
     # init_from: the saved config is the base, the YAML's model keys override it
     assert cfg.init_from == str(base_dir)
     trainer = Trainer(cfg)
-    assert trainer.encoded is not None and trainer.cache is None  # whole encoder frozen: cached once
+    assert trainer.cache is not None and trainer.cache.mode == "encoded"  # whole encoder frozen: cached once
     result = trainer.train()
     # the relation heads were not trained: their dev-chosen threshold is kept
     assert GLiDRE.from_pretrained(result.best_dir).config.threshold == pytest.approx(0.37)

@@ -1,4 +1,5 @@
-"""Head precision at inference: which dtype 'auto' picks, and what bf16 heads change."""
+"""Head and encoder precision at inference: which dtype 'auto' picks, and what bf16 heads (and a
+bf16 encoder) change."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from glidre_core import GLiDRE, parse_document
 from glidre_core.cli import main
 from glidre_core.modeling import precision
-from glidre_core.modeling.precision import head_dtype
+from glidre_core.modeling.precision import encoder_dtype, head_dtype
 
 from conftest import tiny_config
 
@@ -47,12 +48,13 @@ def test_cpu_flag_detection_reads_cpuinfo():
     assert precision.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
-def _logits(model: GLiDRE, prec: str) -> torch.Tensor:
-    model.config.head_precision = prec
-    prep = [model.prepare(_doc())]
+def _logits(model: GLiDRE, prec: str | None = None) -> torch.Tensor:
+    if prec is not None:
+        model.config.head_precision = prec
+    batch, _ = model.collate([model.prepare(_doc())])
     labels = model.encode_labels(LABELS)
     with torch.no_grad():
-        return model.score_documents(prep, labels)[0].logits
+        return model(batch, labels).relation_logits
 
 
 def test_bf16_heads_are_close_to_fp32_and_return_fp32():
@@ -66,6 +68,70 @@ def test_bf16_heads_are_close_to_fp32_and_return_fp32():
     diff = (full - half).abs().max()
     assert 0 < float(diff) < 0.05 * float(full.abs().max()) + 1e-3  # rounded, not a different function
     assert torch.allclose(torch.sigmoid(full), torch.sigmoid(half), atol=0.01)
+
+
+def test_bf16_span_head_is_close_to_fp32_and_returns_fp32():
+    torch.manual_seed(4)
+    model = GLiDRE(tiny_config(hidden_size=32, span_head=True, max_span_width=4))
+    model.eval()
+    batch, _ = model.collate([model.prepare(_doc())])
+    types = model.encode_entity_types(["person", "organization", "location"])
+    out = {}
+    for prec in ("float32", "bfloat16"):
+        model.config.head_precision = prec
+        with torch.no_grad():
+            out[prec] = model(batch, None, types).span_logits
+    full, half = out["float32"], out["bfloat16"]
+    assert full.dtype == half.dtype == torch.float32
+    assert full.shape == half.shape == (1, len(batch.span_grid), 3)
+    diff = (full - half).abs().max()
+    assert 0 < float(diff) < 0.05 * float(full.abs().max()) + 1e-3
+    assert torch.allclose(torch.sigmoid(full), torch.sigmoid(half), atol=0.01)
+
+
+def test_encoder_precision_resolution(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert encoder_dtype("float32", cuda) is torch.float32
+    assert encoder_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown encoder precision 'half'"):
+        encoder_dtype("half", cpu)
+    # auto: fp32 on the CPU even where it has native bf16 (the evaluated numbers stay exact) ...
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert encoder_dtype("auto", cpu) is torch.float32
+    assert head_dtype("auto", cpu) is torch.bfloat16  # ... unlike the heads
+    # ... and bf16 on a GPU that has it
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+        expected = torch.bfloat16 if supported else torch.float32
+        assert encoder_dtype("auto", cuda) is expected
+        assert head_dtype("auto", cuda) is expected
+    assert head_dtype("auto", torch.device("meta")) is torch.float32
+
+
+def test_bf16_encoder_is_close_to_fp32_and_only_at_inference():
+    torch.manual_seed(4)
+    model = GLiDRE(tiny_config(hidden_size=32))
+    model.eval()
+    full = _logits(model)
+    batch, _ = model.collate([model.prepare(_doc())])
+    with torch.no_grad():
+        words_full = model.encode(batch).words
+    model.config.encoder_precision = "bfloat16"
+    half = _logits(model)
+    with torch.no_grad():
+        words_half = model.encode(batch).words
+    # the heads get fp32 word vectors back whatever the encoder ran in
+    assert words_half.dtype == full.dtype == half.dtype == torch.float32
+    assert 0 < float((words_full - words_half).abs().max()) < 0.1 * float(words_full.abs().max())
+    assert 0 < float((full - half).abs().max()) < 0.05 * float(full.abs().max()) + 1e-3
+    # training follows the trainer's own bf16 flag, not encoder_precision
+    model.train()
+    torch.manual_seed(0)
+    a = model.encode(batch).words
+    model.config.encoder_precision = "float32"
+    torch.manual_seed(0)
+    b = model.encode(batch).words
+    assert torch.equal(a, b)
 
 
 def test_training_mode_ignores_head_precision():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from glidre_core import GLiDRE, GLiDREConfig
 from glidre_core.model_loading import load_model
-from glidre_core.modeling.glidre import WEIGHTS_NAME
+from glidre_core.modeling.persistence import WEIGHTS_NAME
 
 from conftest import tiny_config
 

@@ -1,24 +1,30 @@
 """Sub-word windows (modeling/windows.py) and the document encoder (modeling/encoder.py).
 
 The encoder recomputes only the last layer's attention by hand (the other layers run with SDPA);
-these tests pin that hand computation to Hugging Face's eager attention, check that long
-documents are windowed instead of truncated, and that cached frozen layers change nothing.
+these tests pin the batched encoder (all windows of all documents in one padded run, then one
+gather and one scatter-add into word vectors ``[B, W, H]`` and word attention ``[B, W, W]``) to
+Hugging Face's eager attention run one window at a time and stitched with loops; they also check
+that long documents are windowed instead of truncated, that documents in a batch do not mix, and
+that cached frozen layers change nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
 
 from glidre_core import GLiDRE, parse_document
+from glidre_core.modeling.cache import EncoderCache
 from glidre_core.modeling.windows import plan_windows, tokenize_words
 from glidre_core.pretrained import load_tokenizer
 from glidre_core.text import split_words
 
-from conftest import tiny_config
+from conftest import TINY_BERT, tiny_config
 
 LONG_TEXT = (
     "Tokenization of Zürich's municipal archives began in 1998 , when the council of 東京 "
@@ -130,12 +136,23 @@ def test_tokenize_words_rejects_empty(tokenizer):
 
 # -- encoder on windows -------------------------------------------------------------------------
 
+SHORT_TEXT = "A short one about Paris \ufffd and Bern ."  # U+FFFD: a word the tokenizer drops
+
+
 @pytest.fixture(scope="module")
 def windowed_model() -> GLiDRE:
     torch.manual_seed(1)
     model = GLiDRE(tiny_config(max_length=16, window_overlap=4))
     model.eval()
     return model
+
+
+def _prepare(model: GLiDRE, text: str, doc_id: str = "d", names: tuple[str, ...] = ()):
+    ents = []
+    for i, name in enumerate(names):
+        s = text.index(name)
+        ents.append({"id": str(i), "mentions": [{"start": s, "end": s + len(name)}]})
+    return model.prepare(parse_document({"doc_id": doc_id, "text": text, "entities": ents}))
 
 
 def _eager_copy(hf_model):
@@ -148,70 +165,168 @@ def _eager_copy(hf_model):
     return eager
 
 
-def _reference_stitch(tdoc, hidden, attention):
-    """Per-word vectors and dense word-level attention rows, with explicit loops."""
+def _reference_document(model: GLiDRE, eager, tdoc):
+    """Word vectors ``[n, H]`` and dense word attention ``[n, n]`` of one document, with loops:
+    each window encoded alone (no padding) by the eager model, a word's vector and row taken
+    from the window that owns its first sub-word, columns summed over each word's sub-words,
+    [CLS]/[SEP] dropped. Also returns, per word, (owning window, its attention mass on the
+    specials, the document sub-words that window sees)."""
+    cls_id, sep_id, _ = model.encoder.special_ids
     num_words = tdoc.num_words
     token_word = {}
-    for w in range(num_words):
+    for w in range(num_words):  # a later word takes a sub-word it shares (a dropped word's)
         for t in range(tdoc.word_first_token[w], tdoc.word_token_end[w]):
-            token_word.setdefault(t, w)
-    vectors, rows = {}, {}
+            token_word[t] = w
+    vectors = torch.zeros(num_words, model.encoder.hidden_size)
+    dense = torch.zeros(num_words, num_words)
+    info = {}
     for k, win in enumerate(tdoc.windows):
+        ids = [cls_id] + tdoc.token_ids[win.tok_start : win.tok_end] + [sep_id]
+        with torch.no_grad():
+            out = eager(input_ids=torch.tensor([ids]), output_attentions=True)
+        hidden, att = out.last_hidden_state[0], out.attentions[-1][0].float().mean(0)
         for w in range(num_words):
             first = tdoc.word_first_token[w]
             if not win.own_start <= first < win.own_end:
                 continue
+            assert w not in info, "a word owned by two windows"
             pos = first - win.tok_start + 1
-            vectors[w] = hidden[k, pos]
-            row = torch.zeros(num_words)
+            vectors[w] = hidden[pos]
             for t in range(win.tok_start, win.tok_end):
-                row[token_word[t]] += attention[k][pos, t - win.tok_start + 1]
-            rows[w] = (row, k, pos)
-    return vectors, rows
+                dense[w, token_word[t]] += att[pos, t - win.tok_start + 1]
+            info[w] = (k, float(att[pos, 0] + att[pos, len(ids) - 1]), range(win.tok_start, win.tok_end))
+    assert sorted(info) == list(range(num_words)), "a word owned by no window"
+    return vectors, dense, info
 
 
 def test_long_document_is_windowed_not_truncated(windowed_model):
     model = windowed_model
-    words = split_words(LONG_TEXT)
-    tdoc = model.encoder.tokenize(words.tokens)
+    p = _prepare(model, LONG_TEXT)
+    tdoc = p.tokens
+    num_words = tdoc.num_words
     assert len(tdoc.token_ids) > 3 * 14
     assert len(tdoc.windows) >= 4
-    windows = model.encoder.window_ids(tdoc)
-    assert all(len(w) <= 16 for w in windows)
+    batch, _ = model.collate([p])
+    # one encoder row per window, none longer than max_length
+    assert batch.input_ids.shape == (len(tdoc.windows), 16)
+    assert batch.window_lengths == [w.tok_end - w.tok_start + 2 for w in tdoc.windows]
+    assert batch.window_doc == [0] * len(tdoc.windows)
     with torch.no_grad():
-        (enc,) = model.encoder.encode([tdoc])
-        hidden, attention, mask = model.encoder.forward_windows(windows)
-    num_words = len(words)
-    assert enc.word_vectors.shape == (num_words, model.encoder.hidden_size)
-    # one row per word, over all blocks
-    row_words = torch.cat([b.row_words for b in enc.attention]).tolist()
-    assert sorted(row_words) == list(range(num_words))
-    assert len(enc.attention) == len(tdoc.windows)
+        words, att = model.encoder(batch)
+    assert words.shape == (1, num_words, model.encoder.hidden_size)
+    assert att.shape == (1, num_words, num_words)
 
-    ref_vectors, ref_rows = _reference_stitch(tdoc, hidden, attention)
-    assert sorted(ref_vectors) == list(range(num_words))
+    # every word owned once: one computed attention row and one source state per word
+    real_rows = batch.row_target[batch.row_target < num_words].tolist()
+    assert sorted(real_rows) == list(range(num_words))
+    assert len(set(batch.word_source.tolist())) == num_words  # no dropped words in this text
+
+    ref_words, ref_att, info = _reference_document(model, _eager_copy(model.encoder.model), tdoc)
+    torch.testing.assert_close(words[0], ref_words, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(att[0], ref_att, atol=1e-6, rtol=1e-5)
+    assert (words[0].abs().sum(-1) > 0).all()  # the last words get real vectors too
+    seen_windows = set()
     for w in range(num_words):
-        assert torch.allclose(enc.word_vectors[w], ref_vectors[w], atol=1e-6)
-        assert enc.word_vectors[w].abs().sum() > 0  # the last words get real vectors too
-    for block in enc.attention:
-        width = block.col_end - block.col_start
-        assert block.rows.shape == (block.row_words.numel(), width)
-        assert 0 <= block.col_start < block.col_end <= num_words
-        assert width < num_words  # a window sees only part of the document
-        for i, w in enumerate(block.row_words.tolist()):
-            ref_row, k, pos = ref_rows[w]
-            dense = torch.zeros(num_words)
-            dense[block.col_start : block.col_end] = block.rows[i]
-            assert torch.allclose(dense, ref_row, atol=1e-6)
-            # specials dropped: the row sums to 1 minus the mass on [CLS] and [SEP]
-            length = int(mask[k].sum())
-            specials = attention[k][pos, 0] + attention[k][pos, length - 1]
-            s = float(block.rows[i].sum())
-            assert s == pytest.approx(1.0 - float(specials), abs=1e-5)
-            assert 0.3 < s <= 1.0 + 1e-5
-    # the mention at the very end of the document is encoded in the last window
-    last = num_words - 1
-    assert tdoc.windows[-1].own_start <= tdoc.word_first_token[last] < tdoc.windows[-1].own_end
+        k, specials, seen = info[w]
+        seen_windows.add(k)
+        # specials dropped: the row sums to 1 minus the mass on [CLS] and [SEP]
+        s = float(att[0, w].sum())
+        assert s == pytest.approx(1.0 - specials, abs=1e-5)
+        assert 0.3 < s < 1.0
+        # columns outside the owning window are 0: a window sees only part of the document
+        visible = {j for j in range(num_words) if any(t in seen for t in range(tdoc.word_first_token[j], tdoc.word_token_end[j]))}
+        assert len(visible) < num_words
+        outside = [j for j in range(num_words) if j not in visible]
+        assert float(att[0, w, outside].abs().sum()) == 0.0
+    assert seen_windows == set(range(len(tdoc.windows)))  # every window owns some word
+    # the word at the very end of the document is encoded in the last window
+    assert info[num_words - 1][0] == len(tdoc.windows) - 1
+
+
+def test_batched_encoder_matches_eager_reference_per_document(windowed_model):
+    """Documents of different lengths in one batch (padded windows, padded words, a dropped
+    word sharing its neighbour's sub-word) against the per-window eager reference."""
+    model = windowed_model
+    prepared = [_prepare(model, LONG_TEXT, "a"), _prepare(model, SHORT_TEXT, "b"), _prepare(model, LONG_TEXT[:120], "c")]
+    batch, _ = model.collate(prepared)
+    assert len(set(batch.window_lengths)) > 1  # some windows are padded
+    with torch.no_grad():
+        words, att = model.encoder(batch)
+    eager = _eager_copy(model.encoder.model)
+    wmax = batch.max_words
+    for b, p in enumerate(prepared):
+        n = p.tokens.num_words
+        ref_words, ref_att, _ = _reference_document(model, eager, p.tokens)
+        torch.testing.assert_close(words[b, :n], ref_words, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(att[b, :n, :n], ref_att, atol=1e-6, rtol=1e-5)
+        # padded words: zero vectors, zero rows, and no real word attends to them
+        assert float(words[b, n:].abs().sum()) == 0.0
+        assert float(att[b, n:].abs().sum()) == 0.0
+        assert float(att[b, :, n:].abs().sum()) == 0.0
+        assert n < wmax or b == 0
+    # the dropped word (U+FFFD) borrows "and"'s first sub-word: same vector, same row, and the
+    # shared sub-word's column counts for "and"
+    short = prepared[1].tokens
+    words_b = split_words(SHORT_TEXT).tokens
+    i = words_b.index("\ufffd")
+    assert short.word_first_token[i] == short.word_first_token[i + 1]
+    torch.testing.assert_close(words[1, i], words[1, i + 1])
+    torch.testing.assert_close(att[1, i], att[1, i + 1])
+    assert float(att[1, :, i].abs().sum()) == 0.0 and float(att[1, :6, i + 1].sum()) > 0
+
+
+def test_windows_match_eager_on_padded_batch(windowed_model):
+    """The encoder's windows (hidden states and the attention rows of the words' first
+    sub-words) against the eager model on the same padded input."""
+    model = windowed_model
+    prepared = [_prepare(model, LONG_TEXT, "a"), _prepare(model, SHORT_TEXT, "b")]
+    batch, _ = model.collate(prepared)
+    eager = _eager_copy(model.encoder.model)
+    with torch.no_grad():
+        hidden, rows = model.encoder.windows(batch)
+        out = eager(input_ids=batch.input_ids, attention_mask=batch.key_mask.long(), output_attentions=True)
+    ref = out.attentions[-1].float().mean(1)  # [K, L, L]
+    valid = batch.key_mask
+    assert not bool(valid.all())  # padding is exercised
+    torch.testing.assert_close(hidden[valid], out.last_hidden_state[valid], atol=1e-5, rtol=1e-5)
+    used = batch.row_target < batch.size * batch.max_words
+    expected = ref.gather(1, batch.row_positions[:, :, None].expand(-1, -1, ref.shape[-1]))
+    torch.testing.assert_close(rows[used], expected[used], atol=1e-6, rtol=1e-5)
+    # no attention on padded keys, and each computed row is a distribution over the real tokens
+    assert float(rows[used][~valid[:, None, :].expand_as(rows)[used]].abs().sum()) == 0.0
+    torch.testing.assert_close(rows[used].sum(-1), torch.ones(int(used.sum())))
+
+
+def test_generic_last_layer_path_equals_hand_written_one(windowed_model, monkeypatch):
+    """Encoders whose last layer is not plain BERT run it through the HF layer and compute the
+    attention rows separately: the same numbers."""
+    model = windowed_model
+    batch, _ = model.collate([_prepare(model, LONG_TEXT, "a"), _prepare(model, SHORT_TEXT, "b")])
+    assert model.encoder._hand_last_layer()
+    with torch.no_grad():
+        words, att = model.encoder(batch)
+        monkeypatch.setattr(type(model.encoder), "_hand_last_layer", lambda self: False)
+        words2, att2 = model.encoder(batch)
+    torch.testing.assert_close(words, words2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(att, att2, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("multiple", [1, 8, 64])
+def test_batching_and_length_buckets_do_not_mix_documents(multiple):
+    torch.manual_seed(1)
+    model = GLiDRE(tiny_config(max_length=16, window_overlap=4, length_multiple=multiple))
+    model.eval()
+    prepared = [_prepare(model, LONG_TEXT, "a"), _prepare(model, SHORT_TEXT, "b"), _prepare(model, LONG_TEXT[:120], "c")]
+    with torch.no_grad():
+        batch, _ = model.collate(prepared)
+        assert batch.window_length % multiple == 0 and batch.window_length >= 16
+        together = model.encoder(batch)
+        alone = [model.encoder(model.collate([p])[0]) for p in prepared]
+    for b, (p, (w, a)) in enumerate(zip(prepared, alone)):
+        n = p.tokens.num_words
+        assert w.shape[1] == n
+        torch.testing.assert_close(together[0][b, :n], w[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together[1][b, :n, :n], a[0], atol=1e-6, rtol=1e-5)
 
 
 def test_entity_at_end_of_long_document_is_scored(windowed_model):
@@ -228,128 +343,119 @@ def test_entity_at_end_of_long_document_is_scored(windowed_model):
     })
     prep = windowed_model.prepare(doc)
     assert prep.mention_spans[1][0][0] == len(split_words(text)) - 2  # "Winterthur ."
+    assert len(prep.tokens.windows) >= 4
     rows = windowed_model.predict_documents([doc], ["located in"], threshold=1e-9)[0]
     assert {(r["head_id"], r["tail_id"]) for r in rows} == {("a", "b"), ("b", "a")}
 
 
-def test_hand_computed_attention_matches_eager_tiny(windowed_model):
-    model = windowed_model
-    tdoc = model.encoder.tokenize(split_words(LONG_TEXT).tokens)
-    # windows of different lengths so padding is exercised
-    windows = model.encoder.window_ids(tdoc)[:2] + [model.encoder.window_ids(tdoc)[0][:7]]
-    ids, mask = model.encoder._pad(windows)
-    eager = _eager_copy(model.encoder.model)
-    with torch.no_grad():
-        hidden, attention, mask_out = model.encoder.forward_windows(windows)
-        out = eager(input_ids=ids, attention_mask=mask, output_attentions=True)
-    ref_attention = out.attentions[-1].float().mean(1)
-    valid = mask.bool()
-    assert torch.equal(mask_out, mask)
-    assert len(attention) == 3
-    for i, w in enumerate(windows):
-        n = len(w)
-        # only the real tokens: rows and columns of padding are never computed
-        assert attention[i].shape == (n, n)
-        assert torch.allclose(attention[i], ref_attention[i, :n, :n], atol=1e-5)
-        # the eager reference puts no mass on padding either: nothing was dropped
-        assert float(ref_attention[i, :n, n:].abs().sum()) == 0.0
-    assert torch.allclose(hidden[valid], out.last_hidden_state[valid], atol=1e-5)
-    # selected rows are the same rows
-    rows = [torch.tensor([0, 3]), torch.tensor([5]), torch.tensor([6, 1, 2])]
-    with torch.no_grad():
-        _, picked, _ = model.encoder.forward_windows(windows, rows)
-    for i, pos in enumerate(rows):
-        assert torch.allclose(picked[i], attention[i][pos], atol=1e-6)
+# -- cached frozen layers -------------------------------------------------------------------------
+
+CACHE_TEXTS = {
+    "long": (LONG_TEXT, ("Tokenization", "Zürich's", "Hämäläinen", "Winterthur")),
+    "short": ("Anna Schmidt works for Siemens in Munich and lives near Augsburg .",
+              ("Anna Schmidt", "Siemens", "Munich", "Augsburg")),
+    "tiny": ("Bern and Basel .", ("Bern", "Basel")),
+}
 
 
-def test_batching_documents_does_not_mix_them(windowed_model):
-    model = windowed_model
-    docs = [
-        model.encoder.tokenize(split_words(LONG_TEXT).tokens),
-        model.encoder.tokenize(split_words("A short one about Paris .").tokens),
-        model.encoder.tokenize(split_words(LONG_TEXT[:120]).tokens),
-    ]
-    with torch.no_grad():
-        together = model.encoder.encode(docs)
-        alone = [model.encoder.encode([d])[0] for d in docs]
-    for a, b in zip(together, alone):
-        assert torch.allclose(a.word_vectors, b.word_vectors, atol=1e-5)
-        assert len(a.attention) == len(b.attention)
-        for x, y in zip(a.attention, b.attention):
-            assert torch.equal(x.row_words, y.row_words)
-            assert (x.col_start, x.col_end) == (y.col_start, y.col_end)
-            assert torch.allclose(x.rows, y.rows, atol=1e-5)
-
-
-def test_encode_from_cache_equals_encode():
+def _cache_model(**overrides) -> GLiDRE:
     torch.manual_seed(2)
-    model = GLiDRE(tiny_config(max_length=16, window_overlap=4, trainable_encoder_layers=1))
+    model = GLiDRE(tiny_config(max_length=16, window_overlap=4, **overrides))
     model.eval()
-    assert model.frozen_split == 1
-    # the lower layer and the embeddings are frozen, the last layer is not
+    return model
+
+
+@pytest.mark.parametrize("num_layers, trainable", [(2, 1), (3, 2), (3, 1)])
+def test_lower_states_equal_running_every_layer(num_layers, trainable):
+    model = _cache_model(trainable_encoder_layers=trainable,
+                         encoder_config={**TINY_BERT, "num_hidden_layers": num_layers})
+    split = num_layers - trainable
+    assert model.frozen_split == split
+    # the lower layers and the embeddings are frozen, the upper ones are not
     enc = model.encoder.model
     assert not any(p.requires_grad for p in enc.embeddings.parameters())
-    assert not any(p.requires_grad for p in enc.encoder.layer[0].parameters())
-    assert all(p.requires_grad for p in enc.encoder.layer[1].parameters())
-    docs = [
-        model.encoder.tokenize(split_words(LONG_TEXT).tokens),
-        model.encoder.tokenize(split_words("Short text about Bern and Basel .").tokens),
-    ]
+    for i, layer in enumerate(enc.encoder.layer):
+        assert all(p.requires_grad == (i >= split) for p in layer.parameters())
+    batch, _ = model.collate([_prepare(model, t, i, n) for i, (t, n) in CACHE_TEXTS.items()])
     with torch.no_grad():
-        cached = [model.encoder.lower(model.encoder.window_ids(d), model.frozen_split) for d in docs]
-        from_cache = model.encoder.encode_from_cache(docs, cached, model.frozen_split)
-        direct = model.encoder.encode(docs)
-    assert [len(c) for c in cached] == [len(d.windows) for d in docs]
-    for d, c in zip(docs, cached):
-        for state, win in zip(c, model.encoder.window_ids(d)):
-            assert state.shape == (len(win), model.encoder.hidden_size)  # unpadded
-    for a, b in zip(from_cache, direct):
-        assert torch.allclose(a.word_vectors, b.word_vectors, atol=1e-5)
-        for x, y in zip(a.attention, b.attention):
-            assert torch.equal(x.row_words, y.row_words)
-            assert torch.allclose(x.rows, y.rows, atol=1e-5)
+        lower = model.encoder.lower(batch, model.frozen_split)
+        assert lower.shape == (*batch.input_ids.shape, model.encoder.hidden_size)
+        with pytest.raises(ValueError, match="lower-layer states"):
+            model.encoder.windows(batch, model.frozen_split)
+        direct = model.encoder(batch)
+        from_lower = model.encoder(dataclasses.replace(batch, lower_states=lower), model.frozen_split)
+    torch.testing.assert_close(from_lower[0], direct[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_lower[1], direct[1], atol=1e-6, rtol=1e-5)
 
 
-def test_cached_scores_equal_uncached_scores():
-    torch.manual_seed(3)
-    model = GLiDRE(tiny_config(max_length=16, window_overlap=4, trainable_encoder_layers=1))
-    model.eval()
-    text = "Anna Schmidt works for Siemens in Munich and lives near Augsburg ."
-    ents = []
-    for i, name in enumerate(["Anna Schmidt", "Siemens", "Munich", "Augsburg"]):
-        s = text.index(name)
-        ents.append({"id": str(i), "mentions": [{"start": s, "end": s + len(name)}]})
-    prep = [model.prepare(parse_document({"doc_id": "d", "text": text, "entities": ents}))]
+@pytest.mark.parametrize("mode, layers", [("lower", 1), ("encoded", 0)])
+def test_cached_logits_equal_uncached_logits(mode, layers):
+    model = _cache_model(trainable_encoder_layers=layers)
+    assert model.frozen_split == (1 if mode == "lower" else 2)
+    prepared = {i: _prepare(model, t, i, n) for i, (t, n) in CACHE_TEXTS.items()}
+    # cached in batches of two sorted by length: each document is padded differently from the
+    # batch it is scored in
+    cache = EncoderCache(model, prepared, mode, batch_size=2)
+    assert set(cache.entries) == set(prepared)
+    if mode == "lower":
+        for doc_id, p in prepared.items():  # unpadded states, one per window
+            states = cache.entries[doc_id]
+            assert [s.shape[0] for s in states] == [w.tok_end - w.tok_start + 2 for w in p.tokens.windows]
+    else:
+        for doc_id, p in prepared.items():
+            words, att = cache.entries[doc_id]
+            n = p.tokens.num_words
+            assert words.shape == (n, model.encoder.hidden_size) and att.shape == (n, n)
     labels = model.encode_labels(["employer", "residence"])
+    docs = [prepared["short"], prepared["long"], prepared["tiny"]]
     with torch.no_grad():
-        cache = [model.encoder.lower(model.encoder.window_ids(prep[0].tokens), model.frozen_split)]
-        a = model.score_documents(prep, labels, cache)[0]
-        b = model.score_documents(prep, labels)[0]
-    assert a.logits.shape == (12, 2)
-    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+        batch, _ = model.collate(docs)
+        cached_batch = cache.attach(batch)
+        assert (cached_batch.lower_states is not None) == (mode == "lower")
+        assert (cached_batch.encoded is not None) == (mode == "encoded")
+        a = model(cached_batch, labels).relation_logits
+        b = model(batch, labels).relation_logits
+    assert a.shape == b.shape == (12 + 12 + 2, 2)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # the inference layer takes the cache too (training's dev evaluation)
+    with_cache = model.predictor(relation_labels=labels, encoder_cache=cache, batch_size=2).score_relations(docs)
+    without = model.predictor(relation_labels=labels, batch_size=2).score_relations(docs)
+    for x, y in zip(with_cache, without):
+        np.testing.assert_allclose(x.probs, y.probs, atol=1e-6)
+        assert x.heads.tolist() == y.heads.tolist() and x.tails.tolist() == y.tails.tolist()
+    # a document the cache does not hold is an error, not a silent recomputation
+    other = _prepare(model, "Zug and Chur .", "other", ("Zug", "Chur"))
+    with pytest.raises(KeyError, match="other"):
+        cache.attach(model.collate([other])[0])
 
 
 # -- the real MiniLM ------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_hand_computed_attention_matches_eager_minilm(minilm_model):
+def test_encoder_matches_eager_minilm(minilm_model):
     model = minilm_model
     text = (
         "Marie Curie was a Polish and naturalised-French physicist and chemist who conducted "
         "pioneering research on radioactivity . She was the first woman to win a Nobel Prize ."
     )
-    tdoc = model.encoder.tokenize(split_words(text).tokens)
-    full = model.encoder.window_ids(tdoc)[0]
-    windows = [full, full[:9] + [model.encoder.tokenizer.sep_token_id]]
-    ids, mask = model.encoder._pad(windows)
+    prepared = [_prepare(model, text, "a"), _prepare(model, "Curie won a Nobel Prize .", "b")]
+    batch, _ = model.collate(prepared)
+    assert not bool(batch.key_mask.all())  # the second window is padded
     eager = _eager_copy(model.encoder.model)
     with torch.no_grad():
-        hidden, attention, _ = model.encoder.forward_windows(windows)
-        ref = eager(input_ids=ids, attention_mask=mask, output_attentions=True)
-        plain = model.encoder.model(input_ids=ids, attention_mask=mask)
-    valid = mask.bool()
-    ref_attention = ref.attentions[-1].float().mean(1)
-    for i, w in enumerate(windows):
-        assert torch.allclose(attention[i], ref_attention[i, : len(w), : len(w)], atol=1e-5)
-    assert torch.allclose(hidden[valid], plain.last_hidden_state[valid], atol=1e-4)
-    assert torch.allclose(hidden[valid], ref.last_hidden_state[valid], atol=1e-4)
+        hidden, rows = model.encoder.windows(batch)
+        words, att = model.encoder(batch)
+        ref = eager(input_ids=batch.input_ids, attention_mask=batch.key_mask.long(), output_attentions=True)
+        plain = model.encoder.model(input_ids=batch.input_ids, attention_mask=batch.key_mask.long())
+    valid = batch.key_mask
+    torch.testing.assert_close(hidden[valid], plain.last_hidden_state[valid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(hidden[valid], ref.last_hidden_state[valid], atol=1e-4, rtol=1e-4)
+    ref_att = ref.attentions[-1].float().mean(1)
+    used = batch.row_target < batch.size * batch.max_words
+    expected = ref_att.gather(1, batch.row_positions[:, :, None].expand(-1, -1, ref_att.shape[-1]))
+    torch.testing.assert_close(rows[used], expected[used], atol=1e-5, rtol=1e-4)
+    for b, p in enumerate(prepared):
+        n = p.tokens.num_words
+        ref_words, ref_dense, _ = _reference_document(model, eager, p.tokens)
+        torch.testing.assert_close(words[b, :n], ref_words, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(att[b, :n, :n], ref_dense, atol=1e-5, rtol=1e-4)

@@ -149,7 +149,7 @@ def _local_storage() -> Storage:
 def threshold_spec(
     labels: Sequence[str], threshold: float | None, thresholds: dict[str, float]
 ) -> float | dict[str, float] | None:
-    """What :meth:`GLiDRE._threshold_vector` takes: None (the model's), a float, or per label.
+    """What :class:`glidre_core.inference.Predictor` takes as ``threshold``: None (the model's), a float, or per label.
 
     Per-label entries override the global value (or the model's threshold when no global value
     is set, which the model fills in for labels missing from the dict).
@@ -167,7 +167,7 @@ def threshold_spec(
 def entity_threshold_spec(
     types: Sequence[str], threshold: float | dict[str, float] | None
 ) -> float | dict[str, float] | None:
-    """What :meth:`GLiDRE._entity_threshold_vector` takes; a per-type dict may only name types of
+    """What :class:`glidre_core.inference.Predictor` takes as ``entity_threshold``; a per-type dict may only name types of
     the run (types missing from it use the model's dev-chosen entity threshold)."""
     if isinstance(threshold, dict):
         unknown = sorted(set(threshold) - set(types))

@@ -7,7 +7,7 @@
    with a span head, the entity types) ONCE in ``__init__``, then turns each batch of prepared
    documents into one result row per document (nested triplets and entities), or a failure row.
    Documents given with entities only get relations (``entity_source="given"``); documents
-   without entities get entities and relations from the joint path ``GLiDRE.extract_prepared``
+   without entities get entities and relations from the joint path (``Predictor.extract``)
    (``entity_source="predicted"``), or, when the model has no span head, a ``NoEntities`` failure.
 
 Error flow: nothing raised by a single document escapes either stage. A record that is not

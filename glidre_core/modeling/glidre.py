@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-from glidre_core.modeling.persistence import DEFAULT_MODEL_DIR, WEIGHTS_NAME  # noqa: E402,F401 (re-exported)
 
 
 @dataclass

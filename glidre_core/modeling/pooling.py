@@ -45,7 +45,7 @@ def pool_entities(
         bsz, n, k = which.shape
         gathered = torch.gather(
             mentions, 1, which.clamp(min=0).reshape(bsz, n * k, 1).expand(-1, -1, mentions.shape[-1])
-        ).view(bsz, n, k, -1)
+        ).view(bsz, n, k, mentions.shape[-1])
         gathered = gathered.masked_fill((which < 0).unsqueeze(-1), float("-inf"))
         vectors = torch.logsumexp(gathered, dim=2)
         # padded entities have no mention at all: 0, not -inf

@@ -36,14 +36,22 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def head_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype the heads run in for ``precision`` (one of :data:`HEAD_PRECISIONS`)."""
+def _fixed(precision: str, what: str) -> torch.dtype | None:
+    """The dtype ``precision`` names, None for ``auto``; an unknown name is an error."""
     if precision == "float32":
         return torch.float32
     if precision == "bfloat16":
         return torch.bfloat16
     if precision != "auto":
-        raise ValueError(f"unknown head precision {precision!r}; expected one of {', '.join(HEAD_PRECISIONS)}")
+        raise ValueError(f"unknown {what} precision {precision!r}; expected one of {', '.join(HEAD_PRECISIONS)}")
+    return None
+
+
+def head_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the heads run in for ``precision`` (one of :data:`HEAD_PRECISIONS`)."""
+    fixed = _fixed(precision, "head")
+    if fixed is not None:
+        return fixed
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type == "cpu":
@@ -58,12 +66,9 @@ def encoder_dtype(precision: str, device: torch.device) -> torch.dtype:
     whole of the tensor cores) and fp32 on the CPU, where the encoder's numbers stay exactly those
     the default model was evaluated with. ``bfloat16`` forces bf16 autocast anywhere.
     """
-    if precision == "float32":
-        return torch.float32
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ValueError(f"unknown encoder precision {precision!r}; expected one of {', '.join(HEAD_PRECISIONS)}")
+    fixed = _fixed(precision, "encoder")
+    if fixed is not None:
+        return fixed
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32

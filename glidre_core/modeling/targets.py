@@ -58,16 +58,17 @@ def relation_target_arrays(
     }
 
 
-def document_span_targets(
-    cfg: GLiDREConfig, prepared: PreparedDocument, entity_types: Sequence[str], spans: np.ndarray
-) -> np.ndarray | None:
-    """``[S, T]`` gold matrix over ``spans`` (``[S, 2]``), or None when the document cannot
-    supervise the span head: an entity without a type (its spans would be taught as negatives).
-    Mentions longer than ``max_span_width`` words are not candidates and are left out; mentions
-    of a type outside ``entity_types`` are negatives for every type."""
+def gold_spans(
+    cfg: GLiDREConfig, prepared: PreparedDocument, entity_types: Sequence[str]
+) -> list[tuple[int, int, int]] | None:
+    """``(start, end, type column)`` of the document's gold mentions that are candidate spans,
+    or None when the document cannot supervise the span head: an entity without a type (its
+    spans would be taught as negatives). Mentions longer than ``max_span_width`` words are not
+    candidates and are left out; mentions of a type outside ``entity_types`` are negatives for
+    every type."""
     width = cfg.max_span_width
     type_index = {cfg.normalize_label(t): i for i, t in enumerate(entity_types)}
-    gold: dict[tuple[int, int], list[int]] = {}
+    out = []
     for ent, ment in zip(prepared.doc.entities, prepared.mention_spans):
         label = cfg.entity_label(ent.type)
         if label is None:
@@ -75,15 +76,31 @@ def document_span_targets(
         t = type_index.get(label)
         if t is None:
             continue
-        for w0, w1 in ment:
-            if 1 <= w1 - w0 <= width:
-                gold.setdefault((w0, w1), []).append(t)
+        out.extend((w0, w1, t) for w0, w1 in ment if 1 <= w1 - w0 <= width)
+    return out
+
+
+def span_positions(spans: np.ndarray, num_words: int, width: int) -> np.ndarray:
+    """``[num_words, width]`` lookup: the row of span ``(s, s + k + 1)`` in ``spans``, or -1."""
+    pos = np.full((max(num_words, 1), width), -1, dtype=np.int64)
+    if len(spans):
+        pos[spans[:, 0], spans[:, 1] - spans[:, 0] - 1] = np.arange(len(spans))
+    return pos
+
+
+def document_span_targets(
+    cfg: GLiDREConfig, prepared: PreparedDocument, entity_types: Sequence[str], spans: np.ndarray
+) -> np.ndarray | None:
+    """``[S, T]`` gold matrix over ``spans`` (``[S, 2]``), or None (see :func:`gold_spans`)."""
+    gold = gold_spans(cfg, prepared, entity_types)
+    if gold is None:
+        return None
     out = np.zeros((len(spans), len(entity_types)), dtype=np.float32)
-    if gold:
-        row = {(int(s), int(e)): i for i, (s, e) in enumerate(spans)}
-        for key, types in gold.items():
-            if key in row:
-                out[row[key], types] = 1.0
+    pos = span_positions(np.asarray(spans), prepared.tokens.num_words, cfg.max_span_width)
+    for w0, w1, t in gold:
+        row = pos[w0, w1 - w0 - 1]
+        if row >= 0:
+            out[row, t] = 1.0
     return out
 
 
@@ -100,24 +117,27 @@ def span_target_arrays(
     cfg: GLiDREConfig, prepared: Sequence[PreparedDocument], entity_types: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """``span_targets [B, S, T]`` and ``span_loss_mask [B, S, T]`` (the weight of every element
-    in the span loss; 0 for padded spans, out-of-scope types and unsupervised documents)."""
+    in the span loss; 0 for padded spans, out-of-scope types and unsupervised documents), over
+    the batch's span grid (:func:`glidre_core.modeling.batch.span_grid`)."""
+    width = cfg.max_span_width
     wmax = max(p.tokens.num_words for p in prepared)
-    starts, ends = span_grid(wmax, cfg.max_span_width)
-    grid = np.stack([starts, ends], -1)
+    starts, ends = span_grid(wmax, width)
+    pos = span_positions(np.stack([starts, ends], -1), wmax, width)
     bsz, num_types = len(prepared), len(entity_types)
-    targets = np.zeros((bsz, len(grid), num_types), dtype=np.float32)
+    targets = np.zeros((bsz, len(starts), num_types), dtype=np.float32)
     mask = np.zeros_like(targets)
-    per_doc = []
+    supervised = []
     for b, p in enumerate(prepared):
-        valid = ends <= p.tokens.num_words
-        gold = document_span_targets(cfg, p, entity_types, grid[valid])
+        gold = gold_spans(cfg, p, entity_types)
         if gold is None:
             continue
-        targets[b, valid] = gold
-        per_doc.append((b, valid, type_scope_mask(cfg, p, entity_types), int(valid.sum())))
-    for b, valid, scope, n in per_doc:
-        mask[b][np.ix_(valid, scope)] = 1.0 / (n * len(per_doc))
-    return {"span_targets": targets, "span_loss_mask": mask, "span_supervised": np.asarray(len(per_doc) > 0)}
+        if gold:
+            w0, w1, t = (np.asarray(x, dtype=np.int64) for x in zip(*gold))
+            targets[b, pos[w0, w1 - w0 - 1], t] = 1.0
+        supervised.append((b, ends <= p.tokens.num_words, type_scope_mask(cfg, p, entity_types)))
+    for b, valid, scope in supervised:
+        mask[b][np.ix_(valid, scope)] = 1.0 / (int(valid.sum()) * len(supervised))
+    return {"span_targets": targets, "span_loss_mask": mask, "span_supervised": np.asarray(bool(supervised))}
 
 
 def training_batch(

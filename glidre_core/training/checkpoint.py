@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from glidre_core.modeling import GLiDRE
-from glidre_core.modeling.glidre import WEIGHTS_NAME
+from glidre_core.modeling.persistence import WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 

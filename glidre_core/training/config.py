@@ -125,7 +125,7 @@ class TrainingConfig(BaseModel):
         architecture of the weights it starts from."""
         if not isinstance(data, dict) or not data.get("init_from"):
             return data
-        from glidre_core.modeling.glidre import DEFAULT_MODEL_DIR
+        from glidre_core.modeling.persistence import DEFAULT_MODEL_DIR
 
         src = DEFAULT_MODEL_DIR if str(data["init_from"]) == "default" else Path(data["init_from"])
         base = GLiDREConfig.load(src).model_dump()

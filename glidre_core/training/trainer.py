@@ -256,7 +256,7 @@ class Trainer:
     def _init_from(self, source: str) -> None:
         """Start from saved weights; tensors of parts the saved model lacks (a span head added
         in this run) keep their fresh initialisation."""
-        from glidre_core.modeling.glidre import DEFAULT_MODEL_DIR, WEIGHTS_NAME
+        from glidre_core.modeling.persistence import DEFAULT_MODEL_DIR, WEIGHTS_NAME
 
         directory = DEFAULT_MODEL_DIR if source == "default" else Path(source)
         self.model.load_weights(directory / WEIGHTS_NAME, allow_missing=("span_head.",))
