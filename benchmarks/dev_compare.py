@@ -29,8 +29,9 @@ def main(model_dirs: list[str]) -> None:
     conll_dev = read_documents("../shared/data/conll04/conll04_dev.json", "conll04")
     for directory in model_dirs:
         model = GLiDRE.from_pretrained(directory)
-        redocred = dev_sweep(model, redocred_dev, model._label_embeddings(model.config.labels))
-        conll = dev_sweep(model, conll_dev, model._label_embeddings(relation_labels(conll_dev)))
+        # labels as strings: dev_sweep embeds them once, in eval mode, through model.predictor
+        redocred = dev_sweep(model, redocred_dev, list(model.config.labels))
+        conll = dev_sweep(model, conll_dev, relation_labels(conll_dev))
         print(json.dumps({"model": directory, "redocred_dev_f1": redocred.best_f1, "conll04_dev_f1": conll.best_f1}))
 
 

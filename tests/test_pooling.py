@@ -115,8 +115,9 @@ def _naive_pair_logits(scorer: PairScorer, ent_vec, ent_att, words, h: int, t: i
     return torch.stack([(pair * lab).sum() for lab in labels])
 
 
-def _index(docs, pooling="mean"):
-    return build_entity_index([d["spans"] for d in docs], max(d["words"] for d in docs), CPU, pooling == "logsumexp")
+def _index(docs, pooling="mean", chunk=None):
+    return build_entity_index([d["spans"] for d in docs], max(d["words"] for d in docs), CPU,
+                              pooling == "logsumexp", chunk)
 
 
 def _scorer(chunk: int, seed: int = 0) -> PairScorer:
@@ -214,14 +215,23 @@ def test_entity_index_pairs_of_a_padded_batch():
     counts = [len(d["spans"]) for d in DOCS]
     assert index.num_entities == counts and index.max_entities == 4
     assert index.pair_counts == [6, 3, 0, 1] and index.max_pairs == 6
-    assert index.num_pairs == 2 * (6 + 3 + 0 + 1) == index.valid_pairs.numel()
+    assert index.num_pairs == 2 * (6 + 3 + 0 + 1)
     assert index.entity_mask.tolist() == [[b < n for b in range(4)] for n in counts]
     for b, n in enumerate(counts):
         h, t = ordered_pairs(n)
         assert index.heads[b].tolist() == h.tolist() and index.tails[b].tolist() == t.tolist()
-    # real ordered pairs of document b: the first 2 * pair_counts[b] of its 2 * max_pairs slots
-    expected = [b * 12 + k for b, u in enumerate(index.pair_counts) for k in range(2 * u)]
-    assert index.valid_pairs.tolist() == expected
+    # one chunk: the real unordered pairs of document b are the first pair_counts[b] of its
+    # max_pairs slots, and the FFNs see only those (flat entity indices b * N + entity)
+    assert index.chunks == [(0, 6, 0, 10)] and index.pair_perm is None
+    assert index.pair_rows.tolist() == [b * 6 + k for b, u in enumerate(index.pair_counts) for k in range(u)]
+    low = [lo for hi in range(4) for lo in range(hi)]
+    high = [hi for hi in range(4) for lo in range(hi)]
+    assert index.pair_low_flat.tolist() == [b * 4 + low[k] for b, u in enumerate(index.pair_counts) for k in range(u)]
+    assert index.pair_high_flat.tolist() == [b * 4 + high[k] for b, u in enumerate(index.pair_counts) for k in range(u)]
+    # several chunks: a permutation puts the chunk-major rows back in document order
+    chunked = _index(DOCS, chunk=2 * 4 * 2)  # 2 unordered pairs per chunk over 4 documents
+    assert [c[:2] for c in chunked.chunks] == [(0, 2), (2, 2), (4, 2)]
+    assert chunked.pair_perm is not None and sorted(chunked.pair_perm.tolist()) == list(range(20))
     # pooling weights: a mention's words weigh 1 / (its width * the entity's mentions)
     pool = index.pool
     assert pool[0, 0].tolist() == pytest.approx([0.25, 0.25, 0, 0, 0, 0.5, 0, 0, 0])
@@ -269,29 +279,25 @@ def test_pair_direction_matters():
 @pytest.mark.parametrize("chunk", [1, 3, 16, 24, 32, 40])
 def test_chunked_pairs_equal_unchunked(chunk):
     words, att, _ = _batch(DOCS, seed=7)
-    index = _index(DOCS)
-    big, small = _scorer(chunk=4096, seed=1), _scorer(chunk=4096, seed=2)
-    small.load_state_dict(big.state_dict())
-    small.chunk_size = chunk
-    ents = pool_entities(words, att, index)
+    whole, chunked = _index(DOCS), _index(DOCS, chunk=chunk)
+    scorer = _scorer(chunk=4096, seed=1)
     labels = _labels()
     with torch.no_grad():
-        a = big(ents, index, labels)
-        b = small(ents, index, labels)
+        a = scorer(pool_entities(words, att, whole), whole, labels)
+        b = scorer(pool_entities(words, att, chunked), chunked, labels)
     # the chunked run really chunks: steps of 1..5 unordered pairs per document (4 and 5 leave
     # a partial last step of the 6 pairs)
-    step = small.chunk_pairs(len(DOCS))
-    assert step == max(1, chunk // (2 * len(DOCS))) < index.max_pairs
+    step = max(1, chunk // (2 * len(DOCS)))
+    assert len(chunked.chunks) == -(-whole.max_pairs // step) > 1
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     # one document alone: a pair count that is not a multiple of the step
-    one = _index(DOCS[:1])
-    small.chunk_size = 2 * 4  # 4 unordered pairs per step, 6 pairs in all
-    assert one.max_pairs % small.chunk_pairs(1) != 0
+    one, one_chunked = _index(DOCS[:1]), _index(DOCS[:1], chunk=2 * 4)  # 4 unordered pairs per step, 6 in all
+    assert [c[1] for c in one_chunked.chunks] == [4, 2]
     w1, a1, _ = _batch(DOCS[:1], seed=7)
     with torch.no_grad():
         torch.testing.assert_close(
-            small(pool_entities(w1, a1, one), one, labels), big(pool_entities(w1, a1, one), one, labels),
-            atol=1e-6, rtol=1e-6,
+            scorer(pool_entities(w1, a1, one_chunked), one_chunked, labels),
+            scorer(pool_entities(w1, a1, one), one, labels), atol=1e-6, rtol=1e-6,
         )
 
 
@@ -303,7 +309,7 @@ def test_single_entity_gives_no_pairs():
     logits = _scorer(chunk=3)(pool_entities(words, att, index), index, _labels())
     assert logits.shape == (0, NUM_LABELS)
     # in a batch, a one-entity document contributes no row and shifts no other document's rows
-    index = _index(DOCS)
+    index = _index(DOCS, chunk=3)
     assert len(index.heads[2]) == 0
     words, att, _ = _batch(DOCS)
     with torch.no_grad():
@@ -330,11 +336,11 @@ def test_padding_does_not_change_other_documents_logits():
     scorer = _scorer(chunk=5, seed=3)
     labels = _labels()
     words, att, per_doc = _batch(DOCS, seed=8)
-    index = _index(DOCS)
+    index = _index(DOCS, chunk=5)
     with torch.no_grad():
         together = _split(scorer(pool_entities(words, att, index), index, labels), index)
         for b, (d, (w, a)) in enumerate(zip(DOCS, per_doc)):
-            alone_index = _index([d])
+            alone_index = _index([d], chunk=5)
             alone = scorer(pool_entities(w[None], a[None], alone_index), alone_index, labels)
             assert alone.shape == together[b].shape
             torch.testing.assert_close(together[b], alone, atol=1e-5, rtol=1e-5)

@@ -99,7 +99,13 @@ class EntityIndex:
     entity_mask: torch.Tensor  # [B, N] bool
     pair_low: torch.Tensor  # [U] long
     pair_high: torch.Tensor  # [U] long
-    valid_pairs: torch.Tensor  # [P] long, flat index into B * U * 2 of the real ordered pairs
+    # pairs are scored in chunks of the structural index; per chunk (host ints): its first pair,
+    # its width w, and the slice of the row arrays below holding its real pairs
+    chunks: list[tuple[int, int, int, int]]
+    pair_rows: torch.Tensor  # [V] long: real pairs of each chunk, flat into B * w
+    pair_low_flat: torch.Tensor  # [V] long: b * N + low entity of those pairs
+    pair_high_flat: torch.Tensor  # [V] long: b * N + high entity
+    pair_perm: torch.Tensor | None  # [P] long: chunk-major -> document-major rows (several chunks)
     # host copies for decoding (numpy): the ordered pairs of every document, in output order
     heads: list[np.ndarray] = field(default_factory=list)
     tails: list[np.ndarray] = field(default_factory=list)
@@ -219,12 +225,28 @@ def ordered_pairs(num_entities: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([low, high], 1).reshape(-1).astype(np.int64), np.stack([high, low], 1).reshape(-1).astype(np.int64)
 
 
+def pair_chunk(chunk_size: int | None, batch_size: int, max_pairs: int) -> int:
+    """Unordered pairs per chunk: about ``chunk_size / 2`` pairs of the batch in flight, so
+    memory (``B x chunk x W`` context weights) is bounded whatever the number of entities."""
+    if chunk_size is None:
+        return max(1, max_pairs)
+    return max(1, chunk_size // (2 * max(1, batch_size)))
+
+
 def entity_arrays(
     mention_spans: Sequence[Sequence[Sequence[tuple[int, int]]]],
     max_words: int,
     logsumexp: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Pooling weights and the structural pair index of a batch's entities (numpy)."""
+    """Pooling weights and the pair index of a batch's entities (numpy).
+
+    Pairs come from one structural ``tril`` index of the batch's largest entity count. Each
+    chunk of it is scored over the padded batch only where a product is cheap (the context
+    weights, ``B x w x W``); the FFNs, most of the cost, run on the chunk's *real* pairs alone,
+    picked by ``pair_rows`` (so a batch that mixes documents with 3 and 30 entities pays for
+    the real pairs, not for 30 x 29 / 2 per document).
+    """
     bsz = len(mention_spans)
     counts = [len(s) for s in mention_spans]
     nmax = max(counts, default=0)
@@ -243,21 +265,45 @@ def entity_arrays(
                     entity_mentions[b, e, j] = m
                 m += 1
     high, low = np.tril_indices(nmax, -1)
+    high, low = high.astype(np.int64), low.astype(np.int64)
     pair_counts = [n * (n - 1) // 2 for n in counts]
     umax = nmax * (nmax - 1) // 2
-    valid = np.concatenate(
-        [b * umax * 2 + np.arange(2 * u, dtype=np.int64) for b, u in enumerate(pair_counts)]
-    ) if bsz else np.zeros(0, dtype=np.int64)
-    heads, tails = zip(*(ordered_pairs(n) for n in counts)) if bsz else ((), ())
+    step = pair_chunk(chunk_size, bsz, umax)
+    doc_base = np.concatenate([[0], np.cumsum(pair_counts)]).astype(np.int64)
+    position = np.zeros(int(doc_base[-1]), dtype=np.int64)  # document-major pair -> computed row
+    rows, lo_flat, hi_flat, chunks = [], [], [], []
+    done = 0
+    for s in range(0, umax, step):
+        width = min(step, umax - s)
+        first = done
+        for b, u in enumerate(pair_counts):
+            j = np.arange(max(0, min(width, u - s)), dtype=np.int64)
+            if not len(j):
+                continue
+            rows.append(b * width + j)
+            lo_flat.append(b * nmax + low[s + j])
+            hi_flat.append(b * nmax + high[s + j])
+            position[doc_base[b] + s + j] = done + j
+            done += len(j)
+        if done > first:
+            chunks.append((s, width, first, done))
+    empty = np.zeros(0, dtype=np.int64)
     arrays = {
         "pool": pool,
         "entity_mask": np.arange(nmax)[None, :] < np.asarray(counts, dtype=np.int64)[:, None] if bsz else np.zeros((0, 0), bool),
-        "pair_low": low.astype(np.int64), "pair_high": high.astype(np.int64), "valid_pairs": valid.astype(np.int64),
+        "pair_low": low, "pair_high": high,
+        "pair_rows": np.concatenate(rows) if rows else empty,
+        "pair_low_flat": np.concatenate(lo_flat) if lo_flat else empty,
+        "pair_high_flat": np.concatenate(hi_flat) if hi_flat else empty,
     }
+    if len(chunks) > 1:
+        # ordered rows: 2 per unordered pair (low->high, high->low), in document-major order
+        arrays["pair_perm"] = (2 * position[:, None] + np.arange(2)[None, :]).reshape(-1)
     if logsumexp:
         arrays["mention_pool"] = mention_pool
         arrays["entity_mentions"] = entity_mentions
-    meta = {"counts": counts, "nmax": nmax, "pair_counts": pair_counts, "umax": umax,
+    heads, tails = zip(*(ordered_pairs(n) for n in counts)) if bsz else ((), ())
+    meta = {"counts": counts, "nmax": nmax, "pair_counts": pair_counts, "umax": umax, "chunks": chunks,
             "heads": list(heads), "tails": list(tails)}
     return arrays, meta
 
@@ -266,7 +312,9 @@ def _entity_index(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Ent
     return EntityIndex(
         num_entities=meta["counts"], max_entities=meta["nmax"], pair_counts=meta["pair_counts"],
         max_pairs=meta["umax"], pool=tensors["pool"], entity_mask=tensors["entity_mask"],
-        pair_low=tensors["pair_low"], pair_high=tensors["pair_high"], valid_pairs=tensors["valid_pairs"],
+        pair_low=tensors["pair_low"], pair_high=tensors["pair_high"], chunks=meta["chunks"],
+        pair_rows=tensors["pair_rows"], pair_low_flat=tensors["pair_low_flat"],
+        pair_high_flat=tensors["pair_high_flat"], pair_perm=tensors.get("pair_perm"),
         heads=meta["heads"], tails=meta["tails"], mention_pool=tensors.get("mention_pool"),
         entity_mentions=tensors.get("entity_mentions"), relation_targets=tensors.get("relation_targets"),
         pair_doc=tensors.get("pair_doc"), pair_weight=tensors.get("pair_weight"),
@@ -278,9 +326,10 @@ def build_entity_index(
     max_words: int,
     device: torch.device,
     logsumexp: bool = False,
+    chunk_size: int | None = None,
 ) -> EntityIndex:
     """The entity part of a batch alone (the joint path's second stage)."""
-    arrays, meta = entity_arrays(mention_spans, max_words, logsumexp)
+    arrays, meta = entity_arrays(mention_spans, max_words, logsumexp, chunk_size)
     pack = DevicePack()
     for k, v in arrays.items():
         pack.add(k, v)
@@ -297,6 +346,7 @@ def collate(
     max_span_width: int,
     length_multiple: int = 1,
     logsumexp: bool = False,
+    pair_chunk_size: int | None = None,
     extra: dict[str, np.ndarray] | None = None,
 ) -> tuple[ModelBatch, dict[str, torch.Tensor]]:
     """Build a :class:`ModelBatch` for ``prepared`` (one host-to-device copy).
@@ -309,7 +359,7 @@ def collate(
     num_words = [p.tokens.num_words for p in prepared]
     wmax = max(num_words)
     win = _window_arrays(prepared, wmax, cls_id, sep_id, pad_id, length_multiple)
-    ent_arrays, meta = entity_arrays([p.mention_spans for p in prepared], wmax, logsumexp)
+    ent_arrays, meta = entity_arrays([p.mention_spans for p in prepared], wmax, logsumexp, pair_chunk_size)
     starts, ends = span_grid(wmax, max_span_width)
     span_valid = ends[None, :] <= np.asarray(num_words, dtype=np.int64)[:, None]
     word_mask = np.arange(wmax)[None, :] < np.asarray(num_words, dtype=np.int64)[:, None]

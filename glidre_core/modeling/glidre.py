@@ -60,7 +60,8 @@ class EncodedBatch:
 
 @dataclass
 class GLiDREOutput:
-    """Logits of a batch. ``relation_logits`` rows follow ``batch.entities.valid_pairs``."""
+    """Logits of a batch. ``relation_logits`` rows: per document, its ordered pairs in the order of
+    ``batch.entities.heads[b]`` / ``tails[b]``."""
 
     encoded: EncodedBatch
     relation_logits: torch.Tensor | None = None  # [P, R]
@@ -160,12 +161,13 @@ class GLiDRE(nn.Module):
         return collate(
             prepared, device=device, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id,
             max_span_width=self.config.max_span_width, length_multiple=self.length_multiple(device),
-            logsumexp=self.config.pooling == "logsumexp", extra=extra,
+            logsumexp=self.config.pooling == "logsumexp", pair_chunk_size=self.scorer.chunk_size, extra=extra,
         )
 
     def entity_index(self, mention_spans: Sequence[Sequence[Sequence[tuple[int, int]]]], max_words: int) -> EntityIndex:
         """The entity part of a batch for new entities (the joint path's predicted ones)."""
-        return build_entity_index(mention_spans, max_words, self.device, self.config.pooling == "logsumexp")
+        return build_entity_index(mention_spans, max_words, self.device, self.config.pooling == "logsumexp",
+                                  self.scorer.chunk_size)
 
     # -- label and type embeddings -------------------------------------------------------------
     def encode_labels(self, labels: Sequence[str]) -> LabelEmbeddings:

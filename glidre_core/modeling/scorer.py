@@ -16,7 +16,8 @@ class PairScorer(nn.Module):
 
     ``c`` is the localized context: ``normalise(A_h * A_t) @ H``. The batch's unordered pairs
     come from one structural index (:mod:`.batch`, ``tril`` order) and are processed in chunks
-    so memory is ``chunk x W`` whatever the number of entities.
+    so memory is ``chunk x W`` whatever the number of entities; after the context product only
+    the real pairs of a chunk go on (``index.pair_rows``), so padding costs no FFN work.
 
     The first Linear of ``FFN_h``/``FFN_t`` acts on a concatenation ``[e; c]``, so it is split
     (``W [e; c] + b = W_e e + W_c c + b``): the entity half is computed once per *entity*
@@ -47,38 +48,36 @@ class PairScorer(nn.Module):
         labels = labels.to(dtype)
         return labels @ last.weight.to(dtype), labels @ last.bias.to(dtype)
 
-    def chunk_pairs(self, batch_size: int) -> int:
-        """Unordered pairs per document per chunk: about ``chunk_size / 2`` pairs in flight."""
-        return max(1, self.chunk_size // (2 * max(1, batch_size)))
-
     def forward(self, ents: EntityRepresentations, index: EntityIndex, labels: torch.Tensor) -> torch.Tensor:
-        """Logits ``[P, R]`` of the batch's real ordered pairs against ``labels`` ``[R, D]``, in
-        the order of ``index.valid_pairs`` (per document: low->high, high->low per pair)."""
+        """Logits ``[P, R]`` of the batch's real ordered pairs against ``labels`` ``[R, D]``:
+        per document, per unordered pair in ``tril`` order, (low->high, high->low)."""
         bsz, nmax, dim = ents.vectors.shape
-        if index.max_pairs == 0:
+        if not index.chunks:
             return ents.vectors.new_zeros((0, labels.shape[0]))
         first_h, first_t = self.head_ffn[0], self.tail_ffn[0]
         width = first_h.out_features
-        # per entity: W_e e + b, for the head and the tail role -> [B, N, k*D] each
-        ent_h = F.linear(ents.vectors, first_h.weight[:, :dim], first_h.bias)
-        ent_t = F.linear(ents.vectors, first_t.weight[:, :dim], first_t.bias)
+        # per entity: W_e e + b, for the head and the tail role -> [B * N, k*D] each
+        ent_h = F.linear(ents.vectors, first_h.weight[:, :dim], first_h.bias).reshape(bsz * nmax, -1)
+        ent_t = F.linear(ents.vectors, first_t.weight[:, :dim], first_t.bias).reshape(bsz * nmax, -1)
         ctx_w = torch.cat([first_h.weight[:, dim:], first_t.weight[:, dim:]]).t()  # [D, 2kD]
         folded, bias = self.folded_labels(labels, ents.vectors.dtype)
-        step = self.chunk_pairs(bsz)
         out = []
-        for s in range(0, index.max_pairs, step):
-            lo, hi = index.pair_low[s : s + step], index.pair_high[s : s + step]
-            alpha = ents.attention.index_select(1, lo) * ents.attention.index_select(1, hi)  # [B, c, W]
+        for start, size, r0, r1 in index.chunks:
+            lo, hi = index.pair_low[start : start + size], index.pair_high[start : start + size]
+            alpha = ents.attention.index_select(1, lo) * ents.attention.index_select(1, hi)  # [B, w, W]
             alpha = alpha / (alpha.sum(-1, keepdim=True) + 1e-10)
-            context = torch.bmm(alpha.to(ents.words.dtype), ents.words)  # [B, c, D]
-            projected = context @ ctx_w.to(context.dtype)  # [B, c, 2kD]
-            p_h, p_t = projected[..., :width], projected[..., width:]
-            e_h_lo, e_h_hi = ent_h.index_select(1, lo), ent_h.index_select(1, hi)
-            e_t_lo, e_t_hi = ent_t.index_select(1, lo), ent_t.index_select(1, hi)
+            context = torch.bmm(alpha.to(ents.words.dtype), ents.words)  # [B, w, D]
+            # from here on, only the chunk's real pairs: [V, ...]
+            context = context.reshape(bsz * size, dim).index_select(0, index.pair_rows[r0:r1])
+            projected = context @ ctx_w.to(context.dtype)  # [V, 2kD]
+            p_h, p_t = projected[:, :width], projected[:, width:]
+            lo_f, hi_f = index.pair_low_flat[r0:r1], index.pair_high_flat[r0:r1]
             # ordered pair 0: head = low, tail = high; ordered pair 1: head = high, tail = low
-            hv = torch.tanh(self._rest(self.head_ffn, torch.stack([p_h + e_h_lo, p_h + e_h_hi], 2)))
-            tv = torch.tanh(self._rest(self.tail_ffn, torch.stack([p_t + e_t_hi, p_t + e_t_lo], 2)))
+            hv = torch.tanh(self._rest(self.head_ffn, torch.stack(
+                [p_h + ent_h.index_select(0, lo_f), p_h + ent_h.index_select(0, hi_f)], 1)))
+            tv = torch.tanh(self._rest(self.tail_ffn, torch.stack(
+                [p_t + ent_t.index_select(0, hi_f), p_t + ent_t.index_select(0, lo_f)], 1)))
             hidden = self.pair_ffn[2](self.pair_ffn[1](self.pair_ffn[0](torch.cat([hv, tv], -1))))
-            out.append(torch.matmul(hidden, folded.t()) + bias)  # [B, c, 2, R]
-        logits = torch.cat(out, 1) if len(out) > 1 else out[0]
-        return logits.reshape(-1, labels.shape[0]).index_select(0, index.valid_pairs)
+            out.append(torch.matmul(hidden, folded.t()) + bias)  # [V, 2, R]
+        logits = (torch.cat(out) if len(out) > 1 else out[0]).reshape(-1, labels.shape[0])
+        return logits if index.pair_perm is None else logits.index_select(0, index.pair_perm)

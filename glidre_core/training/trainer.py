@@ -263,7 +263,8 @@ class Trainer:
         self.model.label_encoder.clear_cache()
         logger.info("initialised from %s", directory)
 
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with one learning rate for the encoders and one for the heads."""
         groups = [
             {"params": self.model.encoder_parameters(), "lr": self.cfg.lr_encoder},
             {"params": self.model.head_parameters(), "lr": self.cfg.lr_heads},
@@ -275,7 +276,8 @@ class Trainer:
         total = per_epoch * self.cfg.epochs
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
-    def _autocast(self):
+    def autocast(self) -> torch.autocast:
+        """The training precision context (bf16 autocast when ``cfg.bf16``)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def dev_evaluation(self) -> dict[str, Any]:
@@ -290,7 +292,7 @@ class Trainer:
             relation_labels=self.labels, entity_labels=self.entity_labels or None,
             batch_size=self.cfg.batch_size, encoder_cache=self.cache,
         )
-        with self._autocast():
+        with self.autocast():
             scored = relation_candidates(predictor, dev)
         sweep = sweep_threshold(scored, gold_facts(self.dev_docs))
         if self._train_fact_names is None:
@@ -303,7 +305,7 @@ class Trainer:
             "score": sweep.best_f1,
         }
         if self.entity_labels:
-            with self._autocast():
+            with self.autocast():
                 spans = predictor.score_spans(dev)
             ent = entity_threshold_sweep(self.model, spans, self.dev_docs, predictor.entity_types)
             result.update(entity_f1=ent["f1"], entity_threshold=ent["threshold"])
@@ -375,7 +377,8 @@ class Trainer:
         return state
 
     # -- the loop ------------------------------------------------------------------------------
-    def _wrap(self) -> nn.Module:
+    def loss_module(self) -> nn.Module:
+        """The loss as a module's ``forward``, wrapped in DDP when there are several ranks."""
         net = _LossModule(self.model)
         if self.world_size > 1:
             # every rank builds the same seeded model and resumes from the same weights; DDP also
@@ -395,21 +398,21 @@ class Trainer:
     def train(self) -> TrainingResult:
         cfg, model = self.cfg, self.model
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        optimizer = self._optimizer()
+        optimizer = self.build_optimizer()
         total = self.total_steps()
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, int(cfg.warmup_ratio * total)))
         rng = random.Random(cfg.seed if self.rank == 0 else cfg.seed + 7919 * self.rank)
         history: list[dict[str, Any]] = []
         best_f1, best_thr = -1.0, model.config.threshold
         best_dir = self.output_dir / "best"
-        step, micro, running, seen_docs = 0, 0, [], 0
+        step, micro, running, seen_docs, dev_total = 0, 0, [], 0, 0.0
         start_epoch, start_offset, elapsed_before = 0, 0, 0.0
         if self.resume_from is not None:
             st = self._restore(optimizer, scheduler, rng, best_dir)
             step, micro, seen_docs = st.step, st.step * cfg.grad_accum, st.seen_docs
             best_f1, best_thr, history = st.best_f1, st.best_threshold, st.history
             start_epoch, start_offset, elapsed_before = st.epoch, st.batch_offset, st.elapsed_seconds
-        net = self._wrap()
+        net = self.loss_module()
         start = time.perf_counter() - elapsed_before
         live = self._live = {
             "optimizer": optimizer, "scheduler": scheduler, "history": history, "best_dir": best_dir,
@@ -441,7 +444,7 @@ class Trainer:
                 sync = (micro + 1) % cfg.grad_accum == 0
                 no_sync = net.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
                 with no_sync:
-                    with self._autocast():
+                    with self.autocast():
                         loss = net(batch, rel_labels, self.entity_labels or None) / cfg.grad_accum
                     loss.backward()
                 # kept on the device: reading a loss back every step would stall a GPU
@@ -470,7 +473,10 @@ class Trainer:
                 if step % cfg.eval_every == 0 or last:
                     record = None
                     if self.rank == 0:
+                        dev_start = time.perf_counter()
                         dev = self.dev_evaluation()
+                        dev_seconds = time.perf_counter() - dev_start
+                        dev_total += dev_seconds
                         f1, thr = dev["score"], dev["threshold"]
                         record = {
                             "step": step, "epoch": epoch, "minutes": elapsed / 60,
@@ -479,6 +485,9 @@ class Trainer:
                             "lr_heads": scheduler.get_last_lr()[-1],
                             "dev_ign_f1": dev["ign_f1"], "dev_precision": dev["precision"],
                             "dev_recall": dev["recall"], "docs_per_second": seen_docs / elapsed,
+                            # the cost of a dev evaluation next to the training it interrupts
+                            "dev_seconds": dev_seconds,
+                            "train_docs_per_second": seen_docs / max(elapsed - (dev_total - dev_seconds), 1e-9),
                         }
                         if "entity_f1" in dev:
                             record.update(dev_relation_f1=dev["f1"], dev_entity_f1=dev["entity_f1"],
