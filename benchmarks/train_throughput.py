@@ -52,6 +52,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_benchmark import synchronize  # noqa: E402  (the sibling benchmark script)
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 TARGET_RATIO = 0.5
@@ -59,40 +62,11 @@ TARGET_RATIO = 0.5
 logger = logging.getLogger("train_throughput")
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def cpu_flags() -> dict[str, bool]:
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return {f: f in flags for f in ("avx512_bf16", "amx_bf16", "amx_tile")}
-
-
 def machine_info(device: torch.device) -> dict[str, Any]:
-    import transformers
+    """The model benchmark's machine description (CPU model and flags, versions, GPU name)."""
+    from model_benchmark import machine_info as describe
 
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "cpu_count": os.cpu_count(), "cpu_model": cpu_model, "cpu_flags": cpu_flags(),
-        "torch_threads": torch.get_num_threads(), "niceness": os.nice(0), "device": str(device),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "load_average_start": list(os.getloadavg()),
-    }
-    if device.type == "cuda":
-        info["cuda_device_name"] = torch.cuda.get_device_name(device)
-        info["cuda_version"] = torch.version.cuda
-    return info
+    return describe(torch.get_num_threads(), device)
 
 
 def benchmark_config(args: argparse.Namespace, output_dir: Path):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ __all__ = ["ExtractionResult", "Predictor", "RelationScores", "SpanScores", "Tri
            "document_from_text", "per_label_thresholds"]
 
 Threshold = float | dict[str, float] | None
+T = TypeVar("T")
 
 
 @dataclass
@@ -243,35 +244,38 @@ class Predictor:
             start += len(h)
         return out
 
+    def _map(self, prepared: Sequence[PreparedDocument], step: Callable[[list[PreparedDocument], "ModelBatch"], list[T]]) -> list[T]:
+        """The one batch loop: ``step`` on each batch of similar documents (in eval mode, without
+        gradients); its per-document results come back in input order."""
+        out: list[T | None] = [None] * len(prepared)
+        with self.inference():
+            for idx in self.batches(prepared):
+                docs = [prepared[i] for i in idx]
+                for i, result in zip(idx, step(docs, self._batch(docs))):
+                    out[i] = result
+        return out  # type: ignore[return-value]
+
     def score_relations(self, items: Iterable[Document | PreparedDocument]) -> list[RelationScores]:
         """Relation probabilities of every ordered entity pair of each document (given
         entities), in input order."""
-        prepared = self.prepare(items)
-        out: list[RelationScores | None] = [None] * len(prepared)
         labels = self.relations
-        with self.inference():
-            for idx in self.batches(prepared):
-                docs = [prepared[i] for i in idx]
-                batch = self._batch(docs)
-                res = self.model(batch, labels)
-                probs = self._relation_probs(res.relation_logits, res.threshold_logits).cpu().numpy()
-                for i, sc in zip(idx, self._split_relations(docs, batch, probs)):
-                    out[i] = sc
-        return out  # type: ignore[return-value]
+
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[RelationScores]:
+            res = self.model(batch, labels)
+            probs = self._relation_probs(res.relation_logits, res.threshold_logits).cpu().numpy()
+            return self._split_relations(docs, batch, probs)
+
+        return self._map(self.prepare(items), step)
 
     def score_spans(self, items: Iterable[Document | PreparedDocument]) -> list[SpanScores]:
         """Entity probabilities of every candidate span of each document, in input order."""
-        prepared = self.prepare(items)
-        out: list[SpanScores | None] = [None] * len(prepared)
         types = self.entity_types
-        with self.inference():
-            for idx in self.batches(prepared):
-                docs = [prepared[i] for i in idx]
-                batch = self._batch(docs)
-                res = self.model(batch, None, types)
-                for i, sc in zip(idx, self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())):
-                    out[i] = sc
-        return out  # type: ignore[return-value]
+
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[SpanScores]:
+            res = self.model(batch, None, types)
+            return self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())
+
+        return self._map(self.prepare(items), step)
 
     @staticmethod
     def _split_spans(prepared: Sequence[PreparedDocument], batch: "ModelBatch", probs: np.ndarray) -> list[SpanScores]:
@@ -307,32 +311,31 @@ class Predictor:
         probabilities to the host, span decoding and mention clustering there, then the relation
         scorer on the predicted entities from the *same* encoder output, and one more copy.
         """
-        prepared = self.prepare(items, bare=True)
-        out: list[ExtractionResult | None] = [None] * len(prepared)
         types, labels = self.entity_types, self.relations
         ent_thr, type_names = self.entity_thresholds, list(types.labels)
-        with self.inference():
-            for idx in self.batches(prepared):
-                docs = [prepared[i] for i in idx]
-                batch = self._batch(docs)
-                res = self.model(batch, None, types)
-                spans = self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())
-                predicted, with_entities = [], []
-                for p, sc in zip(docs, spans):
-                    found = decode_document_spans(p.doc, p.words, sc.spans, sc.probs, ent_thr, self.flat_ner)
-                    grouped = group_mentions(found, p.words, type_names, self.coreference)
-                    predicted.append(grouped)
-                    doc = p.doc.model_copy(update={"entities": grouped.entities})
-                    with_entities.append(PreparedDocument(doc, p.tokens, grouped.mention_spans,
-                                                          [e.id for e in grouped.entities], [], p.words))
-                index = self.model.entity_index([p.mention_spans for p in with_entities], batch.max_words)
-                logits, th = self.model.score_pairs(res.encoded, index, labels.vectors)
-                probs = self._relation_probs(logits, th).cpu().numpy()
-                rel_scores = self._split_relations(with_entities, batch.with_entities(index), probs)
-                for i, p, grouped, sc in zip(idx, with_entities, predicted, rel_scores):
-                    rows = self.decode_relations(sc)
-                    doc = p.doc.model_copy(update={
-                        "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
-                    })
-                    out[i] = ExtractionResult(doc, entity_rows(doc, grouped), rows)
-        return out  # type: ignore[return-value]
+
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[ExtractionResult]:
+            res = self.model(batch, None, types)
+            spans = self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())
+            predicted, with_entities = [], []
+            for p, sc in zip(docs, spans):
+                found = decode_document_spans(p.doc, p.words, sc.spans, sc.probs, ent_thr, self.flat_ner)
+                grouped = group_mentions(found, p.words, type_names, self.coreference)
+                predicted.append(grouped)
+                doc = p.doc.model_copy(update={"entities": grouped.entities})
+                with_entities.append(PreparedDocument(doc, p.tokens, grouped.mention_spans,
+                                                      [e.id for e in grouped.entities], [], p.words))
+            index = self.model.entity_index([p.mention_spans for p in with_entities], batch.max_words)
+            logits, th = self.model.score_pairs(res.encoded, index, labels.vectors)
+            probs = self._relation_probs(logits, th).cpu().numpy()
+            out = []
+            for p, grouped, sc in zip(with_entities, predicted,
+                                      self._split_relations(with_entities, batch.with_entities(index), probs)):
+                rows = self.decode_relations(sc)
+                doc = p.doc.model_copy(update={
+                    "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
+                })
+                out.append(ExtractionResult(doc, entity_rows(doc, grouped), rows))
+            return out
+
+        return self._map(self.prepare(items, bare=True), step)

@@ -4,7 +4,7 @@ The heads are dense matrix products over every entity pair (about 1.5M multiply-
 for the default model), and on a CPU they run at fp32 peak: only a narrower type makes them
 faster. With native bf16 (AVX512-BF16/AMX on x86, any bf16-capable GPU) they run in bf16
 autocast while the document encoder stays exactly as configured; on the development CPU that
-takes ``predict_documents`` from 0.795 to 0.870 of the bare encoder's speed
+takes ``predict_documents`` from 0.791 to 0.871 of the bare encoder's speed at batch 8
 (``benchmarks/model_benchmark.py``). The effect on F1 is measured by
 ``glidre evaluate --head-precision``, which runs the same code path: Re-DocRED test F1 52.28
 (fp32 heads) against 52.29 (bf16) with the default model.
