@@ -41,9 +41,6 @@ import torch
 
 from glidre_core.preparation import PreparedDocument
 
-#: the dump row/column convention: index == size means "not used", cut off after scattering
-
-
 def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple) if multiple > 1 else max(n, 1)
 
@@ -112,7 +109,6 @@ class EntityIndex:
     mention_pool: torch.Tensor | None = None  # [B, M, W] (logsumexp pooling only)
     entity_mentions: torch.Tensor | None = None  # [B, N, K] long into M, -1 = none
     relation_targets: torch.Tensor | None = None  # [P, R] float (training)
-    pair_doc: torch.Tensor | None = None  # [P] long: the document of each real ordered pair
     pair_weight: torch.Tensor | None = None  # [P] float: 1 / (pairs of its doc * docs with pairs)
 
     @property
@@ -141,7 +137,6 @@ class ModelBatch:
     span_end: torch.Tensor  # [S] long (exclusive)
     span_valid: np.ndarray  # [B, S] bool (host)
     span_grid: np.ndarray  # [S, 2] start, end (host)
-    span_mask: torch.Tensor  # [B, S] bool
     entities: EntityIndex
     lower_states: torch.Tensor | None = None  # [K, L, H] cached frozen-layer states
     encoded: tuple[torch.Tensor, torch.Tensor] | None = None  # cached (words, attention) [B,W,H],[B,W,W]
@@ -316,8 +311,7 @@ def _entity_index(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Ent
         pair_rows=tensors["pair_rows"], pair_low_flat=tensors["pair_low_flat"],
         pair_high_flat=tensors["pair_high_flat"], pair_perm=tensors.get("pair_perm"),
         heads=meta["heads"], tails=meta["tails"], mention_pool=tensors.get("mention_pool"),
-        entity_mentions=tensors.get("entity_mentions"), relation_targets=tensors.get("relation_targets"),
-        pair_doc=tensors.get("pair_doc"), pair_weight=tensors.get("pair_weight"),
+        entity_mentions=tensors.get("entity_mentions"),
     )
 
 
@@ -369,7 +363,6 @@ def collate(
     pack.add("word_mask", word_mask)
     pack.add("span_start", starts)
     pack.add("span_end", ends)
-    pack.add("span_mask", span_valid)
     for k, v in ent_arrays.items():
         pack.add(k, v)
     for k, v in (extra or {}).items():
@@ -380,7 +373,7 @@ def collate(
         window_lengths=win["lengths"], window_doc=win["owners"], input_ids=t["input_ids"],
         key_mask=t["key_mask"], row_positions=t["row_positions"], row_target=t["row_target"],
         col_target=t["col_target"], word_source=t["word_source"], word_mask=t["word_mask"],
-        span_start=t["span_start"], span_end=t["span_end"], span_valid=span_valid, span_grid=np.stack([starts, ends], -1), span_mask=t["span_mask"],
+        span_start=t["span_start"], span_end=t["span_end"], span_valid=span_valid, span_grid=np.stack([starts, ends], -1),
         entities=_entity_index(t, meta),
     )
     return batch, {k: t[k] for k in (extra or {})}

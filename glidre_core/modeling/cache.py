@@ -62,9 +62,6 @@ class EncoderCache:
             model.train(was)
         logger.info("cached %s encoder states for %d docs in %.1fs", mode, len(self.entries), time.perf_counter() - start)
 
-    def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self.entries
-
     def attach(self, batch: ModelBatch) -> ModelBatch:
         """``batch`` with its documents' cached states padded in (``lower_states`` or
         ``encoded``); the model then skips the cached part of the encoder."""

@@ -35,13 +35,13 @@ if TYPE_CHECKING:
 def relation_target_arrays(
     cfg: GLiDREConfig, prepared: Sequence[PreparedDocument], labels: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """``relation_targets [P, R]`` (0/1), ``pair_doc [P]`` and ``pair_weight [P]`` over the
+    """``relation_targets [P, R]`` (0/1) and ``pair_weight [P]`` over the
     batch's real ordered pairs."""
     index = {cfg.normalize_label(lab): i for i, lab in enumerate(labels)}
     counts = [len(p.mention_spans) for p in prepared]
     with_pairs = sum(1 for n in counts if n >= 2)
-    blocks, docs, weights = [], [], []
-    for b, (p, n) in enumerate(zip(prepared, counts)):
+    blocks, weights = [], []
+    for p, n in zip(prepared, counts):
         heads, tails = ordered_pairs(n)
         dense = np.zeros((n, n, len(labels)), dtype=np.float32)
         for h, lab, t in p.relations:
@@ -49,11 +49,9 @@ def relation_target_arrays(
             if j is not None:
                 dense[h, t, j] = 1.0
         blocks.append(dense[heads, tails])
-        docs.append(np.full(len(heads), b, dtype=np.int64))
         weights.append(np.full(len(heads), 1.0 / (len(heads) * with_pairs) if len(heads) else 0.0, dtype=np.float32))
     return {
         "relation_targets": np.concatenate(blocks) if blocks else np.zeros((0, len(labels)), np.float32),
-        "pair_doc": np.concatenate(docs) if docs else np.zeros(0, np.int64),
         "pair_weight": np.concatenate(weights) if weights else np.zeros(0, np.float32),
     }
 
@@ -159,7 +157,6 @@ def training_batch(
     batch, t = model.collate(prepared, extra)
     batch.span_supervised = supervised
     batch.entities.relation_targets = t.get("relation_targets")
-    batch.entities.pair_doc = t.get("pair_doc")
     batch.entities.pair_weight = t.get("pair_weight")
     batch.span_targets = t.get("span_targets")
     batch.span_loss_mask = t.get("span_loss_mask")
