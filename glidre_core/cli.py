@@ -121,7 +121,9 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
 def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, num_gpus_per_actor, resume,
             overwrite, config_path, overrides, entity_labels=None) -> None:
     """Extract relations from a corpus with Ray Data (starts a local Ray if none is running)."""
-    from glidre_core.extraction import ExtractionError, cli_values, load_extract_config, run_extraction, summary_text
+    from glidre_core.extraction import (
+        ExtractionError, JobInterrupted, cli_values, load_extract_config, run_extraction, summary_text,
+    )
 
     values = cli_values(input=input_uri, output=output_uri, model=model_ref, labels=labels, num_actors=num_actors,
                         batch_size=batch_size, num_gpus_per_actor=num_gpus_per_actor, resume=resume,
@@ -131,6 +133,9 @@ def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, nu
         manifest = run_extraction(cfg)
     except (ExtractionError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except JobInterrupted as exc:  # SIGINT / SIGTERM: Ray is stopped, committed parts are kept
+        click.echo(f"extraction {exc}: committed parts are kept, rerun with --resume to continue", err=True)
+        sys.exit(exc.exit_code)
     click.echo(summary_text(manifest))
     if not manifest["reconciled"]:
         raise click.ClickException("the output does not reconcile with the input (see the log and _manifest.json)")

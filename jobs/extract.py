@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from glidre_core.extraction import ExtractionError, cli_values, load_extract_config, run_extraction, summary_text
+from glidre_core.extraction import ExtractionError, JobInterrupted, cli_values, load_extract_config, run_extraction, summary_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExtractionError as exc:
         logging.getLogger("extract").error("%s", exc)
         return 1
+    except JobInterrupted as exc:
+        logging.getLogger("extract").error("extraction %s: committed parts are kept; rerun with --resume", exc)
+        return exc.exit_code
     print(summary_text(manifest))
     return 0 if manifest["reconciled"] else 2
 

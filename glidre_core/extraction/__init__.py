@@ -23,6 +23,9 @@ _EXPORTS = {
     "LabelError": "glidre_core.extraction.errors",
     "ModelLoadError": "glidre_core.extraction.errors",
     "OutputError": "glidre_core.extraction.errors",
+    "JobInterrupted": "glidre_core.extraction.session",
+    "ResourceError": "glidre_core.extraction.resources",
+    "StallError": "glidre_core.extraction.progress",
     "run_extraction": "glidre_core.extraction.pipeline",
     "summary_text": "glidre_core.extraction.pipeline",
 }
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
     from glidre_core.extraction.config import ExtractConfig, cli_values, load_extract_config
     from glidre_core.extraction.errors import ExtractionError, InputError, LabelError, ModelLoadError, OutputError
     from glidre_core.extraction.pipeline import run_extraction, summary_text
+    from glidre_core.extraction.progress import StallError
+    from glidre_core.extraction.resources import ResourceError
+    from glidre_core.extraction.session import JobInterrupted
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -41,9 +41,12 @@ class ActorConfig(BaseModel):
     min_size: int = Field(1, ge=1)
     max_size: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; 0 = run on CPU")
-    # Fractional on purpose: an actor pool that claims every CPU starves the read and
-    # preprocessing tasks and the pipeline stalls.
-    num_cpus: float = Field(1.0, gt=0, description="logical CPUs reserved per actor")
+    # None lets the resource planner (extraction/resources.py) give each actor 1 CPU, or less
+    # when that would leave no CPU for the read/preprocess/write tasks (the pipeline would hang).
+    # An explicit value is never changed: if it does not fit, the job refuses to start.
+    num_cpus: float | None = Field(
+        None, gt=0, description="logical CPUs reserved per actor; None = 1, shrunk to fit the cluster"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads per actor; None = Ray's default (floor(num_cpus), at least 1)"
     )
@@ -63,6 +66,10 @@ class RayConfig(BaseModel):
     )
     num_cpus: int | None = Field(
         None, ge=1, description="logical CPUs of a Ray started by the job (None = all cores)"
+    )
+    check_resources: bool = Field(
+        True, description="plan actors/tasks against the cluster and refuse what cannot run; turn off for "
+        "autoscaling clusters that add nodes only once work is queued (the stall watchdog still applies)"
     )
 
 
@@ -110,6 +117,10 @@ class ExtractConfig(BaseModel):
     resume: bool = Field(False, description="skip documents already in the output")
     overwrite: bool = Field(False, description="delete an existing output first")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress log lines")
+    stall_timeout_s: float = Field(
+        600.0, gt=0, description="fail the job (with Ray's resource view) when no document finished for this long; "
+        "covers actor start-up and model loading, so keep it well above one batch's time"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ExtractConfig":

@@ -194,7 +194,9 @@ def split_results(table: pa.Table, model_ref: str, run_id: str) -> dict[str, pa.
 class ExtractionSink(Datasink[dict]):
     """Writes :data:`RESULT` rows as one committed part per write task (see the module docstring)."""
 
-    def __init__(self, layout: OutputLayout, run_id: str, model_ref: str, docs_per_file: int):
+    def __init__(self, layout: OutputLayout, run_id: str, model_ref: str, docs_per_file: int,
+                 progress: Any = None):
+        self.progress = progress  # a ProgressTracker handle: told about every committed part
         self.layout = layout
         self.run_id = run_id
         self.model_ref = model_ref
@@ -231,6 +233,11 @@ class ExtractionSink(Datasink[dict]):
             part = part_name(self.run_id, task_idx, index, piece.column("doc_id").to_pylist())
             counts["triplets"] += self._write_part(part, piece)
             counts["parts"] += 1
+            if self.progress is not None:
+                try:
+                    self.progress.add_committed.remote(piece.num_rows)
+                except Exception:  # noqa: BLE001 - progress is best effort, never fatal
+                    logger.debug("progress report failed", exc_info=True)
         return counts
 
     def _write_part(self, part: str, table: pa.Table) -> int:

@@ -19,13 +19,12 @@ with the same model and labels).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 from glidre_core.extraction.config import ExtractConfig
 from glidre_core.extraction.errors import ModelLoadError, OutputError
@@ -36,7 +35,11 @@ from glidre_core.extraction.output import (
     ExtractionSink, OutputLayout, count_rows, remove_orphans, scan_output,
 )
 from glidre_core.extraction.schemas import OUTPUT_SCHEMA_VERSION, SOURCE_PREDICTED
-from glidre_core.extraction.source import JsonLinesDatasource, discover_inputs, parquet_to_records
+from glidre_core.extraction.progress import InputSize
+from glidre_core.extraction.resources import ClusterView, ResourcePlan, plan_resources, unchecked_plan
+from glidre_core.extraction.source import (
+    JsonLinesDatasource, discover_inputs, input_size, parquet_to_records,
+)
 from glidre_core.extraction.storage import Location, Storage, check_bucket, delete_tree, list_files
 from glidre_core.extraction.udf import Extractor, TokenizerSpec, load_model_ref, preprocess_batch
 
@@ -53,31 +56,6 @@ def _now() -> datetime:
 
 def new_run_id() -> str:
     return f"{_now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
-@contextlib.contextmanager
-def ray_session(cfg: ExtractConfig) -> Iterator[None]:
-    """Use the Ray already initialised in this process, else connect / start one (and stop it after).
-
-    With ``ray.address`` unset, Ray's own rules apply: ``RAY_ADDRESS`` (set inside ``ray job
-    submit``), then a cluster started with ``ray start`` on this machine, else a new local Ray.
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    kwargs: dict[str, Any] = {"address": cfg.ray.address, "log_to_driver": True}
-    try:
-        ray.init(**kwargs, **({"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus else {}))
-    except ValueError as exc:  # connecting to an existing cluster does not take num_cpus
-        if "existing cluster" not in str(exc):
-            raise
-        ray.init(**kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 class _Setup:
@@ -172,25 +150,33 @@ def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str,
     return state
 
 
-def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None):
-    """The Ray Data plan up to (not including) the write."""
+def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None,
+                  plan: ResourcePlan | None = None):
+    """The Ray Data plan up to (not including) the write.
+
+    Every CPU task (read, preprocess) asks for ``plan.task_cpus`` and every actor for
+    ``plan.actor_cpus``: the numbers :func:`~glidre_core.extraction.resources.plan_resources`
+    checked against the cluster.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
     cfg = setup.cfg
+    plan = plan or unchecked_plan(cfg)
     if setup.format == "jsonl":
         source = JsonLinesDatasource(setup.files, root=setup.input.path, filesystem=setup.input.fs,
                                      lines_per_block=cfg.lines_per_block)
-        ds = ray.data.read_datasource(source)
+        ds = ray.data.read_datasource(source, num_cpus=plan.task_cpus)
     else:
-        ds = ray.data.read_parquet(setup.files, filesystem=setup.input.fs, include_paths=True)
+        ds = ray.data.read_parquet(setup.files, filesystem=setup.input.fs, include_paths=True,
+                                   num_cpus=plan.task_cpus)
         ds = ds.map_batches(parquet_to_records, batch_format="pyarrow", batch_size=cfg.lines_per_block,
-                            fn_kwargs={"root": setup.input.path}, num_cpus=cfg.preprocess_num_cpus)
+                            fn_kwargs={"root": setup.input.path}, num_cpus=plan.task_cpus)
     ds = ds.map_batches(
         preprocess_batch, batch_format="pyarrow", batch_size=cfg.lines_per_block,
-        num_cpus=cfg.preprocess_num_cpus,
+        num_cpus=plan.task_cpus,
         fn_kwargs={"spec": setup.spec, "max_entities": cfg.max_entities,
-                   "max_text_chars": cfg.max_text_chars, "done_ids": done_ids},
+                   "max_text_chars": cfg.max_text_chars, "done_ids": done_ids, "progress": progress},
     )
     actors = cfg.actors
     return ds.map_batches(
@@ -199,7 +185,7 @@ def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None)
         batch_size=cfg.batch_size,
         compute=ActorPoolStrategy(min_size=actors.min_size, max_size=actors.max_size,
                                   max_tasks_in_flight_per_actor=actors.max_tasks_in_flight),
-        num_cpus=actors.num_cpus,
+        num_cpus=plan.actor_cpus,
         num_gpus=actors.num_gpus or None,
         fn_constructor_kwargs={
             "model_ref": cfg.model, "labels": setup.labels, "threshold": setup.threshold, "top_k": cfg.top_k,
@@ -295,7 +281,9 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     Raises :class:`~glidre_core.extraction.errors.ExtractionError` subclasses for whole-run
     failures; per-document failures end up in ``errors/`` and in the manifest counts.
     """
-    from glidre_core.extraction.progress import ProgressLogger, ProgressTracker
+    from glidre_core.extraction.progress import ProgressLogger, ProgressTracker, StallError
+    from glidre_core.extraction.resources import resource_view_text
+    from glidre_core.extraction.session import JobInterrupted, ray_session
 
     started = _now()
     run_id = new_run_id()
@@ -308,13 +296,23 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     logger.info("extraction %s: %d %s files from %s -> %s (model %s, %d labels, %s)", run_id, len(setup.files),
                 setup.format, cfg.input, cfg.output, cfg.model, len(setup.labels),
                 f"{len(setup.entity_labels)} entity types" if setup.entity_labels else "no entity types")
-    with ray_session(cfg):
+    size = input_size(setup.input, setup.files, setup.format)
+    size = InputSize(docs=size.docs, bytes=size.bytes, committed_before=state.ledger.num_rows)
+    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+        plan = plan_resources(cfg, ClusterView.from_ray()) if cfg.ray.check_resources else unchecked_plan(cfg)
         tracker = ProgressTracker.remote()
-        ds = build_dataset(setup, state.done_ids, tracker)
-        sink = ExtractionSink(layout, run_id, cfg.model, cfg.docs_per_file)
-        with ProgressLogger(tracker, cfg.progress_interval_s) as progress:
-            ds.write_datasink(sink)
-        manifest = finalize(layout, setup, run_id, started, sink.totals, progress.last)
+        ds = build_dataset(setup, state.done_ids, tracker, plan)
+        sink = ExtractionSink(layout, run_id, cfg.model, cfg.docs_per_file, progress=tracker)
+        watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s, size, resource_view_text)
+        try:
+            with watch:
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.task_cpus})
+        except (KeyboardInterrupt, JobInterrupted):
+            if watch.stalled is not None:
+                raise StallError(f"extraction {run_id} stalled: {watch.stalled}") from None
+            logger.warning("extraction %s interrupted: committed parts stay; continue with --resume", run_id)
+            raise
+        manifest = finalize(layout, setup, run_id, started, sink.totals, watch.last)
     log_summary(manifest)
     return manifest
 

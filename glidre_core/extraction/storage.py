@@ -3,9 +3,35 @@
 Why explicit: ``pyarrow.fs.S3FileSystem()`` ignores ``AWS_ENDPOINT_URL``, and letting each
 library (Ray Data, pyarrow, boto) infer a filesystem from a URI gives each of them a different
 idea of the endpoint and credentials. Here the endpoint, region and timeouts come from
-:class:`~glidre_core.extraction.config.StorageConfig`, the credentials from the standard AWS
-environment variables of the driver, and the resulting filesystem object is pickled into every
-Ray task, so workers on other nodes need no environment of their own.
+:class:`~glidre_core.extraction.config.StorageConfig` and the resulting filesystem object is
+pickled into every Ray task.
+
+Decision: pyarrow's ``S3FileSystem``, not s3fs (checked with pyarrow 25.0.1, s3fs 2026.9.0):
+
+- Ray Data and Ray Train take a ``pyarrow.fs.FileSystem`` natively; an fsspec filesystem is
+  wrapped in ``PyFileSystem(FSSpecHandler(...))``, every read going through Python and its GIL.
+- s3fs cannot be installed next to our pins: s3fs 2026.9.0 needs aiobotocore 3.10, which pins
+  ``botocore<1.43.118`` while ``boto3==1.44.5`` needs ``botocore>=1.44.5`` (pip's resolver falls
+  back to s3fs 0.4.2, from 2020). So s3fs is not a dependency.
+- Credentials: without explicit keys pyarrow uses the AWS C++ SDK's default chain, which reads
+  ``AWS_PROFILE``, ``AWS_SHARED_CREDENTIALS_FILE`` and ``AWS_CONFIG_FILE``, including a
+  profile's ``credential_process`` (the chain also has web identity and the EC2/ECS metadata
+  service). A user with a profile exports ``AWS_PROFILE=name`` and nothing else;
+  ``tests/test_storage_profiles.py`` proves profiles and ``credential_process`` against a moto
+  server that checks signatures. The order is the AWS one: ``AWS_ACCESS_KEY_ID``
+  and ``AWS_SECRET_ACCESS_KEY`` in the environment win over any profile. The region, when not
+  configured, is ``AWS_REGION``, ``AWS_DEFAULT_REGION``, then the profile's ``region``.
+- Where the credentials travel: keys from the environment are explicit and pickled with the
+  filesystem, so workers on other nodes need nothing. Profile (chain) credentials are NOT pickled:
+  each Ray worker resolves the chain again on its own node. A local Ray started by the driver
+  inherits ``AWS_PROFILE`` and finds the same files; on a remote cluster the nodes use their own
+  identity (instance profile / IAM role of the node, or IRSA on Kubernetes), which is the usual
+  set-up, or the job is given keys (``aws configure export-credentials --profile name --format
+  env`` prints them).
+- Requester-pays buckets are not supported: pyarrow has no option to send
+  ``x-amz-request-payer: requester`` (apache/arrow#38492). Copy the data once into a bucket of
+  your own (``aws s3 sync s3://src/... s3://mine/... --request-payer requester``), which also
+  avoids paying the transfer again on every resume or rerun.
 """
 
 from __future__ import annotations
@@ -34,10 +60,22 @@ def _endpoint(cfg: StorageConfig) -> tuple[str | None, str | None]:
     return parsed.netloc, parsed.scheme or "https"
 
 
+def _profile_region() -> str | None:
+    """The ``region`` of the active AWS profile (``AWS_PROFILE`` / ``AWS_CONFIG_FILE``), if any."""
+    try:
+        import botocore.session
+
+        return botocore.session.Session().get_config_variable("region") or None
+    except Exception:  # no botocore, a broken config file: fall back to the default region
+        return None
+
+
 def build_s3_filesystem(cfg: StorageConfig) -> pafs.S3FileSystem:
-    """The S3 filesystem for ``cfg``; credentials from ``AWS_ACCESS_KEY_ID`` etc. if set."""
+    """The S3 filesystem for ``cfg``: credentials from ``AWS_ACCESS_KEY_ID`` etc. if set, else
+    the AWS default chain (``AWS_PROFILE``, shared credentials/config files, instance role)."""
     endpoint, scheme = _endpoint(cfg)
-    region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = (cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+              or _profile_region() or "us-east-1")
     kwargs: dict = dict(
         region=region,
         connect_timeout=cfg.connect_timeout_s,
@@ -119,7 +157,11 @@ def check_bucket(loc: Location) -> None:
     try:
         info = loc.fs.get_file_info(loc.bucket)
     except OSError as exc:
-        raise InputError(f"{loc.uri}: cannot reach S3 bucket {loc.bucket!r}: {exc}") from exc
+        hint = ""
+        if "ACCESS_DENIED" in str(exc):
+            hint = (" (check the credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE;"
+                    " requester-pays buckets are not supported, copy the data first)")
+        raise InputError(f"{loc.uri}: cannot reach S3 bucket {loc.bucket!r}: {exc}{hint}") from exc
     if info.type == pafs.FileType.NotFound:
         raise InputError(
             f"{loc.uri}: S3 bucket {loc.bucket!r} does not exist (or is not visible with these credentials)"

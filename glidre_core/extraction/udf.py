@@ -31,6 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from glidre_core.documents import Document, DocumentError, parse_document
 from glidre_core.extraction.schemas import (
@@ -176,9 +177,19 @@ def preprocess_record(
 
 def preprocess_batch(
     batch: pa.Table, *, spec: TokenizerSpec, max_entities: int, max_text_chars: int,
-    done_ids: Collection[str] = frozenset(),
+    done_ids: Collection[str] = frozenset(), progress: Any = None,
 ) -> pa.Table:
-    """Ray Data ``map_batches`` function: :data:`RECORD` batch -> :data:`PREPARED` batch."""
+    """Ray Data ``map_batches`` function: :data:`RECORD` batch -> :data:`PREPARED` batch.
+
+    ``progress`` (a :class:`~glidre_core.extraction.progress.ProgressTracker` handle) gets the
+    records and bytes read, from which the ETA of a JSON Lines input is estimated.
+    """
+    if progress is not None:
+        try:  # +1 per record: the newline the reader stripped
+            nbytes = pa.compute.sum(pa.compute.binary_length(batch.column("raw"))).as_py() or 0
+            progress.add_read.remote(batch.num_rows, nbytes + batch.num_rows)
+        except Exception:  # noqa: BLE001 - progress is best effort, never fatal
+            logger.debug("progress report failed", exc_info=True)
     rows = [
         preprocess_record(s, ln, r, spec, max_entities=max_entities, max_text_chars=max_text_chars,
                           done_ids=done_ids)
