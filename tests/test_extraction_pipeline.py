@@ -116,19 +116,23 @@ def test_broken_documents_all_land_in_errors_and_counts_reconcile(local_ray, tin
 # -- (c) resume after an interrupted run ---------------------------------------------------------------
 def test_resume_after_crash_skips_done_documents_and_never_duplicates(local_ray, tiny_dir, tmp_path):
     records = sample_records(40)
-    subset = write_jsonl(tmp_path / "subset" / "docs.jsonl", records[:24])
-    full = write_jsonl(tmp_path / "full" / "docs.jsonl", records)
+    write_jsonl(tmp_path / "in" / "a.jsonl", records[:24])
+    full = tmp_path / "in"
     out = tmp_path / "out"
-    first = _run(input=str(subset), output=str(out), **base_values(tiny_dir))
+    first = _run(input=str(full), output=str(out), **base_values(tiny_dir))
     assert first["docs_extracted"] == 24 and first["this_run"]["parts_written"] >= 3
+    write_jsonl(tmp_path / "in" / "b.jsonl", records[24:])  # new input files are picked up by --resume
 
-    # Simulate a crash: the last part's data files were written but its ledger was not, and
-    # another write died half-way through its ledger file.
+    # Simulate a crash of a later run: it started (its run id is in _run.json), the last part's
+    # data files were written but its ledger was not, and another write died half-way through
+    # its ledger file.
     ledgers = sorted((out / "documents").iterdir())
     lost_ids = set(pq.read_table(ledgers[-1]).column("doc_id").to_pylist())
     ledgers[-1].unlink()
     (out / "documents" / "crashed-part.parquet").write_bytes(b"PAR1 torn write")
     (out / "_manifest.json").unlink()
+    state = json.loads((out / "_run.json").read_text())
+    (out / "_run.json").write_text(json.dumps({**state, "run_id": "crashed-run"}))
     with pytest.raises(OutputError, match="already exists"):
         _run(input=str(full), output=str(out), **base_values(tiny_dir))
 
@@ -151,7 +155,7 @@ def test_resume_after_crash_skips_done_documents_and_never_duplicates(local_ray,
 
     # The rows are the library's own predictions (same model, labels, thresholds).
     model = load_model(str(tiny_dir))
-    docs = read_documents(full, "jsonl")
+    docs = [d for f in ("a.jsonl", "b.jsonl") for d in read_documents(full / f, "jsonl")]
     preds = model.predict_documents(docs, LABELS, threshold=ALL_PAIRS["threshold"], top_k=1, batch_size=4)
     want = {(d.doc_id, r["head_id"], r["relation"], r["tail_id"]) for d, rows in zip(docs, preds) for r in rows}
     assert want == set(keys)

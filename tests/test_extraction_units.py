@@ -19,12 +19,13 @@ from glidre_core.documents import parse_document
 from glidre_core.extraction.config import StorageConfig, cli_values, load_extract_config
 from glidre_core.extraction.errors import InputError, LabelError, OutputError
 from glidre_core.extraction.labels import resolve_labels, threshold_spec
-from glidre_core.extraction.output import ExtractionSink, OutputLayout, scan_output, split_results
+from glidre_core.extraction.output import ExtractionSink, OutputLayout, recover, split_results
 from glidre_core.extraction.pipeline import prepare_output
-from glidre_core.extraction.schemas import PREPARED, RECORD, RESULT
+from glidre_core.extraction.schemas import PREPARED, RESULT
 from glidre_core.extraction.source import (
-    JsonLinesDatasource, discover_inputs, iter_lines, parquet_to_records,
+    FileSkip, JsonLinesDatasource, ParquetRecordsDatasource, UnitBlocks, discover_inputs, iter_lines, records_table,
 )
+from glidre_core.extraction.state import OutputIndex, resume_plan
 from glidre_core.extraction.storage import Location, Storage
 from glidre_core.extraction.udf import (
     Extractor, TokenizerSpec, decode_prepared, prepare_document, preprocess_batch, preprocess_record,
@@ -140,9 +141,27 @@ def test_line_splitting_and_datasource_blocks(tmp_path):
     rows = pa.concat_tables(blocks).to_pylist()
     assert [(r["source"], r["line"], json.loads(r["raw"])["doc_id"]) for r in rows] == [
         ("docs.json", 0, "a"), ("docs.json", 1, "b")]
-    parquet_batch = pa.table({"doc_id": ["p1"], "text": ["t"], "path": [str(tmp_path / "in" / "x.parquet")]})
-    rec = parquet_to_records(parquet_batch, str(tmp_path)).to_pylist()[0]
-    assert rec["source"] == "in/x.parquet" and rec["line"] is None and json.loads(rec["raw"])["doc_id"] == "p1"
+    assert [(r["block"], r["block_size"], r["block_last"]) for r in rows] == [(0, 1, False), (1, 1, True)]
+    pq.write_table(pa.table({"doc_id": ["p1", "p2", "p3"], "text": ["t", "u", "v"]}), tmp_path / "in" / "x.parquet")
+    psrc = ParquetRecordsDatasource([str(tmp_path / "in" / "x.parquet")], root=str(tmp_path), lines_per_block=2)
+    with open(tmp_path / "in" / "x.parquet", "rb") as f:
+        prow = pa.concat_tables(list(psrc._read_stream(pa.PythonFile(f), str(tmp_path / "in" / "x.parquet"))))
+    assert [(r["source"], r["line"], json.loads(r["raw"])["doc_id"], r["block"], r["block_size"], r["block_last"])
+            for r in prow.to_pylist()] == [("in/x.parquet", 0, "p1", 0, 2, False), ("in/x.parquet", 1, "p2", 0, 2, False),
+                                           ("in/x.parquet", 2, "p3", 1, 1, True)]
+
+
+def test_unit_blocks_number_the_file_and_skip_what_is_committed():
+    records = [(i, f'{{"i": {i}}}'.encode()) for i in range(1, 8)]  # 7 records, blocks of 3: 3 + 3 + 1
+    whole = pa.concat_tables(list(UnitBlocks(3)("f", iter(records))))
+    assert whole.column("block").to_pylist() == [0, 0, 0, 1, 1, 1, 2]
+    assert whole.column("block_size").to_pylist() == [3, 3, 3, 3, 3, 3, 1]
+    assert whole.column("block_last").to_pylist() == [False] * 6 + [True]
+    skip = FileSkip(blocks=frozenset({0}), lines={1: frozenset({4, 6})})
+    rest = pa.concat_tables(list(UnitBlocks(3, skip)("f", iter(records))))
+    # block 0 is not emitted; block 1 keeps only line 5, still with its full size (3)
+    assert list(zip(rest.column("line").to_pylist(), rest.column("block").to_pylist(),
+                    rest.column("block_size").to_pylist())) == [(5, 1, 3), (7, 2, 1)]
 
 
 # -- stage 1: validate + tokenize -----------------------------------------------------------------
@@ -181,8 +200,7 @@ def test_preprocess_turns_every_bad_record_into_an_error_row(spec):
     good_line = b'{"text": "Ada met Bob .", "entities": [{"id": "a", "mentions": [{"start": 0, "end": 3}]}, ' \
         b'{"id": "b", "mentions": [{"start": 8, "end": 11}]}]}'
     lines = [*BROKEN, good_line]
-    batch = pa.table({"source": ["f.jsonl"] * len(lines), "line": list(range(1, len(lines) + 1)), "raw": lines},
-                     schema=RECORD)
+    batch = records_table("f.jsonl", list(range(1, len(lines) + 1)), lines)
     out = preprocess_batch(batch, spec=spec, max_entities=2, max_text_chars=100).to_pylist()
     assert len(out) == len(lines)
     for row, (doc_id, stage, etype, field) in zip(out, BROKEN.values()):
@@ -191,10 +209,6 @@ def test_preprocess_turns_every_bad_record_into_an_error_row(spec):
         assert row["message"] and (field in row["message"] or stage == "read")
     good = out[-1]
     assert good["status"] == "ok" and good["doc_id"] == f"f.jsonl:{len(lines)}" and good["num_entities"] == 2
-    # resume: ids already in the output are skipped before any parsing, fallback ids included
-    done = frozenset({"no-text", "f.jsonl:1"})
-    skipped = preprocess_batch(batch, spec=spec, max_entities=2, max_text_chars=100, done_ids=done).to_pylist()
-    assert [r["doc_id"] for r in skipped if r["status"] == "skipped"] == ["f.jsonl:1", "no-text"]
 
 
 # -- stage 2: the model actor, called in-process ------------------------------------------------------
@@ -236,41 +250,56 @@ def test_extractor_rows_and_per_document_isolation(tiny_dir, spec):
 
 
 # -- output: commit protocol, refuse / overwrite / resume -------------------------------------------------
-def _write_part(layout: OutputLayout, rows: list[dict], task_idx: int = 0) -> None:
+def _write_part(layout: OutputLayout, rows: list[dict], task_idx: int = 0) -> list[dict]:
     sink = ExtractionSink(layout, "run1", "tiny", docs_per_file=2)
-    sink.write([pa.Table.from_pylist(rows, schema=RESULT)], SimpleNamespace(task_idx=task_idx))
+    return sink.write([pa.Table.from_pylist(rows, schema=RESULT)], SimpleNamespace(task_idx=task_idx))["summaries"]
 
 
-def _doc(doc_id: str, status: str = "extracted") -> dict:
+def _doc(doc_id: str, status: str = "extracted", line: int = 1, block: int = 0, size: int = 4) -> dict:
     trip = [{"head_id": "a", "head_text": "A", "head_type": None, "relation": "r", "tail_id": "b", "tail_text": "B",
              "tail_type": None, "score": 0.9}]
-    return {"doc_id": doc_id, "source": "s", "line": 1, "status": status, "num_entities": 2,
+    return {"doc_id": doc_id, "source": "s", "line": line, "status": status, "num_entities": 2,
             "num_triplets": 1 if status == "extracted" else 0, "triplets": trip if status == "extracted" else None,
-            "entities": [], "stage": None if status == "extracted" else "validate"}
+            "entities": [], "stage": None if status == "extracted" else "validate",
+            "block": block, "block_size": size, "block_last": True}
 
 
 def test_sink_parts_commit_and_orphans_are_removed(tmp_path):
     layout = OutputLayout(local(tmp_path / "out"))
     layout.make_dirs()
-    _write_part(layout, [_doc("d1"), _doc("d2"), _doc("d3", "failed"), _doc("skip", "skipped")])
-    state = scan_output(layout)
-    assert len(state.committed) == 2 and sorted(state.done_ids) == ["d1", "d2", "d3"] and not state.orphans
+    rows = [_doc("d1", line=1), _doc("d2", line=2), _doc("d3", "failed", line=3)]
+    summaries = _write_part(layout, rows)
+    assert [s["units"] for s in summaries] == [[["s", 0, 4, True, 2]], [["s", 0, 4, True, 1]]]
+    assert summaries[0]["counts"] == {"extracted": 2, "failed": 0, "predicted": 0, "triplets": 2, "entities": 0,
+                                      "errors": 0}
+    index, removed = recover(layout, OutputIndex())  # from the ledger footers alone
+    assert removed == 0 and index.totals()["extracted"] == 2 and index.totals()["failed"] == 1
     # Retrying the same write task rewrites the same part names: still two parts, no duplicates.
-    _write_part(layout, [_doc("d1"), _doc("d2"), _doc("d3", "failed"), _doc("skip", "skipped")])
+    _write_part(layout, rows)
     files = {d: len(list((tmp_path / "out" / d).iterdir())) for d in ("triplets", "errors", "documents")}
     assert files == {"triplets": 1, "errors": 1, "documents": 2}
     # A crash after the data files but before the ledger leaves orphans; a torn ledger is not a commit.
-    _write_part(layout, [_doc("d4")], task_idx=1)
+    _write_part(layout, [_doc("d4", line=4)], task_idx=1)
     ledger = next(p for p in (tmp_path / "out" / "documents").iterdir() if "-00001-" in p.name)
     ledger.write_bytes(ledger.read_bytes()[:20])
-    state = scan_output(layout)
-    assert "d4" not in state.done_ids and len(state.orphans) == 2
-    cfg = load_extract_config(None, values={"input": "x", "output": str(tmp_path / "out"), "resume": True})
-    settings = {"model": "tiny", "labels": LABELS, "threshold": None, "top_k": None, "max_entities": 128,
-                "max_text_chars": 200000}
-    state = prepare_output(layout, cfg, settings)
-    assert sorted(state.done_ids) == ["d1", "d2", "d3"]
+    index, removed = recover(layout, OutputIndex())
+    assert removed == 2 and index.parts.num_rows == 2
     assert not any("-00001-" in p.name for p in (tmp_path / "out").rglob("*.parquet"))
+    # 3 of the 4 records of unit (s, 0) are committed: the plan re-reads only line 4
+    plan = resume_plan(index, layout.fs, layout.dir("documents"))
+    assert plan.committed_docs == 3 and not plan.done_files
+    assert plan.skip == {"s": FileSkip(frozenset(), {0: frozenset({1, 2, 3})})}
+    assert index.overcommitted() == 0
+    _write_part(layout, [_doc("d4", line=4)], task_idx=2)
+    index, _ = recover(layout, index)
+    assert resume_plan(index, layout.fs, layout.dir("documents")).done_files == {"s"}
+    # committing a record twice is caught per unit
+    _write_part(layout, [_doc("d4", line=4)], task_idx=3)
+    assert recover(layout, index)[0].overcommitted() == 1
+    # the index round-trips through _state/
+    index.save(layout.fs, layout.loc.path)
+    again = OutputIndex.load(layout.fs, layout.loc.path)
+    assert again.totals() == index.totals() and again.parts.num_rows == index.parts.num_rows
 
 
 def test_prepare_output_refuses_overwrites_and_checks_resume_settings(tmp_path):
@@ -279,7 +308,7 @@ def test_prepare_output_refuses_overwrites_and_checks_resume_settings(tmp_path):
     settings = {"model": "tiny", "labels": LABELS, "threshold": None, "top_k": None, "max_entities": 128,
                 "max_text_chars": 200000}
     values = {"input": "x", "output": str(out)}
-    assert prepare_output(layout, load_extract_config(None, values=values), settings).ledger.num_rows == 0
+    assert prepare_output(layout, load_extract_config(None, values=values), settings).parts.num_rows == 0
     layout.make_dirs()
     _write_part(layout, [_doc("d1")])
     layout.write_json(layout.run_state_path, settings)

@@ -11,6 +11,7 @@ Layout under the output prefix::
     documents/<part>.parquet   the ledger: one row per input document (extracted or failed), with
                                its entity_source
     _run.json                  what the run was started with (written first)
+    _state/                    the committed-units index (index.json + two small Parquet tables)
     _manifest.json             counts, model, labels, config, times (written LAST)
 
 Commit protocol (why resume never duplicates a triplet):
@@ -20,10 +21,13 @@ Commit protocol (why resume never duplicates a triplet):
   and reads back as Parquet.
 * The part name is deterministic (run id, task index and a hash of the part's document ids), so
   a write task retried by Ray overwrites its own files instead of adding new ones.
-* Before resuming (and after every run) :func:`scan_output` finds the committed parts; files of
+* The ledger file's footer carries the part's summary (counts, and documents per input unit);
+  the driver keeps an index of them (:mod:`glidre_core.extraction.state`), so it never reads
+  ledger rows to count or to resume.
+* After a crash, and after every run, :func:`recover` finds the committed parts; files of
   uncommitted parts (a crash between the data files and the ledger, a half-written ledger) are
-  deleted by :func:`remove_orphans`, and the documents of committed parts are skipped by the new
-  run. A document is therefore either fully in the output exactly once or redone from scratch.
+  deleted, and the units of committed parts are skipped by the new run. A document is therefore
+  either fully in the output exactly once or redone from scratch.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import json
 import logging
 import posixpath
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -47,6 +51,7 @@ from glidre_core.extraction.schemas import (
     DOCUMENTS, ENTITIES, ERRORS, RESULT, SOURCE_PREDICTED, STATUS_EXTRACTED, STATUS_FAILED, STATUS_SKIPPED,
     TRIPLETS,
 )
+from glidre_core.extraction.state import OutputIndex, part_summary, read_summaries, summary_metadata
 from glidre_core.extraction.storage import Location, ensure_dir, read_bytes, write_bytes
 
 logger = logging.getLogger(__name__)
@@ -106,51 +111,35 @@ def _stem(path: str) -> str:
     return posixpath.basename(path)[: -len(".parquet")]
 
 
-@dataclass
-class OutputState:
-    """What :func:`scan_output` found: the committed ledger and the files to remove."""
+def recover(layout: OutputLayout, index: OutputIndex) -> tuple[OutputIndex, int]:
+    """Bring ``index`` up to date with what is committed and delete what is not.
 
-    ledger: pa.Table
-    committed: set[str] = field(default_factory=set)
-    orphans: list[str] = field(default_factory=list)
-
-    @property
-    def done_ids(self) -> frozenset[str]:
-        return frozenset(self.ledger.column("doc_id").to_pylist())
-
-
-def scan_output(layout: OutputLayout) -> OutputState:
-    """Read every ledger file; list data files (and unreadable ledgers) of uncommitted parts."""
+    Lists the ledger directory, drops indexed parts whose ledger is gone, reads the footers of
+    committed parts the index lacks, then lists
+    the data tables and deletes files of parts that never committed (and unreadable ledgers).
+    Cost: one listing per table (names only) plus one footer per part missing from the index.
+    Returns the index and the number of files removed.
+    """
     fs = layout.fs
-    tables, committed, orphans = [], set(), []
-    for path in _list_parquet(fs, layout.dir(LEDGER)):
-        try:
-            tables.append(pq.read_table(path, filesystem=fs, schema=DOCUMENTS))
-            committed.add(_stem(path))
-        except (OSError, pa.ArrowException) as exc:
-            logger.warning("ledger part %s is unreadable (%s): treating the part as not written", path, exc)
-            orphans.append(path)
+    ledgers = _list_parquet(fs, layout.dir(LEDGER))
+    missing = index.retain({_stem(p) for p in ledgers})
+    if missing:  # never happens by itself (committed parts are not deleted): someone removed files
+        logger.warning("index: %d indexed parts have no ledger file any more; their documents will be redone",
+                       missing)
+    unknown = [p for p in ledgers if _stem(p) not in index.part_names]
+    summaries, bad = read_summaries(fs, unknown)
+    added = index.add(summaries)
+    if added:
+        logger.info("index: added %d committed parts found in the ledger", added)
+    committed = index.part_names
+    orphans = list(bad)
     for table in DATA_TABLES:
         orphans += [p for p in _list_parquet(fs, layout.dir(table)) if _stem(p) not in committed]
-    ledger = pa.concat_tables(tables) if tables else DOCUMENTS.empty_table()
-    return OutputState(ledger, committed, orphans)
-
-
-def remove_orphans(layout: OutputLayout, state: OutputState) -> None:
-    if state.orphans:
-        logger.warning("removing %d files of parts that were never committed (interrupted run)", len(state.orphans))
-    for path in state.orphans:
-        layout.fs.delete_file(path)
-    state.orphans = []
-
-
-def count_rows(layout: OutputLayout, table: str) -> int:
-    """Rows in ``table`` from the Parquet footers (no data read)."""
-    total = 0
-    for path in _list_parquet(layout.fs, layout.dir(table)):
-        with layout.fs.open_input_file(path) as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
+    if orphans:
+        logger.warning("removing %d files of parts that were never committed (interrupted run)", len(orphans))
+    for path in orphans:
+        fs.delete_file(path)
+    return index, len(orphans)
 
 
 def _explode(table: pa.Table, column: str, struct_type: pa.StructType) -> tuple[pa.Array, list[pa.Array]]:
@@ -185,7 +174,7 @@ def split_results(table: pa.Table, model_ref: str, run_id: str) -> dict[str, pa.
     ledger = pa.Table.from_arrays(
         [table.column("doc_id"), table.column("status"), table.column("num_entities"),
          pc.fill_null(table.column("num_triplets"), 0), table.column("source"), table.column("line"),
-         _const(run_id, n), table.column("entity_source")],
+         _const(run_id, n), table.column("entity_source"), table.column("block")],
         schema=DOCUMENTS,
     )
     return {"triplets": triplets, "entities": entities, "errors": errors, LEDGER: ledger}
@@ -202,6 +191,7 @@ class ExtractionSink(Datasink[dict]):
         self.model_ref = model_ref
         self.docs_per_file = docs_per_file
         self.totals: Counter = Counter()
+        self.summaries: list[dict[str, Any]] = []  # of the parts this run committed
 
     @property
     def min_rows_per_write(self) -> int:
@@ -228,27 +218,35 @@ class ExtractionSink(Datasink[dict]):
             raise RuntimeError(f"rows with unexpected status {sorted(unknown)} reached the sink")
         table = table.filter(pc.not_equal(table.column("status"), STATUS_SKIPPED))
         task_idx = getattr(ctx, "task_idx", 0)
+        summaries = []
         for index, start in enumerate(range(0, table.num_rows, self.docs_per_file)):
             piece = table.slice(start, self.docs_per_file)
             part = part_name(self.run_id, task_idx, index, piece.column("doc_id").to_pylist())
-            counts["triplets"] += self._write_part(part, piece)
+            summary = self._write_part(part, piece)
+            summaries.append(summary)
+            counts["triplets"] += summary["counts"]["triplets"]
             counts["parts"] += 1
             if self.progress is not None:
                 try:
                     self.progress.add_committed.remote(piece.num_rows)
                 except Exception:  # noqa: BLE001 - progress is best effort, never fatal
                     logger.debug("progress report failed", exc_info=True)
-        return counts
+        return {"counts": counts, "summaries": summaries}
 
-    def _write_part(self, part: str, table: pa.Table) -> int:
+    def _write_part(self, part: str, table: pa.Table) -> dict[str, Any]:
+        """Write one part, the ledger (with the part's summary in its footer) LAST; returns the summary."""
         out = split_results(table, self.model_ref, self.run_id)
+        summary = part_summary(part, self.run_id, table, out)
+        out[LEDGER] = out[LEDGER].replace_schema_metadata(summary_metadata(summary))
         fs = self.layout.fs
         for name in (*DATA_TABLES, LEDGER):  # the ledger LAST: it commits the part
             if out[name].num_rows or name == LEDGER:
                 ensure_dir(fs, self.layout.dir(name))
                 pq.write_table(out[name], self.layout.part_path(name, part), filesystem=fs)
-        return out["triplets"].num_rows
+        return summary
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
-        for counts in write_result.write_returns:
-            self.totals.update(counts or {})
+        for result in write_result.write_returns:
+            if result:
+                self.totals.update(result["counts"])
+                self.summaries.extend(result["summaries"])

@@ -31,23 +31,24 @@ from glidre_core.extraction.errors import ModelLoadError, OutputError
 from glidre_core.extraction.labels import (
     entity_threshold_spec, resolve_entity_labels, resolve_labels, threshold_spec,
 )
-from glidre_core.extraction.output import (
-    ExtractionSink, OutputLayout, count_rows, remove_orphans, scan_output,
-)
+from glidre_core.extraction.output import LEDGER, ExtractionSink, OutputLayout, recover
 from glidre_core.extraction.schemas import OUTPUT_SCHEMA_VERSION, SOURCE_PREDICTED
 from glidre_core.extraction.progress import InputSize
 from glidre_core.extraction.resources import ClusterView, ResourcePlan, plan_resources, unchecked_plan
 from glidre_core.extraction.source import (
-    JsonLinesDatasource, discover_inputs, input_size, parquet_to_records,
+    JsonLinesDatasource, ParquetRecordsDatasource, discover_inputs, input_size, relative_source,
 )
-from glidre_core.extraction.storage import Location, Storage, check_bucket, delete_tree, list_files
+from glidre_core.extraction.state import OutputIndex, ResumePlan, resume_plan
+import pyarrow.fs as pafs
+
+from glidre_core.extraction.storage import Location, Storage, check_bucket, delete_tree
 from glidre_core.extraction.udf import Extractor, TokenizerSpec, load_model_ref, preprocess_batch
 
 logger = logging.getLogger(__name__)
 
 #: Settings that must match between an interrupted run and its --resume.
 RESUME_KEYS = ("model", "labels", "threshold", "top_k", "max_entities", "max_text_chars",
-               "entity_labels", "entity_threshold", "coreference")
+               "entity_labels", "entity_threshold", "coreference", "lines_per_block")
 
 
 def _now() -> datetime:
@@ -121,17 +122,32 @@ class _Setup:
         return {"model": self.cfg.model, "labels": self.labels, "threshold": self.threshold,
                 "top_k": self.cfg.top_k, "max_entities": self.cfg.max_entities,
                 "max_text_chars": self.cfg.max_text_chars, "entity_labels": self.entity_labels,
-                "entity_threshold": self.entity_threshold, "coreference": self.coreference}
+                "entity_threshold": self.entity_threshold, "coreference": self.coreference,
+                "lines_per_block": self.cfg.lines_per_block}
 
 
-def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str, Any]):
-    """Refuse / overwrite / resume an existing output; returns the committed state to skip."""
-    existing = list_files(layout.loc)
+def _top_level(loc: Location) -> list[Any]:
+    """Entries directly under the output (a handful: tables, _run.json, ...), never every part."""
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.File:
+        return [info]
+    return loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False, allow_not_found=True))
+
+
+def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str, Any]) -> OutputIndex:
+    """Refuse / overwrite / resume an existing output; returns its committed-units index.
+
+    After a clean run the index is read as is (O(parts + units), no listing); after a crash it
+    is repaired by :func:`~glidre_core.extraction.output.recover` and saved at once.
+    """
+    check_bucket(layout.loc)
+    existing = _top_level(layout.loc)
     if existing and cfg.overwrite:
-        logger.warning("--overwrite: deleting %d existing files under %s", len(existing), layout.loc.uri)
+        logger.warning("--overwrite: deleting everything under %s", layout.loc.uri)
         delete_tree(layout.loc)
+        existing = []
     elif existing and not cfg.resume:
-        raise OutputError(f"output {layout.loc.uri!r} already exists ({len(existing)} files): "
+        raise OutputError(f"output {layout.loc.uri!r} already exists ({len(existing)} entries): "
                           "pass --resume to continue it or --overwrite to replace it")
     elif existing:
         previous = layout.read_json(layout.run_state_path) or {}
@@ -143,16 +159,23 @@ def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str,
                 )
     elif cfg.resume:
         logger.info("--resume: %s is empty, starting a fresh run", layout.loc.uri)
-    state = scan_output(layout)
-    remove_orphans(layout, state)
-    if state.ledger.num_rows:
-        logger.info("resume: %d documents already in the output will be skipped", state.ledger.num_rows)
-    return state
+    if not existing:
+        return OutputIndex()
+    index = OutputIndex.load(layout.fs, layout.loc.path)
+    last_run = (layout.read_json(layout.run_state_path) or {}).get("run_id")
+    if index is None or last_run not in index.finalized_runs:
+        logger.info("resume: run %s did not finish; checking the output's parts", last_run)
+        index, removed = recover(layout, index or OutputIndex())
+        index.save(layout.fs, layout.loc.path)
+    return index
 
 
-def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None,
+def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any = None,
                   plan: ResourcePlan | None = None):
     """The Ray Data plan up to (not including) the write.
+
+    ``resume`` removes complete files from the read and tells the reader which blocks and lines
+    of the partly done files to skip (see :mod:`glidre_core.extraction.state`).
 
     Every CPU task (read, preprocess) asks for ``plan.task_cpus`` and every actor for
     ``plan.actor_cpus``: the numbers :func:`~glidre_core.extraction.resources.plan_resources`
@@ -163,20 +186,17 @@ def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None,
 
     cfg = setup.cfg
     plan = plan or unchecked_plan(cfg)
-    if setup.format == "jsonl":
-        source = JsonLinesDatasource(setup.files, root=setup.input.path, filesystem=setup.input.fs,
-                                     lines_per_block=cfg.lines_per_block)
-        ds = ray.data.read_datasource(source, num_cpus=plan.task_cpus)
-    else:
-        ds = ray.data.read_parquet(setup.files, filesystem=setup.input.fs, include_paths=True,
-                                   num_cpus=plan.task_cpus)
-        ds = ds.map_batches(parquet_to_records, batch_format="pyarrow", batch_size=cfg.lines_per_block,
-                            fn_kwargs={"root": setup.input.path}, num_cpus=plan.task_cpus)
+    resume = resume or ResumePlan()
+    files = [f for f in setup.files if relative_source(f, setup.input.path) not in resume.done_files]
+    kind = JsonLinesDatasource if setup.format == "jsonl" else ParquetRecordsDatasource
+    source = kind(files, root=setup.input.path, filesystem=setup.input.fs, lines_per_block=cfg.lines_per_block,
+                  skip={k: v for k, v in resume.skip.items()})
+    ds = ray.data.read_datasource(source, num_cpus=plan.task_cpus)
     ds = ds.map_batches(
         preprocess_batch, batch_format="pyarrow", batch_size=cfg.lines_per_block,
         num_cpus=plan.task_cpus,
         fn_kwargs={"spec": setup.spec, "max_entities": cfg.max_entities,
-                   "max_text_chars": cfg.max_text_chars, "done_ids": done_ids, "progress": progress},
+                   "max_text_chars": cfg.max_text_chars, "progress": progress},
     )
     actors = cfg.actors
     return ds.map_batches(
@@ -198,32 +218,33 @@ def build_dataset(setup: _Setup, done_ids: frozenset[str], progress: Any = None,
 
 
 def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime, run_counts: Counter,
-             progress_snapshot: dict[str, Any] | None) -> dict[str, Any]:
-    """Reconcile the written output with what was read and write ``_manifest.json`` (last)."""
-    state = scan_output(layout)
-    remove_orphans(layout, state)
-    ledger = state.ledger
-    statuses = Counter(ledger.column("status").to_pylist())
-    doc_ids = ledger.column("doc_id").to_pylist()
-    duplicates = len(doc_ids) - len(set(doc_ids))
-    predicted_docs = sum(
-        1 for status, source in zip(ledger.column("status").to_pylist(), ledger.column("entity_source").to_pylist())
-        if status == "extracted" and source == SOURCE_PREDICTED
-    )
-    per_run: dict[str, Counter] = {}
-    for rid, status, n in zip(ledger.column("run_id").to_pylist(), ledger.column("status").to_pylist(),
-                              ledger.column("num_triplets").to_pylist()):
-        c = per_run.setdefault(rid, Counter())
-        c[f"docs_{status}"] += 1
-        c["triplets"] += n or 0
-    triplets_written = count_rows(layout, "triplets")
-    ledger_triplets = sum(n or 0 for n in ledger.column("num_triplets").to_pylist())
+             progress_snapshot: dict[str, Any] | None, index: OutputIndex, summaries: list[dict[str, Any]],
+             committed_before: int) -> dict[str, Any]:
+    """Reconcile the output with the input, save the index (this run finalized) and write
+    ``_manifest.json`` (last).
+
+    Counts come from the part summaries (this run's from the sink, earlier ones from the index;
+    :func:`recover` adds any committed part neither knows and deletes uncommitted files). The
+    checks, all in O(units): no unit holds more committed documents than it has records (no
+    duplicates), and every input file with records has all its units complete (nothing lost).
+    """
+    index.add(summaries)
+    index, removed = recover(layout, index)
+    units = index.unit_table()
+    done_files, _, partial = index.file_status(units)
+    overcommitted = index.overcommitted(units)
+    sources = {relative_source(f, setup.input.path) for f in setup.files}
+    with_units = set(units.column("source").to_pylist()) if units.num_rows else set()
+    incomplete = sorted((sources & with_units) - done_files)
+    totals = index.totals()
     ended = _now()
-    docs_read = run_counts["extracted"] + run_counts["failed"] + run_counts["skipped"]
-    extracted, failed = statuses.get("extracted", 0), statuses.get("failed", 0)
+    extracted, failed = totals["extracted"], totals["failed"]
     processed = run_counts["extracted"] + run_counts["failed"]
+    docs_read = committed_before + processed + run_counts["skipped"]
     seconds = (ended - started).total_seconds()
-    reconciled = docs_read == extracted + failed and triplets_written == ledger_triplets and duplicates == 0
+    reconciled = docs_read == extracted + failed and overcommitted == 0 and not incomplete
+    index.finalized_runs.append(run_id)
+    index.save(layout.fs, layout.loc.path)
     cfg = setup.cfg
     manifest = {
         "status": "complete" if reconciled else "incomplete",
@@ -235,6 +256,9 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
         "input": cfg.input,
         "input_format": setup.format,
         "input_files": len(setup.files),
+        "input_files_complete": len(sources & done_files),
+        "input_files_without_records": len(sources - with_units),
+        "input_files_incomplete": incomplete[:20],
         "output": cfg.output,
         "model": cfg.model,
         "schema_version": OUTPUT_SCHEMA_VERSION,
@@ -247,16 +271,22 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
         "docs_read": docs_read,
         "docs_extracted": extracted,
         "docs_failed": failed,
-        "docs_skipped_resume": run_counts["skipped"],
-        "docs_with_predicted_entities": predicted_docs,
-        "triplets_written": triplets_written,
-        "entities_written": count_rows(layout, "entities"),
-        "error_rows": count_rows(layout, "errors"),
-        "duplicate_doc_ids": duplicates,
+        "docs_skipped_resume": committed_before,
+        "docs_with_predicted_entities": totals["predicted"],
+        "triplets_written": totals["triplets"],
+        "entities_written": totals["entities"],
+        "error_rows": totals["errors"],
+        # input records committed more than once (each would duplicate its triplets): must be 0
+        "duplicate_documents": overcommitted,
+        "duplicate_doc_ids": overcommitted,
+        "parts": index.parts.num_rows,
+        "units": units.num_rows,
+        "units_partly_committed": sum(len(b) for b in partial.values()),
+        "uncommitted_files_removed": removed,
         "this_run": {"docs_extracted": run_counts["extracted"], "docs_failed": run_counts["failed"],
                      "docs_with_predicted_entities": run_counts["predicted_entities_docs"],
                      "triplets_written": run_counts["triplets"], "parts_written": run_counts["parts"]},
-        "runs": {rid: dict(c) for rid, c in sorted(per_run.items())},
+        "runs": index.per_run(),
         "throughput": {
             "docs_per_second": processed / seconds if seconds > 0 else None,
             "steady_docs_per_second": (progress_snapshot or {}).get("steady_docs_per_second"),
@@ -267,9 +297,9 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
     }
     if not reconciled:
         logger.error(
-            "output does not reconcile: %d docs read, %d extracted + %d failed in the output, %d duplicate "
-            "doc ids, %d triplet rows vs %d in the ledger", docs_read, extracted, failed, duplicates,
-            triplets_written, ledger_triplets,
+            "output does not reconcile: %d docs read, %d extracted + %d failed in the output, %d documents "
+            "committed twice, %d input files not complete (%s)", docs_read, extracted, failed, overcommitted,
+            len(incomplete), ", ".join(incomplete[:5]),
         )
     layout.write_json(layout.manifest_path, manifest)
     return manifest
@@ -290,29 +320,42 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     setup = _Setup(cfg)
     layout = OutputLayout(setup.output)
     settings = setup.run_settings()
-    state = prepare_output(layout, cfg, settings)
+    index = prepare_output(layout, cfg, settings)
     layout.write_json(layout.run_state_path, {**settings, "run_id": run_id, "started_at": started.isoformat(),
                                               "input": cfg.input})
+    resume = resume_plan(index, layout.fs, layout.dir(LEDGER)) if index.parts.num_rows else ResumePlan()
+    todo = len(setup.files) - len(resume.done_files & {relative_source(f, setup.input.path) for f in setup.files})
+    if resume.committed_docs:
+        logger.info("resume: %d documents already committed; %d of %d input files complete, %d partly done "
+                    "(%d bytes of skip plan shipped to the read tasks)", resume.committed_docs,
+                    len(setup.files) - todo, len(setup.files), len(resume.skip), resume.shipped_bytes())
     logger.info("extraction %s: %d %s files from %s -> %s (model %s, %d labels, %s)", run_id, len(setup.files),
                 setup.format, cfg.input, cfg.output, cfg.model, len(setup.labels),
                 f"{len(setup.entity_labels)} entity types" if setup.entity_labels else "no entity types")
     size = input_size(setup.input, setup.files, setup.format)
-    size = InputSize(docs=size.docs, bytes=size.bytes, committed_before=state.ledger.num_rows)
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
-        plan = plan_resources(cfg, ClusterView.from_ray()) if cfg.ray.check_resources else unchecked_plan(cfg)
-        tracker = ProgressTracker.remote()
-        ds = build_dataset(setup, state.done_ids, tracker, plan)
-        sink = ExtractionSink(layout, run_id, cfg.model, cfg.docs_per_file, progress=tracker)
-        watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s, size, resource_view_text)
-        try:
-            with watch:
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.task_cpus})
-        except (KeyboardInterrupt, JobInterrupted):
-            if watch.stalled is not None:
-                raise StallError(f"extraction {run_id} stalled: {watch.stalled}") from None
-            logger.warning("extraction %s interrupted: committed parts stay; continue with --resume", run_id)
-            raise
-        manifest = finalize(layout, setup, run_id, started, sink.totals, watch.last)
+    size = InputSize(docs=size.docs, bytes=size.bytes, committed_before=resume.committed_docs)
+    sink = ExtractionSink(layout, run_id, cfg.model, cfg.docs_per_file)
+    snapshot = None
+    if todo:
+        with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+            plan = plan_resources(cfg, ClusterView.from_ray()) if cfg.ray.check_resources else unchecked_plan(cfg)
+            tracker = ProgressTracker.remote()
+            ds = build_dataset(setup, resume, tracker, plan)
+            sink.progress = tracker
+            watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s, size, resource_view_text)
+            try:
+                with watch:
+                    ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.task_cpus})
+            except (KeyboardInterrupt, JobInterrupted):
+                if watch.stalled is not None:
+                    raise StallError(f"extraction {run_id} stalled: {watch.stalled}") from None
+                logger.warning("extraction %s interrupted: committed parts stay; continue with --resume", run_id)
+                raise
+            snapshot = watch.last
+    else:
+        logger.info("resume: every input file is already complete; nothing to run")
+    manifest = finalize(layout, setup, run_id, started, sink.totals, snapshot, index, sink.summaries,
+                        resume.committed_docs)
     log_summary(manifest)
     return manifest
 

@@ -12,6 +12,10 @@ Schema version 2 added where entities come from: documents given with entities k
 (``entity_source="given"``), documents without entities get them from the model's span head
 (``"predicted"``, with a score per entity and per mention). Readers of version-1 outputs see
 these columns as nulls (Parquet readers fill missing columns from the schema).
+
+Schema version 3 added the input *unit* of every document: ``block``, the index of its read block
+within its source file (``lines_per_block`` records each). Resume and the output index count
+committed documents per unit (see :mod:`glidre_core.extraction.state`).
 """
 
 from __future__ import annotations
@@ -19,17 +23,26 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Recorded in ``_manifest.json``; bump when a written table changes shape.
-OUTPUT_SCHEMA_VERSION = 2
+OUTPUT_SCHEMA_VERSION = 3
 
 #: Values of ``entity_source`` (entities table, ledger and result rows).
 SOURCE_GIVEN = "given"  # entities came with the document; only relations were predicted
 SOURCE_PREDICTED = "predicted"  # the span head found the entities in raw text
 
 #: One input record: where it came from and its raw bytes (a JSON object, hopefully).
+#: Where a record sits in the input: its read block (the unit of resume) within the source file.
+UNIT_FIELDS = [
+    ("block", pa.int64()),  # 0-based index of the read block within the file
+    ("block_size", pa.int32()),  # records in that block (all of them, also ones skipped on resume)
+    ("block_last", pa.bool_()),  # the file's last block
+]
+UNIT_COLUMNS = tuple(name for name, _ in UNIT_FIELDS)
+
 RECORD = pa.schema([
     ("source", pa.string()),  # file path relative to the input root
-    ("line", pa.int64()),  # 1-based line (JSONL) or element index (JSON array); null for Parquet
+    ("line", pa.int64()),  # 1-based line (JSONL), element index (JSON array), 0-based row (Parquet)
     ("raw", pa.binary()),
+    *UNIT_FIELDS,
 ])
 
 _STATUS_FIELDS = [
@@ -42,6 +55,7 @@ _STATUS_FIELDS = [
     ("field", pa.string()),
     ("message", pa.string()),
     ("num_entities", pa.int32()),
+    *UNIT_FIELDS,
 ]
 
 STATUS_OK = "ok"  # validated and tokenized, waiting for the model
@@ -110,4 +124,10 @@ DOCUMENTS = pa.schema([
     ("line", pa.int64()),
     ("run_id", pa.string()),
     ("entity_source", pa.string()),  # given | predicted for extracted documents, else null
+    ("block", pa.int64()),  # the input unit (source, block); see UNIT_FIELDS
 ])
+
+
+def without_units(schema: pa.Schema) -> pa.Schema:
+    """``schema`` minus :data:`UNIT_FIELDS` (rows built per document get them added per batch)."""
+    return pa.schema([f for f in schema if f.name not in UNIT_COLUMNS])

@@ -9,8 +9,10 @@ one row of ``errors/``.
 * JSON Lines (``.jsonl``, ``.ndjson``, ``.json``, optionally ``.gz``/``.bz2``/``.zst``): streamed in
   chunks, so a large file never sits in memory whole. A ``.json`` file that is a single JSON array
   (DocRED style) is accepted too: its elements become records.
-* Parquet (``.parquet``): read with Ray's Parquet reader, each row re-serialised to JSON so that
-  both formats share one validation path.
+* Parquet (``.parquet``): read in record batches (:class:`ParquetRecordsDatasource`), each row
+  re-serialised to JSON so that both formats share one validation path.
+
+Both readers cut each file into numbered blocks (:class:`UnitBlocks`), the units of resume.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -122,18 +125,77 @@ def _json_array_records(data: bytes) -> list[tuple[int, bytes]] | None:
     return [(i, json.dumps(v, ensure_ascii=False).encode("utf-8")) for i, v in enumerate(value)]
 
 
+@dataclass(frozen=True)
+class FileSkip:
+    """What a resumed run skips in one input file: whole committed blocks, and the committed
+    lines of blocks that were only partly committed when the previous run stopped."""
+
+    blocks: frozenset[int] = frozenset()
+    lines: Mapping[int, frozenset[int]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.blocks or self.lines)
+
+
+class UnitBlocks:
+    """Cuts ``(line, raw)`` records of one file into :data:`RECORD` blocks of ``lines_per_block``
+    records, numbered from 0 (the unit of commit and resume), marks the file's last block, and
+    drops what ``skip`` says is already committed. Numbering depends only on the file's content
+    and ``lines_per_block``, so a resumed run sees the same units."""
+
+    def __init__(self, lines_per_block: int, skip: FileSkip | None = None):
+        self.lines_per_block = lines_per_block
+        self.skip = skip or FileSkip()
+
+    def __call__(self, source: str, records: Iterator[tuple[int, bytes]]) -> Iterator[Block]:
+        pending: tuple[int, list[int], list[bytes]] | None = None
+        block, lines, raws = 0, [], []
+        for lineno, raw in records:
+            lines.append(lineno)
+            raws.append(raw)
+            if len(raws) >= self.lines_per_block:
+                if pending is not None:
+                    yield from self._emit(source, *pending, last=False)
+                pending = (block, lines, raws)
+                block, lines, raws = block + 1, [], []
+        if raws:
+            if pending is not None:
+                yield from self._emit(source, *pending, last=False)
+            pending = (block, lines, raws)
+        if pending is not None:
+            yield from self._emit(source, *pending, last=True)
+
+    def _emit(self, source: str, block: int, lines: list[int], raws: list[bytes], *, last: bool) -> Iterator[Block]:
+        if block in self.skip.blocks:
+            return
+        size = len(raws)
+        done = self.skip.lines.get(block)
+        if done:
+            keep = [i for i, ln in enumerate(lines) if ln not in done]
+            if not keep:
+                return
+            lines, raws = [lines[i] for i in keep], [raws[i] for i in keep]
+        yield records_table(source, lines, raws, block=block, block_size=size, block_last=last)
+
+
 class JsonLinesDatasource(FileBasedDatasource):
-    """JSON Lines files -> :data:`RECORD` blocks of at most ``lines_per_block`` records."""
+    """JSON Lines files -> :data:`RECORD` blocks of at most ``lines_per_block`` records.
+
+    ``skip`` (keyed by the source path relative to ``root``) holds what a resumed run must not
+    redo; only partly committed files appear in it, so it stays small however large the corpus.
+    """
 
     def __init__(self, paths: list[str], *, root: str, lines_per_block: int = 256,
-                 chunk_bytes: int = 4 << 20, **kwargs: Any):
+                 chunk_bytes: int = 4 << 20, skip: Mapping[str, FileSkip] | None = None, **kwargs: Any):
         super().__init__(paths, **kwargs)
         self._root = root
         self._lines_per_block = lines_per_block
         self._chunk_bytes = chunk_bytes
+        self._skip = dict(skip or {})
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[Block]:
         source = relative_source(path, self._root)
+        blocks = UnitBlocks(self._lines_per_block, self._skip.get(source))
         first = f.read(self._chunk_bytes)
         if first.startswith(b"\xef\xbb\xbf"):
             first = first[3:]
@@ -144,58 +206,62 @@ class JsonLinesDatasource(FileBasedDatasource):
             data = b"".join(rest)
             records = _json_array_records(data)
             if records is not None:
-                yield from self._blocks(source, iter(records))
+                yield from blocks(source, iter(records))
                 return
             chunks: Iterable[bytes] = [data]
         else:
             chunks = self._chunks(first, f)
-        yield from self._blocks(source, iter_lines(chunks))
+        yield from blocks(source, iter_lines(chunks))
 
     def _chunks(self, first: bytes, f: pa.NativeFile) -> Iterator[bytes]:
         yield first
         while chunk := f.read(self._chunk_bytes):
             yield chunk
 
-    def _blocks(self, source: str, records: Iterator[tuple[int, bytes]]) -> Iterator[Block]:
-        lines: list[int] = []
-        raws: list[bytes] = []
-        for lineno, raw in records:
-            lines.append(lineno)
-            raws.append(raw)
-            if len(raws) >= self._lines_per_block:
-                yield records_table(source, lines, raws)
-                lines, raws = [], []
-        if raws:
-            yield records_table(source, lines, raws)
+
+class ParquetRecordsDatasource(FileBasedDatasource):
+    """Parquet files -> :data:`RECORD` blocks, one record per row (re-serialised to JSON so both
+    formats share one validation path), cut into the same numbered units as JSON Lines; ``line``
+    is the 0-based row index. Reads record batches, so a large file never sits in memory whole."""
+
+    def __init__(self, paths: list[str], *, root: str, lines_per_block: int = 256,
+                 skip: Mapping[str, FileSkip] | None = None, **kwargs: Any):
+        super().__init__(paths, **kwargs)
+        self._root = root
+        self._lines_per_block = lines_per_block
+        self._skip = dict(skip or {})
+
+    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> pa.NativeFile:
+        return filesystem.open_input_file(path)  # Parquet needs random access (the footer)
+
+    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[Block]:
+        import pyarrow.parquet as pq
+
+        source = relative_source(path, self._root)
+        blocks = UnitBlocks(self._lines_per_block, self._skip.get(source))
+        yield from blocks(source, self._rows(pq.ParquetFile(f)))
+
+    def _rows(self, pf: Any) -> Iterator[tuple[int, bytes]]:
+        row = 0
+        for batch in pf.iter_batches(batch_size=self._lines_per_block):
+            for rec in batch.to_pylist():
+                yield row, json.dumps(rec, ensure_ascii=False, default=_jsonable).encode("utf-8")
+                row += 1
 
 
-def records_table(source: str, lines: list[int | None], raws: list[bytes]) -> pa.Table:
+def records_table(source: str, lines: list[int | None], raws: list[bytes], *, block: int = 0,
+                  block_size: int | None = None, block_last: bool = True) -> pa.Table:
+    n = len(raws)
     return pa.Table.from_arrays(
-        [pa.array([source] * len(raws), pa.string()), pa.array(lines, pa.int64()), pa.array(raws, pa.binary())],
+        [pa.array([source] * n, pa.string()), pa.array(lines, pa.int64()), pa.array(raws, pa.binary()),
+         pa.array([block] * n, pa.int64()), pa.array([n if block_size is None else block_size] * n, pa.int32()),
+         pa.array([block_last] * n, pa.bool_())],
         schema=RECORD,
     )
 
 
 def _jsonable(value: Any) -> Any:
     return str(value) if not isinstance(value, (str, int, float, bool, type(None), list, dict)) else value
-
-
-def parquet_to_records(batch: pa.Table, root: str) -> pa.Table:
-    """Parquet rows (with the ``path`` column from ``include_paths``) -> :data:`RECORD` rows.
-
-    Nested ``entities`` come out of Arrow as lists of dicts; an ``entities`` column stored as a
-    JSON string is decoded later by the validation stage, like any other record.
-    """
-    paths = batch.column("path").to_pylist() if "path" in batch.column_names else [""] * batch.num_rows
-    data = batch.drop_columns(["path"]) if "path" in batch.column_names else batch
-    sources, raws = [], []
-    for path, row in zip(paths, data.to_pylist()):
-        sources.append(relative_source(path, root))
-        raws.append(json.dumps(row, ensure_ascii=False, default=_jsonable).encode("utf-8"))
-    return pa.Table.from_arrays(
-        [pa.array(sources, pa.string()), pa.nulls(len(raws), pa.int64()), pa.array(raws, pa.binary())],
-        schema=RECORD,
-    )
 
 
 def input_size(loc: Location, files: list[str], fmt: str, max_footers: int = 20_000) -> "InputSize":

@@ -14,10 +14,10 @@ Error flow: nothing raised by a single document escapes either stage. A record t
 UTF-8 or not JSON, a document that fails validation, has too many entities or too long a text,
 and a document whose forward pass or decoding fails, each becomes a row with ``status="failed"``
 and ``stage`` / ``error_type`` / ``field`` / ``message`` (the message names the document and the
-field), and travels on to the sink, which writes it to ``errors/``. Rows already present in the
-output of an earlier run (resume) become ``status="skipped"`` and are only counted. So every
-input record leaves the pipeline as exactly one row, which is what makes
-``docs_read == docs_extracted + docs_failed`` checkable at the end.
+field), and travels on to the sink, which writes it to ``errors/``. (Records committed by an
+earlier run are not read at all on resume.) So every input record leaves the pipeline as exactly
+one row, carrying its input unit, which is what makes ``docs_read == docs_extracted +
+docs_failed`` and the per-unit completeness checkable at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -36,6 +35,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from glidre_core.documents import Document, DocumentError, parse_document
 from glidre_core.extraction.schemas import (
     PREPARED, RESULT, SOURCE_GIVEN, SOURCE_PREDICTED, STATUS_EXTRACTED, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED,
+    UNIT_COLUMNS, without_units,
 )
 from glidre_core.extraction.source import fallback_id
 from glidre_core.text import split_words
@@ -114,13 +114,15 @@ def _failure(doc_id: str | None, source: str, line: int | None, stage: str, erro
 
 def preprocess_record(
     source: str, line: int | None, raw: bytes, spec: TokenizerSpec, *,
-    max_entities: int, max_text_chars: int, done_ids: Collection[str] = (), tokenizer: Any = None,
+    max_entities: int, max_text_chars: int, tokenizer: Any = None,
 ) -> dict[str, Any]:
-    """One raw record -> one :data:`PREPARED` row (ok, failed or skipped). Never raises."""
+    """One raw record -> one :data:`PREPARED` row (ok or failed). Never raises.
+
+    (Resume needs no skipping here: the reader never emits committed records, see
+    :mod:`glidre_core.extraction.state`.)
+    """
     fid = fallback_id(source, line, raw)
     where = f"{source}:{line}" if line is not None else source
-    if fid in done_ids:
-        return {"doc_id": fid, "source": source, "line": line, "status": STATUS_SKIPPED}
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -137,8 +139,6 @@ def preprocess_record(
             raise DocumentError(fid, "<root>", f"expected a JSON object, got {type(obj).__name__}")
         if obj.get("doc_id") is not None:
             doc_id = str(obj["doc_id"])
-            if doc_id in done_ids:
-                return {"doc_id": doc_id, "source": source, "line": line, "status": STATUS_SKIPPED}
         if isinstance(obj.get("entities"), str):  # Parquet tables may store entities as JSON text
             try:
                 obj["entities"] = json.loads(obj["entities"])
@@ -177,7 +177,7 @@ def preprocess_record(
 
 def preprocess_batch(
     batch: pa.Table, *, spec: TokenizerSpec, max_entities: int, max_text_chars: int,
-    done_ids: Collection[str] = frozenset(), progress: Any = None,
+    progress: Any = None,
 ) -> pa.Table:
     """Ray Data ``map_batches`` function: :data:`RECORD` batch -> :data:`PREPARED` batch.
 
@@ -191,12 +191,19 @@ def preprocess_batch(
         except Exception:  # noqa: BLE001 - progress is best effort, never fatal
             logger.debug("progress report failed", exc_info=True)
     rows = [
-        preprocess_record(s, ln, r, spec, max_entities=max_entities, max_text_chars=max_text_chars,
-                          done_ids=done_ids)
+        preprocess_record(s, ln, r, spec, max_entities=max_entities, max_text_chars=max_text_chars)
         for s, ln, r in zip(batch.column("source").to_pylist(), batch.column("line").to_pylist(),
                             batch.column("raw").to_pylist())
     ]
-    return pa.Table.from_pylist(rows, schema=PREPARED)
+    return with_units(pa.Table.from_pylist(rows, schema=without_units(PREPARED)), batch, PREPARED)
+
+
+def with_units(table: pa.Table, source: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` (one row per row of ``source``, in order) with ``source``'s unit columns."""
+    for name in UNIT_COLUMNS:
+        column = source.column(name) if name in source.column_names else pa.nulls(table.num_rows, schema.field(name).type)
+        table = table.append_column(schema.field(name), column)
+    return table.select(schema.names)
 
 
 # -- stage 2: the model -------------------------------------------------------------------------
@@ -333,7 +340,7 @@ class Extractor:
             for (i, p), res in zip(raw, results):
                 out[i] = self._raw_result(rows[i], p.doc.doc_id, res)
         self._report(out)
-        return pa.Table.from_pylist(out, schema=RESULT)
+        return with_units(pa.Table.from_pylist(out, schema=without_units(RESULT)), batch, RESULT)
 
     def _no_entities(self, row: dict[str, Any], doc_id: str) -> dict[str, Any]:
         return _failure(doc_id, row["source"], row["line"], "extract", "NoEntities", "entities",

@@ -1,0 +1,315 @@
+"""What an output holds, at corpus scale: per-part summaries, the committed-units index, and the
+resume plan built from it.
+
+Why: resume used to collect every committed ``doc_id`` into one set in the driver and ship it
+to every task, and to read every ledger part on every start. At 100M documents that is ~9 GB per
+process and hundreds of thousands of reads. Here the bookkeeping grows with input *units*, not
+documents, and only the partly done units travel to the tasks.
+
+The unit of resume (decision): an input *unit* is one read block, ``(source file, block)``, the
+``lines_per_block`` consecutive records the reader cuts (see
+:class:`~glidre_core.extraction.source.UnitBlocks`). Numbering depends only on the file and
+``lines_per_block`` (a resume must use the same value: it is one of the settings checked).
+
+* Commit (unchanged protocol, see :mod:`glidre_core.extraction.output`): a part is committed when
+  its ledger file exists. The ledger file's Parquet footer carries the part's summary
+  (:data:`PART_META_KEY`): document, triplet, entity and error counts, and how many documents of
+  each unit it holds, with the unit's size and whether it is its file's last block.
+* Index: ``_state/index.json`` names two small Parquet tables, one row per part (counts) and one
+  row per (part, unit). A finished run rewrites them (compaction) and lists its run id as
+  *finalized*. The driver reads the index in O(parts + units); it reads no ledger rows.
+* Start of a run: if the last started run (``_run.json``) is finalized, the index is complete
+  and nothing else is listed or read. Otherwise the previous run crashed: the ledger directory is
+  listed, the footers of the parts the index lacks are read (in parallel), files of uncommitted
+  parts are deleted, and the repaired index is written at once.
+* Resume plan: a unit is *complete* when its committed documents equal its size; a file is
+  complete when all its blocks up to its last are. Complete files are not even opened; in the
+  other files complete blocks are skipped by the reader, and only a partly committed block
+  (a part boundary cut through it when the run stopped) is read with its committed line numbers.
+  The plan shipped to the read tasks therefore holds only partly done files: its size depends on
+  what was in flight at the crash, not on the corpus.
+
+Why a triplet can never be written twice: every record belongs to exactly one unit; a record
+whose line is committed is never read again, and an uncommitted part's files are deleted before
+its documents are redone. :meth:`OutputIndex.overcommitted` checks the invariant in O(units):
+no unit may hold more committed documents than records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from glidre_core.extraction.errors import OutputError
+from glidre_core.extraction.schemas import (
+    SOURCE_PREDICTED, STATUS_EXTRACTED, STATUS_FAILED,
+)
+from glidre_core.extraction.source import FileSkip
+from glidre_core.extraction.storage import ensure_dir, read_bytes, write_bytes
+
+logger = logging.getLogger(__name__)
+
+#: Key of the part summary in the ledger file's Parquet footer (schema metadata).
+PART_META_KEY = b"glidre.part"
+STATE_DIR = "_state"
+INDEX_FILE = "index.json"
+COUNT_KEYS = ("extracted", "failed", "predicted", "triplets", "entities", "errors")
+
+PARTS = pa.schema([("part", pa.string()), ("run_id", pa.string()),
+                   *[(k, pa.int64()) for k in COUNT_KEYS]])
+UNITS = pa.schema([("part", pa.string()), ("source", pa.string()), ("block", pa.int64()),
+                   ("block_size", pa.int64()), ("block_last", pa.bool_()), ("docs", pa.int64())])
+
+
+def part_summary(part: str, run_id: str, result: pa.Table, tables: dict[str, pa.Table]) -> dict[str, Any]:
+    """The summary of one part: from its :data:`RESULT` rows and the tables written for it."""
+    status = result.column("status")
+    counts = {
+        "extracted": pc.sum(pc.equal(status, STATUS_EXTRACTED)).as_py() or 0,
+        "failed": pc.sum(pc.equal(status, STATUS_FAILED)).as_py() or 0,
+        "predicted": pc.sum(pc.and_(pc.equal(status, STATUS_EXTRACTED),
+                                    pc.equal(result.column("entity_source"), SOURCE_PREDICTED))).as_py() or 0,
+        "triplets": tables["triplets"].num_rows, "entities": tables["entities"].num_rows,
+        "errors": tables["errors"].num_rows,
+    }
+    grouped = result.group_by(["source", "block", "block_size", "block_last"], use_threads=False).aggregate(
+        [([], "count_all")])
+    units = [[s, b, z, bool(last), n] for s, b, z, last, n in zip(
+        *(grouped.column(c).to_pylist() for c in ("source", "block", "block_size", "block_last", "count_all")))]
+    return {"part": part, "run_id": run_id, "counts": counts, "units": units}
+
+
+def summary_metadata(summary: dict[str, Any]) -> dict[bytes, bytes]:
+    return {PART_META_KEY: json.dumps(summary, separators=(",", ":")).encode("utf-8")}
+
+
+def read_part_summary(fs: pafs.FileSystem, path: str) -> dict[str, Any] | None:
+    """The summary in a ledger file's footer (no data read); None if the file has none."""
+    with fs.open_input_file(path) as f:
+        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    raw = meta.get(PART_META_KEY)
+    return json.loads(raw) if raw else None
+
+
+@dataclass
+class ResumePlan:
+    """What a run skips: whole files, and per partly done file the :class:`FileSkip`."""
+
+    done_files: set[str] = field(default_factory=set)
+    skip: dict[str, FileSkip] = field(default_factory=dict)
+    committed_docs: int = 0
+
+    def shipped_bytes(self) -> int:
+        """Bytes of the part of the plan that travels to the read tasks."""
+        import pickle
+
+        return len(pickle.dumps(self.skip))
+
+
+class OutputIndex:
+    """The committed parts and units of one output (see the module docstring)."""
+
+    def __init__(self, parts: pa.Table | None = None, units: pa.Table | None = None,
+                 finalized_runs: Iterable[str] = ()):
+        self.parts = parts if parts is not None else PARTS.empty_table()
+        self.units = units if units is not None else UNITS.empty_table()
+        self.finalized_runs = list(dict.fromkeys(finalized_runs))
+        self._names: set[str] | None = None
+
+    # -- building ----------------------------------------------------------------------------
+    @property
+    def part_names(self) -> set[str]:
+        if self._names is None:
+            self._names = set(self.parts.column("part").to_pylist())
+        return self._names
+
+    def add(self, summaries: Iterable[dict[str, Any]]) -> int:
+        """Add the summaries of parts not yet indexed; returns how many were new."""
+        known = self.part_names
+        rows: dict[str, list] = defaultdict(list)
+        urows: dict[str, list] = defaultdict(list)
+        for s in summaries:
+            if s["part"] in known:
+                continue
+            known.add(s["part"])
+            rows["part"].append(s["part"])
+            rows["run_id"].append(s["run_id"])
+            for k in COUNT_KEYS:
+                rows[k].append(int(s["counts"].get(k, 0)))
+            for source, block, size, last, n in s["units"]:
+                for key, value in zip(UNITS.names, (s["part"], source, block, size, last, n)):
+                    urows[key].append(value)
+        if not rows:
+            return 0
+        self.parts = pa.concat_tables([self.parts, pa.table(dict(rows), schema=PARTS)])
+        self.units = pa.concat_tables([self.units, pa.table({k: urows.get(k, []) for k in UNITS.names},
+                                                            schema=UNITS)])
+        return len(rows["part"])
+
+    def retain(self, names: set[str]) -> int:
+        """Keep only the parts in ``names`` (the ledger files that exist); returns how many went."""
+        gone = self.part_names - names
+        if gone:
+            keep = pa.array(sorted(names & self.part_names), pa.string())
+            self.parts = self.parts.filter(pc.is_in(self.parts.column("part"), keep))
+            self.units = self.units.filter(pc.is_in(self.units.column("part"), keep))
+            self._names = None
+        return len(gone)
+
+    # -- reading -----------------------------------------------------------------------------
+    def totals(self) -> dict[str, int]:
+        return {k: int(pc.sum(self.parts.column(k)).as_py() or 0) for k in COUNT_KEYS}
+
+    def per_run(self) -> dict[str, dict[str, int]]:
+        if not self.parts.num_rows:
+            return {}
+        g = self.parts.group_by("run_id").aggregate([(k, "sum") for k in ("extracted", "failed", "triplets")])
+        out = {}
+        for row in g.to_pylist():
+            out[row["run_id"]] = {"docs_extracted": row["extracted_sum"], "docs_failed": row["failed_sum"],
+                                  "triplets": row["triplets_sum"]}
+        return out
+
+    def unit_table(self) -> pa.Table:
+        """One row per unit: source, block, block_size, block_last, committed documents."""
+        if not self.units.num_rows:
+            return pa.table({"source": pa.array([], pa.string()), "block": pa.array([], pa.int64()),
+                             "block_size": pa.array([], pa.int64()), "block_last": pa.array([], pa.bool_()),
+                             "committed": pa.array([], pa.int64())})
+        g = self.units.group_by(["source", "block"], use_threads=False).aggregate(
+            [("block_size", "max"), ("block_last", "max"), ("docs", "sum")])
+        return g.rename_columns(["source", "block", "block_size", "block_last", "committed"]).select(
+            ["source", "block", "block_size", "block_last", "committed"])
+
+    def overcommitted(self, units: pa.Table | None = None) -> int:
+        """Documents committed beyond their unit's size (must be 0: each would be a duplicate)."""
+        u = self.unit_table() if units is None else units
+        if not u.num_rows:
+            return 0
+        excess = pc.subtract(u.column("committed"), u.column("block_size"))
+        return int(pc.sum(pc.max_element_wise(excess, 0)).as_py() or 0)
+
+    def file_status(self, units: pa.Table | None = None) -> tuple[set[str], dict[str, set[int]],
+                                                                  dict[str, set[int]]]:
+        """(complete files, complete blocks per other file, partly committed blocks per file)."""
+        u = self.unit_table() if units is None else units
+        complete_blocks: dict[str, set[int]] = defaultdict(set)
+        partial: dict[str, set[int]] = defaultdict(set)
+        last_block: dict[str, int] = {}
+        for source, block, size, last, committed in zip(*(u.column(c).to_pylist() for c in u.column_names)):
+            if committed >= size:
+                complete_blocks[source].add(block)
+            elif committed > 0:
+                partial[source].add(block)
+            if last:
+                last_block[source] = block
+        done = {s for s, last in last_block.items() if len(complete_blocks[s]) == last + 1
+                and not partial.get(s)}
+        return done, {s: b for s, b in complete_blocks.items() if s not in done}, dict(partial)
+
+    # -- persistence -------------------------------------------------------------------------
+    @staticmethod
+    def load(fs: pafs.FileSystem, root: str) -> "OutputIndex | None":
+        data = read_bytes(fs, posixpath.join(root, STATE_DIR, INDEX_FILE))
+        if data is None:
+            return None
+        spec = json.loads(data)
+        try:
+            parts = pq.read_table(posixpath.join(root, STATE_DIR, spec["parts"]), filesystem=fs, schema=PARTS)
+            units = pq.read_table(posixpath.join(root, STATE_DIR, spec["units"]), filesystem=fs, schema=UNITS)
+        except (OSError, pa.ArrowException) as exc:
+            logger.warning("the output index is unreadable (%s): rebuilding it from the ledger footers", exc)
+            return None
+        return OutputIndex(parts, units, spec.get("finalized_runs", []))
+
+    def save(self, fs: pafs.FileSystem, root: str) -> None:
+        """Write the tables under new names, then ``index.json`` (the commit), then drop old tables."""
+        state = posixpath.join(root, STATE_DIR)
+        ensure_dir(fs, state)
+        tag = uuid.uuid4().hex[:10]
+        names = {"parts": f"parts-{tag}.parquet", "units": f"units-{tag}.parquet"}
+        pq.write_table(self.parts, posixpath.join(state, names["parts"]), filesystem=fs)
+        pq.write_table(self.units, posixpath.join(state, names["units"]), filesystem=fs)
+        write_bytes(fs, posixpath.join(state, INDEX_FILE), json.dumps(
+            {"version": 1, **names, "finalized_runs": self.finalized_runs}, indent=1).encode("utf-8"))
+        for info in fs.get_file_info(pafs.FileSelector(state, allow_not_found=True)):
+            base = posixpath.basename(info.path)
+            if base.endswith(".parquet") and base not in names.values():
+                fs.delete_file(info.path)
+
+
+def read_summaries(fs: pafs.FileSystem, paths: list[str], threads: int = 16) -> tuple[list[dict], list[str]]:
+    """Footer summaries of ledger files (in parallel); returns (summaries, unreadable paths).
+
+    A ledger without a summary was written by a version before units (schema < 3): such an
+    output cannot be resumed by units, which is a whole-run error with its remedy.
+    """
+    def one(path: str) -> tuple[str, dict | None, bool]:
+        try:
+            return path, read_part_summary(fs, path), True
+        except (OSError, pa.ArrowException) as exc:
+            logger.warning("ledger part %s is unreadable (%s): treating the part as not written", path, exc)
+            return path, None, False
+
+    summaries, bad = [], []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for path, summary, ok in pool.map(one, paths):
+            if not ok:
+                bad.append(path)
+            elif summary is None:
+                raise OutputError(f"{path} has no unit summary: the output was written by an older glidre "
+                                  "(output schema < 3) and cannot be resumed; use --overwrite")
+            else:
+                summaries.append(summary)
+    return summaries, bad
+
+
+def committed_lines(fs: pafs.FileSystem, ledger_paths: dict[str, str], index: OutputIndex,
+                    partial: dict[str, set[int]]) -> dict[str, dict[int, frozenset[int]]]:
+    """The committed line numbers of the partly committed blocks, read from the few ledger
+    parts that hold them (found through the index, not by scanning)."""
+    if not partial:
+        return {}
+    wanted = {(s, b) for s, blocks in partial.items() for b in blocks}
+    u = index.units
+    parts = {p for p, s, b in zip(*(u.column(c).to_pylist() for c in ("part", "source", "block")))
+             if (s, b) in wanted}
+    lines: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for part in sorted(parts):
+        t = pq.read_table(ledger_paths[part], filesystem=fs, columns=["source", "block", "line"])
+        for s, b, ln in zip(*(t.column(c).to_pylist() for c in ("source", "block", "line"))):
+            if (s, b) in wanted:
+                lines[s][b].add(ln)
+    return {s: {b: frozenset(v) for b, v in blocks.items()} for s, blocks in lines.items()}
+
+
+def resume_plan(index: OutputIndex, fs: pafs.FileSystem, ledger_dir: str) -> ResumePlan:
+    """The :class:`ResumePlan` of an output whose index is complete."""
+    units = index.unit_table()
+    done, complete_blocks, partial = index.file_status(units)
+    ledger_paths = {p: posixpath.join(ledger_dir, f"{p}.parquet") for p in _parts_holding(index, partial)}
+    lines = committed_lines(fs, ledger_paths, index, partial)
+    skip = {}
+    for source in set(complete_blocks) | set(lines):
+        skip[source] = FileSkip(frozenset(complete_blocks.get(source, ())), lines.get(source, {}))
+    committed = int(pc.sum(units.column("committed")).as_py() or 0) if units.num_rows else 0
+    return ResumePlan(done_files=done, skip=skip, committed_docs=committed)
+
+
+def _parts_holding(index: OutputIndex, partial: dict[str, set[int]]) -> set[str]:
+    if not partial:
+        return set()
+    u = index.units
+    return {p for p, s, b in zip(*(u.column(c).to_pylist() for c in ("part", "source", "block")))
+            if b in partial.get(s, ())}
