@@ -12,6 +12,8 @@ through a block). Then, each in a fresh process so that peak memory is its own:
   shipped to the tasks (the pickled datasource, i.e. paths + skip plan, and the preprocess
   arguments);
 * ``driver-clean``: the same after run 2 was finalized (the common case: no recovery);
+* the crashed case again with ``ARROW_DEFAULT_MEMORY_POOL=system`` (pyarrow's jemalloc pool keeps
+  freed memory; the job already switches the pool of its own calls, not the C++ readers');
 * ``worker``: a read task, which unpickles what the datasource carries (paths and skip plan) and
   reads the half-done file through the skip plan; measures its peak RSS and checks it emits
   exactly the uncommitted records.
@@ -34,6 +36,7 @@ import os
 import pickle
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,7 +148,7 @@ def settings_for(tmp: Path) -> dict:
 
 
 # -- measured steps, each in its own process --------------------------------------------------------
-def driver(tmp: Path) -> dict:
+def driver(tmp: Path, out: str = "out") -> dict:
     from glidre_core.extraction.config import ExtractConfig
     from glidre_core.extraction.output import LEDGER, OutputLayout
     from glidre_core.extraction.pipeline import prepare_output
@@ -155,7 +158,7 @@ def driver(tmp: Path) -> dict:
     from glidre_core.extraction.udf import TokenizerSpec
 
     base = peak_rss_mb()
-    cfg = ExtractConfig.model_validate({"input": str(tmp / "in"), "output": str(tmp / "out"), "resume": True,
+    cfg = ExtractConfig.model_validate({"input": str(tmp / "in"), "output": str(tmp / out), "resume": True,
                                         "lines_per_block": LINES_PER_BLOCK})
     storage = Storage(cfg.storage)
     t0 = time.perf_counter()
@@ -219,9 +222,9 @@ def legacy(n: int) -> dict:
             "legacy_seconds": time.perf_counter() - t0}
 
 
-def sub(step: str, *args: str) -> dict:
+def sub(step: str, *args: str, env: dict | None = None) -> dict:
     out = subprocess.run([sys.executable, __file__, "--step", step, *args], capture_output=True, text=True,
-                         check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                         check=False, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     if out.returncode != 0:
         raise RuntimeError(f"step {step} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -250,7 +253,7 @@ def main() -> None:
     args = p.parse_args()
     if args.step:
         tmp = Path(args.dir) if args.dir else None
-        result = {"driver": lambda: driver(tmp), "worker": lambda: worker(tmp, args.arg),
+        result = {"driver": lambda: driver(tmp, args.arg or "out"), "worker": lambda: worker(tmp, args.arg),
                   "finalize": lambda: (finalize_run2(tmp), {})[1],
                   "build": lambda: build(tmp, int(args.arg), args.docs_per_file),
                   "legacy": lambda: legacy(int(args.arg))}[args.step]()
@@ -260,12 +263,17 @@ def main() -> None:
     for n in args.docs:
         with tempfile.TemporaryDirectory(prefix="resume_scale_") as d:
             built = sub("build", "--dir", d, "--arg", str(n), "--docs-per-file", str(args.docs_per_file))
+            shutil.copytree(Path(d) / "out", Path(d) / "out_system_pool")
             crashed = sub("driver", "--dir", d)
+            system = sub("driver", "--dir", d, "--arg", "out_system_pool", env={"ARROW_DEFAULT_MEMORY_POOL": "system"})
             work = sub("worker", "--dir", d, "--arg", built["half_done_file"])
             sub("finalize", "--dir", d)
             clean = sub("driver", "--dir", d)
             row = {"docs": n, **built, **crashed, **work,
-                   "clean": {k: clean[k] for k in ("resume_plan_seconds", "driver_peak_mb", "shipped_bytes")},
+                   "clean": {k: clean[k] for k in ("resume_plan_seconds", "driver_peak_mb", "driver_baseline_mb",
+                                                   "shipped_bytes")},
+                   "crashed_system_pool": {k: system[k] for k in ("resume_plan_seconds", "driver_peak_mb",
+                                                                  "driver_baseline_mb")},
                    "worker_emits_exactly_the_uncommitted": work["worker_records_emitted"] == built["half_done_uncommitted"],
                    "plan_sees_every_committed_doc": crashed["committed_docs_seen"] == built["committed_docs"]}
             if n <= args.legacy_max:

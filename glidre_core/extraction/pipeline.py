@@ -38,7 +38,7 @@ from glidre_core.extraction.resources import ClusterView, ResourcePlan, plan_res
 from glidre_core.extraction.source import (
     JsonLinesDatasource, ParquetRecordsDatasource, discover_inputs, input_size, relative_source,
 )
-from glidre_core.extraction.state import OutputIndex, ResumePlan, resume_plan
+from glidre_core.extraction.state import OutputIndex, ResumePlan, resume_plan, system_allocator
 import pyarrow.fs as pafs
 
 from glidre_core.extraction.storage import Location, Storage, check_bucket, delete_tree
@@ -134,6 +134,7 @@ def _top_level(loc: Location) -> list[Any]:
     return loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False, allow_not_found=True))
 
 
+@system_allocator()
 def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str, Any]) -> OutputIndex:
     """Refuse / overwrite / resume an existing output; returns its committed-units index.
 
@@ -217,6 +218,7 @@ def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any
     )
 
 
+@system_allocator()
 def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime, run_counts: Counter,
              progress_snapshot: dict[str, Any] | None, index: OutputIndex, summaries: list[dict[str, Any]],
              committed_before: int) -> dict[str, Any]:
@@ -339,7 +341,13 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     if todo:
         with ray_session(cfg.ray.address, cfg.ray.num_cpus):
             plan = plan_resources(cfg, ClusterView.from_ray()) if cfg.ray.check_resources else unchecked_plan(cfg)
-            tracker = ProgressTracker.remote()
+            # on the driver's node, like Ray Data's own stats actors: a lost worker node must not
+            # take the counts (and the stall watchdog's input) with it (tests/test_multinode_faults.py)
+            import ray
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            tracker = ProgressTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)).remote()
             ds = build_dataset(setup, resume, tracker, plan)
             sink.progress = tracker
             watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s, size, resource_view_text)
