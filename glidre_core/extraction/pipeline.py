@@ -354,9 +354,9 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
             try:
                 with watch:
                     ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.task_cpus})
+            except StallError as exc:
+                raise StallError(f"extraction {run_id} stalled: {exc}") from None
             except (KeyboardInterrupt, JobInterrupted):
-                if watch.stalled is not None:
-                    raise StallError(f"extraction {run_id} stalled: {watch.stalled}") from None
                 logger.warning("extraction %s interrupted: committed parts stay; continue with --resume", run_id)
                 raise
             snapshot = watch.last

@@ -8,8 +8,9 @@
 * :class:`ProgressLogger`, a driver thread, logs one line every ``interval_s``: processed,
   committed, triplets, docs/s and, when the input size is known, percent done and ETA. It is
   also the stall watchdog: when no document was processed or committed for ``stall_timeout_s``
-  it logs Ray's resource view and queued tasks, and interrupts the driver, which fails the job
-  with that diagnosis (:class:`StallError`) instead of hanging.
+  it logs Ray's resource view and queued tasks, and sends SIGINT to the driver's main thread,
+  where its handler raises :class:`StallError` with that diagnosis: the job fails instead of
+  hanging (a real signal, because it also breaks a blocking wait).
 
 Counts here are *approximate* (a retried actor task reports twice); the final numbers in the
 manifest come from the written output, never from here. The steady-state throughput (docs/s
@@ -151,12 +152,28 @@ class ProgressLogger:
     def __enter__(self) -> "ProgressLogger":
         self._t0 = time.time()
         self._seen = (-1, time.time())  # (work counter, when it last changed), in the driver's clock
+        self._previous_sigint = None
+        if threading.current_thread() is threading.main_thread():
+            # Our own SIGINT handler while we watch, so that a stall raises StallError whatever
+            # handler the process had (some libraries install one that only sets a flag).
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
         self._thread.start()
         return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.stalled is not None:
+            raise StallError(self.stalled)
+        previous = self._previous_sigint
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
         if self.stalled is None:
             self.poll()
 

@@ -29,7 +29,8 @@ Decision: pyarrow's ``S3FileSystem``, not s3fs (checked with pyarrow 25.0.1, s3f
   set-up, or the job is given keys (``aws configure export-credentials --profile name --format
   env`` prints them).
 - Requester-pays buckets are not supported: pyarrow has no option to send
-  ``x-amz-request-payer: requester`` (apache/arrow#38492). Copy the data once into a bucket of
+  ``x-amz-request-payer: requester`` (no such parameter in 25.0.1; apache/arrow#34253 open,
+  #38492 closed unresolved). Copy the data once into a bucket of
   your own (``aws s3 sync s3://src/... s3://mine/... --request-payer requester``), which also
   avoids paying the transfer again on every resume or rerun.
 """
