@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from glidre_core.coreference import CoreferenceMode, MentionCandidate, cluster_mentions
+from glidre_core.coreference import CoreferenceMode, MentionCandidate, cluster_mentions, entity_type
 from glidre_core.documents import Document, Entity, Mention
 from bisect import bisect_left
 
@@ -43,19 +43,21 @@ class PredictedEntities:
 
     entities: list[Entity]
     mention_spans: list[list[tuple[int, int]]]
-    mention_scores: list[list[float]]
+    mention_scores: list[list[float | None]]  # None: the recognizer gives no confidence (spaCy)
 
     @property
-    def scores(self) -> list[float]:
-        """Entity score: the best score among its mentions."""
-        return [max(s) for s in self.mention_scores]
+    def scores(self) -> list[float | None]:
+        """Entity score: the best score among its mentions (None without scores)."""
+        return [max((x for x in s if x is not None), default=None) for s in self.mention_scores]
 
 
 def group_mentions(
     predictions: list[SpanPrediction], words: Words, type_names: list[str], mode: CoreferenceMode
 ) -> PredictedEntities:
-    """Turn word-span predictions into entities. An entity's type is that of its highest-scoring
-    mention (rules only merge type-compatible mentions, so this matters only for None types)."""
+    """Turn word-span predictions into entities. Each mention carries its span score into the
+    clustering; an entity's type is the score-weighted vote of its mentions' types
+    (:func:`~glidre_core.coreference.entity_type`, rule 3 of :mod:`glidre_core.coreference`):
+    equal names merge whatever their predicted types, so one entity may hold several."""
     cands = [
         MentionCandidate(
             start=words.starts[p.start], end=words.ends[p.end - 1],
@@ -66,10 +68,9 @@ def group_mentions(
     ]
     entities, spans, scores = [], [], []
     for k, cluster in enumerate(cluster_mentions(cands, mode)):
-        best = max(cluster, key=lambda i: cands[i].score)
         entities.append(
             Entity(
-                id=f"E{k}", type=cands[best].type,
+                id=f"E{k}", type=entity_type(cands, cluster),
                 mentions=[Mention(start=cands[i].start, end=cands[i].end) for i in cluster],
             )
         )
