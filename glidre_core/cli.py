@@ -66,8 +66,10 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
               help="joint: entity types must match too (default: typed for conll04, untyped otherwise)")
 @click.option("--head-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
               help="precision of the pair/span heads (default: the model's, 'auto' = bf16 where native)")
+@click.option("--entity-recognizer", type=click.Choice(["model", "spacy"]), default="model", show_default=True,
+              help="joint: entities from the model's span head, or from spaCy (optional [spacy] extra)")
 def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
-             entity_labels, match, typed, head_precision=None) -> None:
+             entity_labels, match, typed, head_precision=None, entity_recognizer="model") -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
     entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint)."""
     from glidre_core.evaluation import evaluate_entities, evaluate_joint, evaluate_model, evaluation_labels
@@ -82,14 +84,15 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         model.config.head_precision = head_precision
     docs = read_documents(data_path, fmt, limit=limit)
     types = [t.strip() for t in entity_labels.split(",") if t.strip()] if entity_labels else None
-    if task != "relation" and model.span_head is None:
+    if task != "relation" and model.span_head is None and not (task == "joint" and entity_recognizer == "spacy"):
         raise click.UsageError(f"--task {task} needs a model with an entity (span) head; {model_ref} has none")
     if task == "ner":
         result = evaluate_entities(model, docs, types, threshold=entity_threshold)
     elif task == "joint":
         typed = (fmt == "conll04") if typed is None else typed
         result = evaluate_joint(model, docs, types, relation_labels_=evaluation_labels(docs, fmt),
-                                entity_threshold=entity_threshold, threshold=threshold, match=match, typed=typed)
+                                entity_threshold=entity_threshold, threshold=threshold, match=match, typed=typed,
+                                entity_recognizer=entity_recognizer)
     else:
         facts = train_fact_names(read_documents(train_facts, fmt)) if train_facts else None
         result = evaluate_model(model, docs, labels=evaluation_labels(docs, fmt), train_facts=facts,
@@ -111,6 +114,8 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
 @click.option("--labels", default=None, help="labels file (one per line) or a named set, e.g. 'redocred'")
 @click.option("--entity-labels", default=None,
               help="entity types file or named set for documents without entities (span head models)")
+@click.option("--entity-recognizer", type=click.Choice(["auto", "model", "spacy"]), default=None,
+              help="entities for documents without them: span head, spaCy, or auto (spaCy when installed)")
 @click.option("--num-actors", type=int, default=None, help="model actors (min = max = N)")
 @click.option("--batch-size", type=int, default=None, help="documents per forward pass")
 @click.option("--num-gpus-per-actor", type=float, default=None, help="GPUs per actor (0 = CPU)")
@@ -119,7 +124,7 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value")
 def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, num_gpus_per_actor, resume,
-            overwrite, config_path, overrides, entity_labels=None) -> None:
+            overwrite, config_path, overrides, entity_labels=None, entity_recognizer=None) -> None:
     """Extract relations from a corpus with Ray Data (starts a local Ray if none is running)."""
     from glidre_core.extraction import (
         ExtractionError, JobInterrupted, cli_values, load_extract_config, run_extraction, summary_text,
@@ -127,7 +132,7 @@ def extract(input_uri, output_uri, model_ref, labels, num_actors, batch_size, nu
 
     values = cli_values(input=input_uri, output=output_uri, model=model_ref, labels=labels, num_actors=num_actors,
                         batch_size=batch_size, num_gpus_per_actor=num_gpus_per_actor, resume=resume,
-                        overwrite=overwrite, entity_labels=entity_labels)
+                        overwrite=overwrite, entity_labels=entity_labels, entity_recognizer=entity_recognizer)
     try:
         cfg = load_extract_config(config_path, list(overrides), values)
         manifest = run_extraction(cfg)

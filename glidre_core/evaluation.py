@@ -192,6 +192,7 @@ def evaluate_joint(
     match: str = "strict",
     typed: bool = False,
     batch_size: int = 8,
+    entity_recognizer: str = "model",
 ) -> dict[str, Any]:
     """End to end from raw text: ``model.extract_documents`` on the texts alone, then strict
     entity F1 and end-to-end relation F1 (entity matching rule ``match``, with types when
@@ -201,7 +202,7 @@ def evaluate_joint(
     start = time.perf_counter()
     results = model.extract_documents(
         docs, types_list, rel_list, entity_threshold=entity_threshold, threshold=threshold,
-        batch_size=batch_size,
+        batch_size=batch_size, entity_recognizer=entity_recognizer,
     )
     elapsed = time.perf_counter() - start
     preds = [r.document for r in results]
@@ -217,6 +218,6 @@ def evaluate_joint(
         "entity_threshold": model.config.entity_threshold if entity_threshold is None else entity_threshold,
         "threshold": model.config.threshold if threshold is None else threshold,
         "entity_labels": types_list, "relation_labels": len(rel_list),
-        "coreference": model.config.coreference,
+        "coreference": model.config.coreference, "entity_recognizer": entity_recognizer,
     })
     return rel

@@ -65,6 +65,10 @@ class SpanScores:
     probs: np.ndarray  # [S, T] float32
 
 
+#: Values of ``Predictor(entity_recognizer=...)``.
+ENTITY_RECOGNIZERS = ("model", "spacy")
+
+
 def document_from_text(text: str, entities: Sequence[dict[str, Any] | Entity], doc_id: str = "input") -> Document:
     """A document from a text and entities given as dicts or :class:`Entity` objects."""
     ents = [e.model_dump() if isinstance(e, Entity) else e for e in entities]
@@ -101,6 +105,12 @@ class Predictor:
         encoder_cache: cached frozen encoder states (training's dev evaluation).
         need_entity_types: resolve the entity types now, so a model without a span head fails
             here with a clear message instead of at the first document.
+        entity_recognizer: who finds entities in raw text for :meth:`extract`: "model" (the span
+            head, one encoder pass) or "spacy" (:mod:`glidre_core.spacy_ner`, the optional spaCy
+            extra; its mentions are mapped onto the entity types and grouped by the same
+            coreference rules, then scored by the relation path like given entities). Measured
+            (``benchmarks/spacy_baseline.py``): spaCy wins end to end on Re-DocRED documents, the
+            span head on CoNLL04 sentences.
     """
 
     def __init__(
@@ -117,7 +127,10 @@ class Predictor:
         batch_size: int = 8,
         encoder_cache: "EncoderCache | None" = None,
         need_entity_types: bool = False,
+        entity_recognizer: str = "model",
     ):
+        if entity_recognizer not in ENTITY_RECOGNIZERS:
+            raise ValueError(f"unknown entity_recognizer {entity_recognizer!r}; expected one of {ENTITY_RECOGNIZERS}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if coreference not in (None, "rules", "none"):
@@ -133,8 +146,10 @@ class Predictor:
         self._relations: LabelEmbeddings | None = None
         self._types: LabelEmbeddings | None = None
         self._thresholds = self._entity_thresholds = np.zeros(0, dtype=np.float32)
+        self.entity_recognizer = entity_recognizer
+        self._recognizer: Any = None
         if need_entity_types:
-            _ = self.entity_types
+            _ = self.recognizer if entity_recognizer == "spacy" else self.entity_types
 
     # -- mode and embeddings --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -188,6 +203,19 @@ class Predictor:
             self._entity_thresholds = per_label_thresholds(self._types.labels, self._entity_threshold_spec,
                                                            self.model.config.entity_threshold)
         return self._types
+
+    @property
+    def recognizer(self) -> Any:
+        """The spaCy recognizer (``entity_recognizer="spacy"``), loaded once on first use."""
+        if self._recognizer is None:
+            from glidre_core.spacy_ner import SpacyRecognizer
+
+            spec = self._entity_spec
+            types = list(spec.labels if isinstance(spec, LabelEmbeddings) else (spec or self.model.config.entity_labels))
+            if not types:
+                raise ValueError("entity_recognizer='spacy' needs entity types: give entity_labels (the model stores none)")
+            self._recognizer = SpacyRecognizer(types)
+        return self._recognizer
 
     @property
     def entity_thresholds(self) -> np.ndarray:
@@ -311,6 +339,8 @@ class Predictor:
         probabilities to the host, span decoding and mention clustering there, then the relation
         scorer on the predicted entities from the *same* encoder output, and one more copy.
         """
+        if self.entity_recognizer == "spacy":
+            return self._extract_with_spacy(items)
         types, labels = self.entity_types, self.relations
         ent_thr, type_names = self.entity_thresholds, list(types.labels)
 
@@ -339,3 +369,16 @@ class Predictor:
             return out
 
         return self._map(self.prepare(items, bare=True), step)
+
+    def _extract_with_spacy(self, items: Iterable[Document | PreparedDocument | str]) -> list[ExtractionResult]:
+        """spaCy's entities, then the relation path on them (as if they had been given)."""
+        prepared = self.prepare(items, bare=True)
+        found = self.recognizer.entities([p.doc for p in prepared], self.coreference)
+        docs = [p.doc.model_copy(update={"entities": pe.entities}) for p, pe in zip(prepared, found)]
+        out = []
+        for doc, pe, rows in zip(docs, found, self.predict(docs)):
+            doc = doc.model_copy(update={
+                "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
+            })
+            out.append(ExtractionResult(doc, entity_rows(doc, pe), rows))
+        return out

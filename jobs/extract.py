@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model")
     parser.add_argument("--labels")
     parser.add_argument("--entity-labels", help="entity types for documents without entities (span head models)")
+    parser.add_argument("--entity-recognizer", choices=["auto", "model", "spacy"],
+                        help="entities for documents without them: span head, spaCy, or auto (spaCy when installed)")
     parser.add_argument("--num-actors", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--num-gpus-per-actor", type=float)
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = cli_values(input=args.input, output=args.output, model=args.model, labels=args.labels,
-                        entity_labels=args.entity_labels,
+                        entity_labels=args.entity_labels, entity_recognizer=args.entity_recognizer,
                         num_actors=args.num_actors, batch_size=args.batch_size,
                         num_gpus_per_actor=args.num_gpus_per_actor, resume=args.resume, overwrite=args.overwrite)
     try:

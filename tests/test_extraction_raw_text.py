@@ -200,3 +200,22 @@ def test_entity_settings_are_validated(tmp_path, span_dir, corpus):
     with pytest.raises(LabelError, match="city"):
         _run(input=str(path), output=str(tmp_path / "o"), **base_values(span_dir, entity_threshold={"city": 0.4}))
     assert not (tmp_path / "o").exists()
+
+
+# -- spaCy as the entity recognizer (the optional [spacy] extra) ------------------------------------
+def test_spacy_recognizer_gives_raw_text_entities_to_a_model_without_span_head(ray_session, tiny_dir, corpus, tmp_path):
+    """Same corpus and the same model without a span head that fails raw documents above: with
+    ``entity_recognizer: spacy`` they are extracted, their entities found by spaCy."""
+    path, given = corpus
+    out = tmp_path / "out"
+    manifest = _run(input=str(path), output=str(out), **base_values(tiny_dir, entity_recognizer="spacy",
+                                                                   entity_labels=TYPES))
+    assert manifest["entity_recognizer"] == "spacy" and manifest["reconciled"]
+    assert (manifest["docs_extracted"], manifest["docs_failed"]) == (len(given) + len(RAW), 1)
+    assert manifest["docs_with_predicted_entities"] == len(RAW)
+    fs = pa.fs.LocalFileSystem()
+    entities = [e for e in read_table(fs, str(out / "entities")).to_pylist() if e["entity_source"] == "predicted"]
+    texts = {r["doc_id"]: r["text"] for r in RAW}
+    assert entities and all(e["type"] in TYPES and e["score"] is None for e in entities)
+    for e in entities:
+        _check_mentions(texts[e["doc_id"]], e)

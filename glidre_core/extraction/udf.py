@@ -269,7 +269,7 @@ class Extractor:
         top_k: int | None = None, tracking_uri: str | None = None, device: str = "cpu",
         torch_threads: int | None = None, progress: Any = None,
         entity_labels: list[str] | None = None, entity_threshold: float | dict[str, float] | None = None,
-        coreference: str | None = None, batch_size: int = 64,
+        coreference: str | None = None, batch_size: int = 64, entity_recognizer: str = "model",
     ):
         import torch
 
@@ -283,6 +283,7 @@ class Extractor:
         self.predictor = self.model.predictor(
             relation_labels=labels, entity_labels=entity_labels or None, threshold=threshold, top_k=top_k,
             entity_threshold=entity_threshold, coreference=coreference, batch_size=max(1, batch_size),
+            entity_recognizer=entity_recognizer,
         )
         _ = self.predictor.relations  # embed the label set now, not on the first batch
         self.progress = progress
@@ -290,12 +291,18 @@ class Extractor:
         self.no_entities_reason = self._entity_path(entity_labels)
         logger.info("extractor ready in %.1fs (model %s, %d labels, %s, device %s, %d threads)",
                     time.perf_counter() - t0, model_ref, len(labels),
-                    "no entity path" if self.no_entities_reason else f"{len(self.predictor.entity_types)} entity types",
+                    ("no entity path" if self.no_entities_reason else "spaCy entities"
+                     if self.predictor.entity_recognizer == "spacy" else f"{len(self.predictor.entity_types)} entity types"),
                     device, torch.get_num_threads())
 
     def _entity_path(self, entity_labels: list[str] | None) -> str | None:
-        """Embed the entity types for documents without entities now, or return the reason why
-        such documents cannot be extracted."""
+        """Load what documents without entities need now (spaCy, or the entity-type embeddings),
+        or return the reason why such documents cannot be extracted."""
+        if self.predictor.entity_recognizer == "spacy":
+            if not (entity_labels or self.model.config.entity_labels):
+                return NO_ENTITY_TYPES
+            _ = self.predictor.recognizer
+            return None
         if self.model.span_head is None:
             return NO_ENTITY_HEAD
         if not (entity_labels or self.model.config.entity_labels):

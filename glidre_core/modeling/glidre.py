@@ -335,13 +335,15 @@ class GLiDRE(nn.Module):
         flat_ner: bool = True,
         batch_size: int = 8,
         top_k: int | None = None,
+        entity_recognizer: str = "model",
     ) -> list[ExtractionResult]:
         """Entities and relations from raw text, one encoder pass per document (see
-        :meth:`glidre_core.inference.Predictor.extract`). Given entities are ignored."""
+        :meth:`glidre_core.inference.Predictor.extract`; ``entity_recognizer="spacy"`` finds the
+        entities with spaCy instead of the span head). Given entities are ignored."""
         return self.predictor(
             relation_labels=relation_labels, entity_labels=entity_labels, threshold=threshold,
             entity_threshold=entity_threshold, coreference=coreference, flat_ner=flat_ner,
-            batch_size=batch_size, top_k=top_k, need_entity_types=True,
+            batch_size=batch_size, top_k=top_k, need_entity_types=True, entity_recognizer=entity_recognizer,
         ).extract(docs)
 
     def extract(
