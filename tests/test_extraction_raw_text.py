@@ -108,6 +108,11 @@ def test_raw_text_documents_get_predicted_entities_and_relations(ray_session, sp
         for e in rows:
             _check_mentions(texts[rec["doc_id"]], e)
             assert all(m["score"] is None for m in e["mentions"])
+    # the end-of-run counts of what rests on predicted entities
+    assert manifest["entities_predicted"] == sum(len(entities[r["doc_id"]]) for r in RAW)
+    triplets = read_table(fs, str(out / "triplets"))
+    raw_ids = {r["doc_id"] for r in RAW}
+    assert manifest["triplets_from_predicted_entities"] == sum(d in raw_ids for d in triplets.column("doc_id").to_pylist())
     for rec in RAW:
         rows = entities[rec["doc_id"]]
         assert rows and all(e["entity_source"] == "predicted" and e["type"] in TYPES for e in rows)

@@ -271,7 +271,7 @@ def test_sink_parts_commit_and_orphans_are_removed(tmp_path):
     summaries = _write_part(layout, rows)
     assert [s["units"] for s in summaries] == [[["s", 0, 4, True, 2]], [["s", 0, 4, True, 1]]]
     assert summaries[0]["counts"] == {"extracted": 2, "failed": 0, "predicted": 0, "triplets": 2, "entities": 0,
-                                      "errors": 0}
+                                      "errors": 0, "predicted_triplets": 0, "predicted_entities": 0}
     index, removed = recover(layout, OutputIndex())  # from the ledger footers alone
     assert removed == 0 and index.totals()["extracted"] == 2 and index.totals()["failed"] == 1
     # Retrying the same write task rewrites the same part names: still two parts, no duplicates.

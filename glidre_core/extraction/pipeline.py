@@ -303,6 +303,8 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
         "docs_failed": failed,
         "docs_skipped_resume": committed_before,
         "docs_with_predicted_entities": totals["predicted"],
+        "entities_predicted": totals["predicted_entities"],
+        "triplets_from_predicted_entities": totals["predicted_triplets"],
         "triplets_written": totals["triplets"],
         "entities_written": totals["entities"],
         "error_rows": totals["errors"],
@@ -416,6 +418,9 @@ def summary_text(manifest: dict[str, Any]) -> str:
         f"run {manifest['run_id']}: {manifest['status']} in {manifest['duration_s']:.1f}s",
         f"docs read       {manifest['docs_read']}",
         f"docs extracted  {manifest['docs_extracted']}  ({manifest['docs_with_predicted_entities']} with predicted entities)",
+        f"from raw text   {manifest['entities_predicted']} predicted entities, "
+        f"{manifest['triplets_from_predicted_entities']} triplets between them"
+        + (f" (recognizer: {manifest['entity_recognizer']})" if manifest.get("entity_recognizer") else ""),
         f"docs failed     {manifest['docs_failed']}  (see errors/)",
         f"skipped (resume) {manifest['docs_skipped_resume']}",
         f"triplets        {manifest['triplets_written']}",

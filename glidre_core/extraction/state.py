@@ -65,7 +65,8 @@ logger = logging.getLogger(__name__)
 PART_META_KEY = b"glidre.part"
 STATE_DIR = "_state"
 INDEX_FILE = "index.json"
-COUNT_KEYS = ("extracted", "failed", "predicted", "triplets", "entities", "errors")
+COUNT_KEYS = ("extracted", "failed", "predicted", "triplets", "entities", "errors",
+              "predicted_triplets", "predicted_entities")
 
 PARTS = pa.schema([("part", pa.string()), ("run_id", pa.string()),
                    *[(k, pa.int64()) for k in COUNT_KEYS]])
@@ -94,6 +95,7 @@ def system_allocator() -> Iterator[None]:
 def part_summary(part: str, run_id: str, result: pa.Table, tables: dict[str, pa.Table]) -> dict[str, Any]:
     """The summary of one part: from its :data:`RESULT` rows and the tables written for it."""
     status = result.column("status")
+    predicted = pc.and_(pc.equal(status, STATUS_EXTRACTED), pc.equal(result.column("entity_source"), SOURCE_PREDICTED))
     counts = {
         "extracted": pc.sum(pc.equal(status, STATUS_EXTRACTED)).as_py() or 0,
         "failed": pc.sum(pc.equal(status, STATUS_FAILED)).as_py() or 0,
@@ -101,6 +103,10 @@ def part_summary(part: str, run_id: str, result: pa.Table, tables: dict[str, pa.
                                     pc.equal(result.column("entity_source"), SOURCE_PREDICTED))).as_py() or 0,
         "triplets": tables["triplets"].num_rows, "entities": tables["entities"].num_rows,
         "errors": tables["errors"].num_rows,
+        # from documents whose entities were predicted (raw text): the part of the graph that
+        # rests on the entity recognizer, reported separately at the end of a run
+        "predicted_triplets": pc.sum(pc.if_else(predicted, result.column("num_triplets"), 0)).as_py() or 0,
+        "predicted_entities": pc.sum(pc.if_else(predicted, result.column("num_entities"), 0)).as_py() or 0,
     }
     grouped = result.group_by(["source", "block", "block_size", "block_last"], use_threads=False).aggregate(
         [([], "count_all")])
