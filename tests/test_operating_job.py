@@ -101,6 +101,17 @@ def test_progress_keeps_the_watchdog_quiet_while_work_arrives(ray_session):
     assert watch.stalled is None and watch.last["totals"]["extracted"] == 8
 
 
+def test_index_checkpoints_hand_over_each_committed_part_once(ray_session):
+    tracker = ProgressTracker.remote()
+    got: list[list[dict]] = []
+    with ProgressLogger(tracker, interval_s=5, checkpoint=got.append, checkpoint_interval_s=0.5):
+        for k in range(3):
+            ray_session.get(tracker.add_committed.remote(4, {"part": f"p{k}"}))
+            time.sleep(1.2)
+    parts = [s["part"] for batch in got for s in batch]
+    assert parts == ["p0", "p1", "p2"] and len(got) == 3  # each part once, batched per interval
+
+
 # -- the real job in a subprocess ----------------------------------------------------------------
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
        "TOKENIZERS_PARALLELISM": "false"}
@@ -201,8 +212,11 @@ def test_a_signal_to_the_driver_leaves_no_ray_process_and_resume_completes(tmp_p
     model_dir = save_tiny_model(tmp_path / "model")
     path, records = corpus(tmp_path, 40)  # 1,600 documents: long enough to strike mid-run
     out = tmp_path / "out"
-    base = job(model_dir, path, out, "--set", "docs_per_file=16")
+    base = job(model_dir, path, out, "--set", "docs_per_file=16", "--set", "index_checkpoint_s=1")
     proc, procs = _start_and_wait_for_commits(base, out, tmp_path / "log1.txt")
+    deadline = time.time() + 30
+    while not (out / "_state" / "index.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # an index checkpoint during the run: recovery starts from it
     os.kill(proc.pid, sig)
     code = proc.wait(timeout=60)
     assert code == (128 + sig if sig != signal.SIGKILL else -signal.SIGKILL)
@@ -210,6 +224,9 @@ def test_a_signal_to_the_driver_leaves_no_ray_process_and_resume_completes(tmp_p
         assert "rerun with --resume" in (tmp_path / "log1.txt").read_text()
     _assert_all_gone(procs, within_s=30)  # SIGKILL: the reaper's job
     assert not (out / "_manifest.json").exists()
+    assert (out / "_state" / "index.json").exists(), "no index checkpoint was written during the run"
+    checkpointed = json.loads((out / "_state" / "index.json").read_text())
+    assert checkpointed["finalized_runs"] == []  # saved mid-run, not as a finished run
     done_before = read_table_rows(out)
     assert 0 < done_before < len(records)
 

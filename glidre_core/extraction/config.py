@@ -122,6 +122,10 @@ class ExtractConfig(BaseModel):
     resume: bool = Field(False, description="skip documents already in the output")
     overwrite: bool = Field(False, description="delete an existing output first")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress log lines")
+    index_checkpoint_s: float = Field(
+        300.0, gt=0, description="save the committed-units index this often during a run, so that resuming "
+        "after a crash reads only the footers of parts committed since (see extraction/state.py)"
+    )
     stall_timeout_s: float = Field(
         600.0, gt=0, description="fail the job (with Ray's resource view) when no document finished for this long; "
         "covers actor start-up and model loading, so keep it well above one batch's time"

@@ -228,7 +228,7 @@ class ExtractionSink(Datasink[dict]):
             counts["parts"] += 1
             if self.progress is not None:
                 try:
-                    self.progress.add_committed.remote(piece.num_rows)
+                    self.progress.add_committed.remote(piece.num_rows, summary)
                 except Exception:  # noqa: BLE001 - progress is best effort, never fatal
                     logger.debug("progress report failed", exc_info=True)
         return {"counts": counts, "summaries": summaries}

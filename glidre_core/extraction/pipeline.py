@@ -136,6 +136,16 @@ class _Setup:
                 "lines_per_block": self.cfg.lines_per_block, "entity_recognizer": self.entity_recognizer}
 
 
+@system_allocator()
+def checkpoint_index(layout: OutputLayout, index: OutputIndex, summaries: list[dict[str, Any]]) -> None:
+    """Save the index with parts committed so far (the run is not marked finalized): after a
+    crash, recovery then reads only the footers of parts committed since this checkpoint."""
+    added = index.add(summaries)
+    if added:
+        index.save(layout.fs, layout.loc.path)
+        logger.info("index checkpoint: %d parts (+%d)", index.parts.num_rows, added)
+
+
 def resolve_recognizer(choice: str) -> str:
     """``auto`` -> ``spacy`` when its optional package is installed, else ``model``."""
     import importlib.util
@@ -380,7 +390,9 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
                 ray.get_runtime_context().get_node_id(), soft=False)).remote()
             ds = build_dataset(setup, resume, tracker, plan)
             sink.progress = tracker
-            watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s, size, resource_view_text)
+            watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s, size, resource_view_text,
+                                   checkpoint=lambda summaries: checkpoint_index(layout, index, summaries),
+                                   checkpoint_interval_s=cfg.index_checkpoint_s)
             try:
                 with watch:
                     ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.task_cpus})

@@ -62,6 +62,7 @@ class ProgressTracker:
         self.first_report: dict[str, float] = {}
         self.events: list[tuple[float, int]] = []  # (time, documents processed in that batch)
         self.last_change = self.start
+        self.summaries: list[dict[str, Any]] = []  # of committed parts, not yet checkpointed
 
     def add(self, actor_id: str, counts: dict[str, int]) -> None:
         now = time.time()
@@ -75,10 +76,17 @@ class ProgressTracker:
         self.totals["read_records"] += int(records)
         self.totals["read_bytes"] += int(nbytes)
 
-    def add_committed(self, docs: int) -> None:
+    def add_committed(self, docs: int, summary: dict[str, Any] | None = None) -> None:
         self.totals["committed"] += int(docs)
         self.totals["parts"] += 1
         self.last_change = time.time()
+        if summary is not None:
+            self.summaries.append(summary)
+
+    def take_summaries(self) -> list[dict[str, Any]]:
+        """The summaries of parts committed since the last call (for the index checkpoints)."""
+        out, self.summaries = self.summaries, []
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         return {"start": self.start, "now": time.time(), "totals": dict(self.totals),
@@ -138,7 +146,10 @@ class ProgressLogger:
     """Context manager: a daemon thread that logs progress and watches for a stall."""
 
     def __init__(self, tracker: Any, interval_s: float, stall_timeout_s: float | None = None,
-                 size: InputSize | None = None, diagnose: Any = None):
+                 size: InputSize | None = None, diagnose: Any = None, checkpoint: Any = None,
+                 checkpoint_interval_s: float | None = None):
+        self.checkpoint = checkpoint  # called with the part summaries committed since the last call
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.tracker = tracker
         self.interval_s = interval_s
         self.stall_timeout_s = stall_timeout_s
@@ -171,7 +182,7 @@ class ProgressLogger:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=120)  # an index checkpoint to object storage may be under way
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
         if self.stalled is None:
@@ -185,16 +196,30 @@ class ProgressLogger:
         return self.last
 
     def _run(self) -> None:
-        wait = min(self.interval_s, self.stall_timeout_s or self.interval_s, 5.0)
+        wait = min(self.interval_s, self.stall_timeout_s or self.interval_s, self.checkpoint_interval_s or 5.0, 5.0)
         next_line = time.time() + self.interval_s
+        next_checkpoint = time.time() + (self.checkpoint_interval_s or 0)
         while not self._stop.wait(wait):
             snap = self.poll()
             now = time.time()
             if snap is not None and now >= next_line:
                 logger.info("%s", progress_line(snap, self.size, now - self._t0))
                 next_line = now + self.interval_s
+            if self.checkpoint is not None and self.checkpoint_interval_s and now >= next_checkpoint:
+                self._checkpoint()
+                next_checkpoint = now + self.checkpoint_interval_s
             if self._check_stall(snap, now):
                 return
+
+    def _checkpoint(self) -> None:
+        """Hand the parts committed since the last checkpoint to ``checkpoint`` (best effort: a
+        failed checkpoint only means more footers to read after a crash)."""
+        try:
+            summaries = ray.get(self.tracker.take_summaries.remote(), timeout=30)
+            if summaries:
+                self.checkpoint(summaries)
+        except Exception:  # noqa: BLE001
+            logger.warning("index checkpoint failed (the run goes on)", exc_info=True)
 
     def _check_stall(self, snap: dict[str, Any] | None, now: float) -> bool:
         """Fire once when nothing was processed or committed for ``stall_timeout_s``."""

@@ -17,7 +17,10 @@ The unit of resume (decision): an input *unit* is one read block, ``(source file
   each unit it holds, with the unit's size and whether it is its file's last block.
 * Index: ``_state/index.json`` names two small Parquet tables, one row per part (counts) and one
   row per (part, unit). A finished run rewrites them (compaction) and lists its run id as
-  *finalized*. The driver reads the index in O(parts + units); it reads no ledger rows.
+  *finalized*. During a run the driver also saves it every ``index_checkpoint_s`` with the parts
+  committed so far (the sink reports each part's summary once its ledger is written), so a crash
+  leaves at most that interval's parts to discover. The driver reads the index in
+  O(parts + units); it reads no ledger rows.
 * Start of a run: if the last started run (``_run.json``) is finalized, the index is complete
   and nothing else is listed or read. Otherwise the previous run crashed: the ledger directory is
   listed, the footers of the parts the index lacks are read (in parallel), files of uncommitted
