@@ -324,3 +324,18 @@ def test_prepare_output_refuses_overwrites_and_checks_resume_settings(tmp_path):
 def test_config_file_is_valid_yaml_for_the_job():
     data = yaml.safe_load((REPO / "configs" / "extract.yaml").read_text())
     assert data["input"] == "data/sample/docs.jsonl" and (REPO / data["input"]).exists()
+
+
+def test_unit_status_needs_every_block_up_to_the_last():
+    from glidre_core.extraction.state import UNITS
+
+    units = pa.table({"part": ["a", "b", "c", "d", "e"], "source": ["f", "f", "g", "f", "g"],
+                      "block": [0, 0, 1, None, 0], "block_size": [4, 4, 2, 1, 3],
+                      "block_last": [False, True, True, False, False], "docs": [3, 1, 2, 1, 1]}, schema=UNITS)
+    index = OutputIndex(units=units)
+    table = {(r["source"], r["block"]): r for r in index.unit_table().to_pylist()}
+    assert table[("f", 0)] == {"source": "f", "block": 0, "block_size": 4, "block_last": True, "committed": 4}
+    done, complete, partial = index.file_status()
+    # f: its only block is complete (two parts); g: block 1 complete, block 0 has 1 of 3 records
+    assert done == {"f"} and complete == {"g": {1}} and partial == {"g": {0}}
+    assert index.overcommitted() == 0
