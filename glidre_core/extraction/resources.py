@@ -143,21 +143,22 @@ def resource_view_text() -> str:
     try:
         from ray.util.state import list_actors, list_tasks
 
-        states: dict[tuple[str, str], int] = {}
-        for t in list_tasks(limit=10_000, raise_on_missing_output=False):
-            key = (getattr(t, "name", "?") or "?", str(getattr(t, "state", "?")))
-            states[key] = states.get(key, 0) + 1
-        lines.append("tasks (operator, state): " + (", ".join(
-            f"{n} {s}={c}" for (n, s), c in sorted(states.items())) or "none"))
-        actors: dict[tuple[str, str], int] = {}
-        for act in list_actors(limit=10_000, raise_on_missing_output=False):
-            key = (getattr(act, "class_name", "?") or "?", str(getattr(act, "state", "?")))
-            actors[key] = actors.get(key, 0) + 1
-        lines.append("actors (class, state): " + (", ".join(
-            f"{n} {s}={c}" for (n, s), c in sorted(actors.items())) or "none"))
+        lines.append("tasks (operator, state): " + _by_state(list_tasks(limit=10_000, raise_on_missing_output=False),
+                                                              "name"))
+        lines.append("actors (class, state): " + _by_state(list_actors(limit=10_000, raise_on_missing_output=False),
+                                                            "class_name"))
     except Exception as exc:  # noqa: BLE001 - the state API is a diagnosis aid only
         lines.append(f"(task/actor state unavailable: {type(exc).__name__}: {exc})")
     return "\n".join(lines)
+
+
+def _by_state(items: Any, name: str) -> str:
+    """``"<name> <state>=<count>, ..."`` over Ray state API records."""
+    counts: dict[tuple[str, str], int] = {}
+    for item in items:
+        key = (getattr(item, name, "?") or "?", str(getattr(item, "state", "?")))
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {s}={c}" for (n, s), c in sorted(counts.items())) or "none"
 
 
 def _fmt(resources: dict[str, Any]) -> str:
