@@ -339,3 +339,20 @@ def test_unit_status_needs_every_block_up_to_the_last():
     # f: its only block is complete (two parts); g: block 1 complete, block 0 has 1 of 3 records
     assert done == {"f"} and complete == {"g": {1}} and partial == {"g": {0}}
     assert index.overcommitted() == 0
+
+
+def test_index_written_before_a_count_existed_still_loads(tmp_path):
+    from glidre_core.extraction.state import PARTS, OutputIndex
+
+    layout = OutputLayout(local(tmp_path / "out"))
+    layout.make_dirs()
+    index = OutputIndex()
+    index.add([{"part": "p1", "run_id": "r", "counts": {"extracted": 3, "triplets": 5, "predicted_triplets": 2},
+                "units": [["s", 0, 3, True, 3]]}])
+    index.save(layout.fs, layout.loc.path)
+    state = tmp_path / "out" / "_state"
+    spec = json.loads((state / "index.json").read_text())
+    old = pq.read_table(state / spec["parts"]).drop_columns(["predicted_triplets", "predicted_entities"])
+    pq.write_table(old, state / spec["parts"])  # as an earlier version wrote it
+    again = OutputIndex.load(layout.fs, layout.loc.path)
+    assert again.parts.schema == PARTS and again.totals()["extracted"] == 3 and again.totals()["predicted_triplets"] == 0

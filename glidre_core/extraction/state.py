@@ -274,7 +274,7 @@ class OutputIndex:
         try:
             parts = _read_small(fs, posixpath.join(root, STATE_DIR, spec["parts"]), PARTS)
             units = _read_small(fs, posixpath.join(root, STATE_DIR, spec["units"]), UNITS)
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
             logger.warning("the output index is unreadable (%s): rebuilding it from the ledger footers", exc)
             return None
         return OutputIndex(parts, units, spec.get("finalized_runs", []))
@@ -299,7 +299,13 @@ def _read_small(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
     """One Parquet file, single-threaded and without the dataset layer (whose thread pools cost
     the driver more native memory than these small tables hold)."""
     with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read(use_threads=False).select(schema.names).cast(schema)
+        table = pq.ParquetFile(f).read(use_threads=False)
+    for field in schema:  # an index written before a count was added: that count is 0 there
+        if field.name not in table.column_names:
+            if not pa.types.is_integer(field.type):
+                raise ValueError(f"{path} lacks column {field.name!r}")
+            table = table.append_column(field, pa.array([0] * table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def read_summaries(fs: pafs.FileSystem, paths: list[str], threads: int = 16) -> tuple[list[dict], list[str]]:
