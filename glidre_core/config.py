@@ -94,6 +94,10 @@ class GLiDREConfig(BaseModel):
     # and works for documents whose entities are given.
     span_head: bool = False
     max_span_width: int = Field(12, ge=1, description="longest candidate entity mention, in words")
+    span_representation: Literal["endpoints", "endpoints_width", "endpoints_content_width"] = Field(
+        "endpoints", description="span vector: first/last word (GLiNER markerV0), + a width embedding, "
+        "+ the mean of the span's words (see modeling/spans.py)"
+    )
     entity_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="span decision threshold, chosen on dev")
     entity_labels: list[str] = Field(default_factory=list, description="entity types seen in training")
     entity_type_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENTITY_TYPE_NAMES))

@@ -12,7 +12,7 @@ from glidre_core import GLiDRE
 from glidre_core.documents import parse_document
 from glidre_core.modeling.batch import span_grid
 from glidre_core.modeling.losses import relation_loss, span_loss
-from glidre_core.modeling.spans import SpanHead, SpanPrediction, decode_spans, enumerate_spans
+from glidre_core.modeling.spans import SPAN_REPRESENTATIONS, SpanHead, SpanPrediction, decode_spans, enumerate_spans
 from glidre_core.modeling.targets import document_span_targets, joint_loss, span_target_arrays, training_batch
 
 
@@ -84,11 +84,15 @@ def test_best_type_per_span_and_per_type_thresholds():
     assert decode_spans(np.zeros((0, 2), dtype=np.int64), np.zeros((0, 2), dtype=np.float32), 0.5) == []
 
 
+@pytest.mark.parametrize("representation", SPAN_REPRESENTATIONS)
 @pytest.mark.parametrize("chunk", [5, 16384])
-def test_batched_span_head_equals_plain_ffn_reference_per_document(chunk):
+def test_batched_span_head_equals_plain_ffn_reference_per_document(chunk, representation):
     torch.manual_seed(0)
     width = 3
-    head = SpanHead(dim=8, expansion=2, dropout=0.0, max_width=width, chunk_size=chunk)
+    head = SpanHead(dim=8, expansion=2, dropout=0.0, max_width=width, chunk_size=chunk, representation=representation)
+    for extra in (head.width, head.content_proj):  # zero-initialised: randomise so they count
+        if extra is not None:
+            torch.nn.init.normal_(extra.weight)
     head.eval()
     lengths = [7, 2, 5]
     wmax = max(lengths)
@@ -342,3 +346,25 @@ def test_extract_never_returns_a_mention_across_sentences():
     for e in out["entities"]:
         for m in e["mentions"]:
             assert ". Curie" not in text[m["start"] : m["end"]]
+
+
+
+def test_span_representations_start_as_the_endpoints_head_and_round_trip(tmp_path):
+    """The extra terms are zero-initialised (a new representation starts as the endpoints head),
+    and a model with them saves and loads strictly."""
+    torch.manual_seed(0)
+    base = SpanHead(dim=8, expansion=2, dropout=0.0, max_width=3)
+    rich = SpanHead(dim=8, expansion=2, dropout=0.0, max_width=3, representation="endpoints_content_width")
+    rich.load_state_dict(base.state_dict(), strict=False)
+    words, types = torch.randn(1, 6, 8), torch.randn(2, 8)
+    starts, ends = span_grid(6, 3)
+    args = (words, torch.from_numpy(starts), torch.from_numpy(ends), types)
+    with torch.no_grad():
+        torch.testing.assert_close(rich(*args), base(*args))
+    model = GLiDRE(tiny_config(span_head=True, max_span_width=3, span_representation="endpoints_width"))
+    torch.nn.init.normal_(model.span_head.width.weight)
+    model.save_pretrained(tmp_path / "m")
+    again = GLiDRE.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(again.span_head.width.weight, model.span_head.width.weight.to(again.span_head.width.weight.dtype))
+    with pytest.raises(ValueError, match="unknown span representation"):
+        SpanHead(dim=8, expansion=2, dropout=0.0, max_width=3, representation="markerV1")

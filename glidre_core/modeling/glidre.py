@@ -92,7 +92,8 @@ class GLiDRE(nn.Module):
         )
         self.scorer = PairScorer(dim, config.ffn_expansion, config.dropout, config.pair_chunk_size)
         self.span_head = (
-            SpanHead(dim, config.ffn_expansion, config.dropout, config.max_span_width) if config.span_head else None
+            SpanHead(dim, config.ffn_expansion, config.dropout, config.max_span_width,
+                     representation=config.span_representation) if config.span_head else None
         )
         self.dropout = nn.Dropout(config.dropout)
         if config.loss == "adaptive_threshold":

@@ -113,17 +113,42 @@ def decode_spans(
     return out
 
 
-class SpanHead(nn.Module):
-    """``span = FFN([FFN_start(h_s); FFN_end(h_e)])``; ``logit(span, type) = span . type``."""
+#: Span representations (``GLiDREConfig.span_representation``), chosen on dev by issue 11's study:
+#: "endpoints" is GLiNER's markerV0 (first and last word); "endpoints_width" adds a learned
+#: embedding of the span width; "endpoints_content_width" also adds the mean of the span's words.
+SPAN_REPRESENTATIONS = ("endpoints", "endpoints_width", "endpoints_content_width")
 
-    def __init__(self, dim: int, expansion: int, dropout: float, max_width: int, chunk_size: int = 16384):
+
+class SpanHead(nn.Module):
+    """``span = FFN([FFN_start(h_s); FFN_end(h_e)] (+ width) (+ content))``; ``logit = span . type``.
+
+    The span FFN's first Linear is applied per word before spans are formed (it is linear, so
+    ``W [a; b] = W_a a + W_b b``): every span then costs one gather and an add. The width
+    embedding and the content mean enter the same pre-activation sum, so the extra
+    representations keep that factorisation (the content mean is a difference of prefix sums of
+    per-word projections).
+    """
+
+    def __init__(self, dim: int, expansion: int, dropout: float, max_width: int, chunk_size: int = 16384,
+                 representation: str = "endpoints"):
         super().__init__()
+        if representation not in SPAN_REPRESENTATIONS:
+            raise ValueError(f"unknown span representation {representation!r}; expected one of {SPAN_REPRESENTATIONS}")
         self.start_ffn = FeedForward(dim, dim, expansion, dropout)
         self.end_ffn = FeedForward(dim, dim, expansion, dropout)
         self.span_ffn = FeedForward(2 * dim, dim, expansion, dropout)
         self.type_ffn = FeedForward(dim, dim, expansion, dropout)
         self.max_width = max_width
         self.chunk_size = chunk_size
+        self.representation = representation
+        hidden = expansion * dim
+        self.width = nn.Embedding(max_width, hidden) if representation != "endpoints" else None
+        if self.width is not None:
+            nn.init.zeros_(self.width.weight)  # starts as the endpoints head
+        self.content_ffn = FeedForward(dim, dim, expansion, dropout) if representation.endswith("content_width") else None
+        self.content_proj = nn.Linear(dim, hidden, bias=False) if self.content_ffn is not None else None
+        if self.content_proj is not None:
+            nn.init.zeros_(self.content_proj.weight)
 
     def type_vectors(self, pooled_types: torch.Tensor) -> torch.Tensor:
         """Entity-type embeddings from the label encoder's pooled, projected type strings."""
@@ -140,22 +165,42 @@ class SpanHead(nn.Module):
         first, last = self.span_ffn[0], self.span_ffn[3]
         start = F.linear(self.start_ffn(words), first.weight[:, :dim], first.bias)  # [B, W, kD]
         end = F.linear(self.end_ffn(words), first.weight[:, dim:])  # [B, W, kD]
+        prefix = None
+        if self.content_proj is not None:  # [B, W+1, kD] prefix sums of the projected words
+            proj = self.content_proj(self.content_ffn(words))
+            prefix = torch.cat([proj.new_zeros((bsz, 1, proj.shape[-1])), proj.cumsum(1)], 1)
         types = types.to(words.dtype)
         folded = types @ last.weight  # [T, kD]
         bias = types @ last.bias  # [T]
         step = max(1, self.chunk_size // max(1, bsz))
         out = []
         for s in range(0, span_start.shape[0], step):
-            st, en = span_start[s : s + step], span_end[s : s + step] - 1
-            hidden = self.span_ffn[2](F.relu(start.index_select(1, st) + end.index_select(1, en)))
+            st, en = span_start[s : s + step], span_end[s : s + step]
+            pre = start.index_select(1, st) + end.index_select(1, en - 1)
+            if self.width is not None:
+                pre = pre + self.width(en - st - 1).to(pre.dtype)
+            if prefix is not None:
+                width = (en - st).to(pre.dtype).unsqueeze(-1)
+                pre = pre + (prefix.index_select(1, en) - prefix.index_select(1, st)) / width
+            hidden = self.span_ffn[2](F.relu(pre))
             out.append(torch.matmul(hidden, folded.t()) + bias)
         return torch.cat(out, 1) if len(out) > 1 else out[0]
 
     def naive_logits(self, words: torch.Tensor, spans: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """The unfactorised reference (tests): FFN over ``[start; end]``, then a dot product."""
+        """The unfactorised reference (tests): the representation built span by span, then the FFN
+        and a dot product."""
         s = self.start_ffn(words)[spans[:, 0]]
         e = self.end_ffn(words)[spans[:, 1] - 1]
-        return self.span_ffn(torch.cat([s, e], -1)) @ types.to(words.dtype).t()
+        first = self.span_ffn[0]
+        pre = first(torch.cat([s, e], -1))
+        if self.width is not None:
+            pre = pre + self.width(spans[:, 1] - spans[:, 0] - 1)
+        if self.content_proj is not None:
+            content = self.content_ffn(words)
+            mean = torch.stack([content[a:b].mean(0) for a, b in spans.tolist()])
+            pre = pre + self.content_proj(mean)
+        hidden = self.span_ffn[3](self.span_ffn[2](F.relu(pre)))
+        return hidden @ types.to(words.dtype).t()
 
 
 #: words before a "." that mark an abbreviation, not a sentence end ("St. Louis", "Dr. Who")
