@@ -140,6 +140,11 @@ def _normalised_tokens(text: str) -> tuple[str, ...]:
     return tuple(tokens)
 
 
+def name_key(text: str) -> str:
+    """The normalised name of a mention (rule 1): what "the same name" means for rule 2."""
+    return " ".join(_normalised_tokens(text))
+
+
 def _features(mention: MentionCandidate) -> _Features:
     """Everything rules 1-7 need to know about one mention."""
     tokens = _normalised_tokens(mention.text)
