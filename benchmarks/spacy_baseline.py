@@ -47,19 +47,14 @@ def score(model, gold, pred, matches) -> dict:
 
 
 def spacy_run(model, docs, types, relations, fold: bool, matches, limit_log: str) -> dict:
-    from glidre_core.documents import Relation
+    """The product's spaCy path (``Predictor.extract`` with a recognizer), one mapping variant."""
     from glidre_core.spacy_ner import SpacyRecognizer
 
     t0 = time.perf_counter()
     rec = SpacyRecognizer(types, fold_into_misc=fold)
-    with_entities = rec.recognize(docs, coreference=model.config.coreference)
-    t_ner = time.perf_counter() - t0
-    rows = model.predictor(relation_labels=relations).predict(with_entities)
-    pred = [d.model_copy(update={"relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"])
-                                               for r in rs]}) for d, rs in zip(with_entities, rows)]
-    res = score(model, docs, pred, matches)
-    res.update({"seconds": time.perf_counter() - t0, "ner_seconds": t_ner, "fold_into_misc": fold,
-                "type_map": rec.map})
+    results = model.extract_documents(docs, types, relations, entity_recognizer=rec)
+    res = score(model, docs, [r.document for r in results], matches)
+    res.update({"seconds": time.perf_counter() - t0, "fold_into_misc": fold, "type_map": rec.map})
     print(f"  spacy fold={fold} {limit_log}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.items()
                                                           if isinstance(v, float) and "seconds" not in k), flush=True)
     return res

@@ -127,9 +127,9 @@ class Predictor:
         batch_size: int = 8,
         encoder_cache: "EncoderCache | None" = None,
         need_entity_types: bool = False,
-        entity_recognizer: str = "model",
+        entity_recognizer: Any = "model",
     ):
-        if entity_recognizer not in ENTITY_RECOGNIZERS:
+        if isinstance(entity_recognizer, str) and entity_recognizer not in ENTITY_RECOGNIZERS:
             raise ValueError(f"unknown entity_recognizer {entity_recognizer!r}; expected one of {ENTITY_RECOGNIZERS}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -146,10 +146,12 @@ class Predictor:
         self._relations: LabelEmbeddings | None = None
         self._types: LabelEmbeddings | None = None
         self._thresholds = self._entity_thresholds = np.zeros(0, dtype=np.float32)
-        self.entity_recognizer = entity_recognizer
-        self._recognizer: Any = None
+        # a recognizer object (a configured SpacyRecognizer, e.g. one mapping variant in a
+        # benchmark) stands for "spacy" with that object
+        self._recognizer: Any = None if isinstance(entity_recognizer, str) else entity_recognizer
+        self.entity_recognizer = entity_recognizer if isinstance(entity_recognizer, str) else "spacy"
         if need_entity_types:
-            _ = self.recognizer if entity_recognizer == "spacy" else self.entity_types
+            _ = self.recognizer if self.entity_recognizer == "spacy" else self.entity_types
 
     # -- mode and embeddings --------------------------------------------------------------------
     @contextlib.contextmanager

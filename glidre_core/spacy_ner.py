@@ -100,11 +100,6 @@ class SpacyRecognizer:
         found = self.mentions([d.text for d in docs])
         return [self._entities(d, m, coreference) for d, m in zip(docs, found)]
 
-    def recognize(self, docs: Sequence[Document], coreference: CoreferenceMode = "rules") -> list[Document]:
-        """Documents with spaCy's entities in place of any given ones (relations cleared)."""
-        return [d.model_copy(update={"entities": pe.entities, "relations": []})
-                for d, pe in zip(docs, self.entities(docs, coreference))]
-
     def _entities(self, doc: Document, mentions: list[tuple[int, int, str]], mode: CoreferenceMode) -> PredictedEntities:
         words = split_words(doc.text)
         preds, seen = [], set()

@@ -36,7 +36,7 @@ from glidre_core.extraction.schemas import OUTPUT_SCHEMA_VERSION, SOURCE_PREDICT
 from glidre_core.extraction.progress import InputSize
 from glidre_core.extraction.resources import ClusterView, ResourcePlan, plan_resources, unchecked_plan
 from glidre_core.extraction.source import (
-    JsonLinesDatasource, ParquetRecordsDatasource, discover_inputs, input_size, relative_source,
+    JsonLinesDatasource, ParquetRecordsDatasource, discover_input_files, input_size, relative_source,
 )
 from glidre_core.extraction.state import OutputIndex, ResumePlan, resume_plan, system_allocator
 import pyarrow.fs as pafs
@@ -67,7 +67,10 @@ class _Setup:
         self.storage = Storage(cfg.storage)
         self.input: Location = self.storage.location(cfg.input)
         self.output: Location = self.storage.location(cfg.output)
-        self.files, self.format = discover_inputs(self.input, cfg.input_format)
+        self.file_infos, self.format = discover_input_files(self.input, cfg.input_format)
+        self.files = [i.path for i in self.file_infos]
+        #: input path -> its source name (relative to the input root), the file part of a unit
+        self.sources = {f: relative_source(f, self.input.path) for f in self.files}
         check_bucket(self.output)
         self._check_output_not_inside_input()
         t0 = time.perf_counter()
@@ -179,6 +182,7 @@ def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str,
     """
     check_bucket(layout.loc)
     existing = _top_level(layout.loc)
+    previous = (layout.read_json(layout.run_state_path) or {}) if existing else {}
     if existing and cfg.overwrite:
         logger.warning("--overwrite: deleting everything under %s", layout.loc.uri)
         delete_tree(layout.loc)
@@ -187,7 +191,6 @@ def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str,
         raise OutputError(f"output {layout.loc.uri!r} already exists ({len(existing)} entries): "
                           "pass --resume to continue it or --overwrite to replace it")
     elif existing:
-        previous = layout.read_json(layout.run_state_path) or {}
         for key in RESUME_KEYS:
             if key in previous and previous[key] != settings.get(key):
                 raise OutputError(
@@ -199,7 +202,7 @@ def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str,
     if not existing:
         return OutputIndex()
     index = OutputIndex.load(layout.fs, layout.loc.path)
-    last_run = (layout.read_json(layout.run_state_path) or {}).get("run_id")
+    last_run = previous.get("run_id")
     if index is None or last_run not in index.finalized_runs:
         logger.info("resume: run %s did not finish; checking the output's parts", last_run)
         index, removed = recover(layout, index or OutputIndex())
@@ -224,7 +227,7 @@ def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any
     cfg = setup.cfg
     plan = plan or unchecked_plan(cfg)
     resume = resume or ResumePlan()
-    files = [f for f in setup.files if relative_source(f, setup.input.path) not in resume.done_files]
+    files = [f for f in setup.files if setup.sources[f] not in resume.done_files]
     kind = JsonLinesDatasource if setup.format == "jsonl" else ParquetRecordsDatasource
     source = kind(files, root=setup.input.path, filesystem=setup.input.fs, lines_per_block=cfg.lines_per_block,
                   skip={k: v for k, v in resume.skip.items()})
@@ -272,7 +275,7 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
     units = index.unit_table()
     done_files, _, partial = index.file_status(units)
     overcommitted = index.overcommitted(units)
-    sources = {relative_source(f, setup.input.path) for f in setup.files}
+    sources = set(setup.sources.values())
     with_units = set(units.column("source").to_pylist()) if units.num_rows else set()
     incomplete = sorted((sources & with_units) - done_files)
     totals = index.totals()
@@ -366,7 +369,7 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     layout.write_json(layout.run_state_path, {**settings, "run_id": run_id, "started_at": started.isoformat(),
                                               "input": cfg.input})
     resume = resume_plan(index, layout.fs, layout.dir(LEDGER)) if index.parts.num_rows else ResumePlan()
-    todo = len(setup.files) - len(resume.done_files & {relative_source(f, setup.input.path) for f in setup.files})
+    todo = len(setup.files) - len(resume.done_files & set(setup.sources.values()))
     if resume.committed_docs:
         logger.info("resume: %d documents already committed; %d of %d input files complete, %d partly done "
                     "(%d bytes of skip plan shipped to the read tasks)", resume.committed_docs,
@@ -374,7 +377,7 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     logger.info("extraction %s: %d %s files from %s -> %s (model %s, %d labels, %s)", run_id, len(setup.files),
                 setup.format, cfg.input, cfg.output, cfg.model, len(setup.labels),
                 f"{len(setup.entity_labels)} entity types" if setup.entity_labels else "no entity types")
-    size = input_size(setup.input, setup.files, setup.format)
+    size = input_size(setup.input, setup.file_infos, setup.format)
     size = InputSize(docs=size.docs, bytes=size.bytes, committed_before=resume.committed_docs)
     sink = ExtractionSink(layout, run_id, cfg.model, cfg.docs_per_file)
     snapshot = None

@@ -54,7 +54,14 @@ def _format_of(path: str) -> str | None:
 
 
 def discover_inputs(loc: Location, input_format: str = "auto") -> tuple[list[str], str]:
-    """Input files under ``loc`` and their format; raises :class:`InputError` when there are none.
+    """Input file paths under ``loc`` and their format (see :func:`discover_input_files`)."""
+    infos, fmt = discover_input_files(loc, input_format)
+    return [i.path for i in infos], fmt
+
+
+def discover_input_files(loc: Location, input_format: str = "auto") -> tuple[list[Any], str]:
+    """Input files under ``loc`` (``FileInfo``, with sizes: one listing serves the ETA too) and
+    their format; raises :class:`InputError` when there are none.
 
     Hidden files and files starting with ``_`` (``_SUCCESS``, ``_manifest.json``) are ignored.
     """
@@ -62,13 +69,13 @@ def discover_inputs(loc: Location, input_format: str = "auto") -> tuple[list[str
         infos = list_files(loc)
     except OSError as exc:
         raise InputError(f"cannot list input {loc.uri!r}: {exc}") from exc
-    found: dict[str, list[str]] = {"jsonl": [], "parquet": []}
+    found: dict[str, list[Any]] = {"jsonl": [], "parquet": []}
     for info in infos:
         if posixpath.basename(info.path).startswith((".", "_")):
             continue
         fmt = _format_of(info.path)
         if fmt is not None and (input_format == "auto" or fmt == input_format):
-            found[fmt].append(info.path)
+            found[fmt].append(info)
     if found["jsonl"] and found["parquet"]:
         raise InputError(
             f"input {loc.uri!r} mixes JSON Lines ({len(found['jsonl'])}) and Parquet "
@@ -264,12 +271,14 @@ def _jsonable(value: Any) -> Any:
     return str(value) if not isinstance(value, (str, int, float, bool, type(None), list, dict)) else value
 
 
-def input_size(loc: Location, files: list[str], fmt: str, max_footers: int = 20_000) -> "InputSize":
-    """What the progress ETA can know up front (see :mod:`glidre_core.extraction.progress`).
+def input_size(loc: Location, files: list[Any], fmt: str, max_footers: int = 20_000) -> "InputSize":
+    """What the progress ETA can know up front (see :mod:`glidre_core.extraction.progress`), from
+    the ``FileInfo`` of :func:`discover_input_files`.
 
     Parquet: the exact row count from the footers (read in parallel; skipped above
     ``max_footers`` files, where it would cost more than it tells). JSON Lines: the total size of
-    the uncompressed files (none if any file is compressed, whose byte count says nothing).
+    the uncompressed files, from the listing (none if any file is compressed, whose byte count
+    says nothing).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -281,8 +290,8 @@ def input_size(loc: Location, files: list[str], fmt: str, max_footers: int = 20_
         if len(files) > max_footers:
             return InputSize()
 
-        def rows(path: str) -> int:
-            with loc.fs.open_input_file(path) as f:
+        def rows(info: Any) -> int:
+            with loc.fs.open_input_file(info.path) as f:
                 return pq.ParquetFile(f).metadata.num_rows
 
         try:
@@ -291,11 +300,6 @@ def input_size(loc: Location, files: list[str], fmt: str, max_footers: int = 20_
         except (OSError, pa.ArrowException) as exc:
             logger.warning("cannot count input rows for the ETA: %s", exc)
             return InputSize()
-    if any(f.lower().endswith(COMPRESSIONS) for f in files):
+    if any(f.path.lower().endswith(COMPRESSIONS) for f in files):
         return InputSize()
-    wanted = set(files)
-    try:
-        return InputSize(bytes=sum(i.size or 0 for i in list_files(loc) if i.path in wanted))
-    except OSError as exc:
-        logger.warning("cannot size the input for the ETA: %s", exc)
-        return InputSize()
+    return InputSize(bytes=sum(f.size or 0 for f in files))

@@ -334,7 +334,7 @@ def read_summaries(fs: pafs.FileSystem, paths: list[str], threads: int = 16) -> 
     return summaries, bad
 
 
-def committed_lines(fs: pafs.FileSystem, ledger_paths: dict[str, str], index: OutputIndex,
+def committed_lines(fs: pafs.FileSystem, ledger_dir: str, index: OutputIndex,
                     partial: dict[str, set[int]]) -> dict[str, dict[int, frozenset[int]]]:
     """The committed line numbers of the partly committed blocks, read from the few ledger
     parts that hold them (found through the index, not by scanning)."""
@@ -346,7 +346,7 @@ def committed_lines(fs: pafs.FileSystem, ledger_paths: dict[str, str], index: Ou
              if (s, b) in wanted}
     lines: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     for part in sorted(parts):
-        with fs.open_input_file(ledger_paths[part]) as f:
+        with fs.open_input_file(posixpath.join(ledger_dir, f"{part}.parquet")) as f:
             t = pq.ParquetFile(f).read(columns=["source", "block", "line"], use_threads=False)
         for s, b, ln in zip(*(t.column(c).to_pylist() for c in ("source", "block", "line"))):
             if (s, b) in wanted:
@@ -359,18 +359,9 @@ def resume_plan(index: OutputIndex, fs: pafs.FileSystem, ledger_dir: str) -> Res
     """The :class:`ResumePlan` of an output whose index is complete."""
     units = index.unit_table()
     done, complete_blocks, partial = index.file_status(units)
-    ledger_paths = {p: posixpath.join(ledger_dir, f"{p}.parquet") for p in _parts_holding(index, partial)}
-    lines = committed_lines(fs, ledger_paths, index, partial)
+    lines = committed_lines(fs, ledger_dir, index, partial)
     skip = {}
     for source in set(complete_blocks) | set(lines):
         skip[source] = FileSkip(frozenset(complete_blocks.get(source, ())), lines.get(source, {}))
     committed = int(pc.sum(units.column("committed")).as_py() or 0) if units.num_rows else 0
     return ResumePlan(done_files=done, skip=skip, committed_docs=committed)
-
-
-def _parts_holding(index: OutputIndex, partial: dict[str, set[int]]) -> set[str]:
-    if not partial:
-        return set()
-    u = index.units
-    return {p for p, s, b in zip(*(u.column(c).to_pylist() for c in ("part", "source", "block")))
-            if b in partial.get(s, ())}

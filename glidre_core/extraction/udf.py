@@ -289,11 +289,9 @@ class Extractor:
         self.progress = progress
         self.actor_id = f"{id(self):x}"
         self.no_entities_reason = self._entity_path(entity_labels)
+        raw_path = ("no entity path" if self.no_entities_reason else f"entities by {self.predictor.entity_recognizer}")
         logger.info("extractor ready in %.1fs (model %s, %d labels, %s, device %s, %d threads)",
-                    time.perf_counter() - t0, model_ref, len(labels),
-                    ("no entity path" if self.no_entities_reason else "spaCy entities"
-                     if self.predictor.entity_recognizer == "spacy" else f"{len(self.predictor.entity_types)} entity types"),
-                    device, torch.get_num_threads())
+                    time.perf_counter() - t0, model_ref, len(labels), raw_path, device, torch.get_num_threads())
 
     def _entity_path(self, entity_labels: list[str] | None) -> str | None:
         """Load what documents without entities need now (spaCy, or the entity-type embeddings),

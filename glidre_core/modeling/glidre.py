@@ -336,7 +336,7 @@ class GLiDRE(nn.Module):
         flat_ner: bool = True,
         batch_size: int = 8,
         top_k: int | None = None,
-        entity_recognizer: str = "model",
+        entity_recognizer: Any = "model",
     ) -> list[ExtractionResult]:
         """Entities and relations from raw text, one encoder pass per document (see
         :meth:`glidre_core.inference.Predictor.extract`; ``entity_recognizer="spacy"`` finds the
