@@ -352,7 +352,57 @@ def test_index_written_before_a_count_existed_still_loads(tmp_path):
     index.save(layout.fs, layout.loc.path)
     state = tmp_path / "out" / "_state"
     spec = json.loads((state / "index.json").read_text())
-    old = pq.read_table(state / spec["parts"]).drop_columns(["predicted_triplets", "predicted_entities"])
-    pq.write_table(old, state / spec["parts"])  # as an earlier version wrote it
+    assert spec["version"] == 2 and spec["parts"].endswith(".arrow")
+    # as an earlier version wrote it: index version 1 (Parquet tables), without the later counts
+    old = index.parts.drop_columns(["predicted_triplets", "predicted_entities"])
+    pq.write_table(old, state / "parts-old.parquet")
+    pq.write_table(index.units, state / "units-old.parquet")
+    (state / "index.json").write_text(json.dumps({"version": 1, "parts": "parts-old.parquet",
+                                                  "units": "units-old.parquet", "finalized_runs": []}))
     again = OutputIndex.load(layout.fs, layout.loc.path)
     assert again.parts.schema == PARTS and again.totals()["extracted"] == 3 and again.totals()["predicted_triplets"] == 0
+
+
+def _file_status_reference(units: list[dict]) -> tuple[set, dict, dict]:
+    """The per-row definition of file status that OutputIndex.file_status vectorises."""
+    from collections import defaultdict
+
+    complete, partial, last = defaultdict(set), defaultdict(set), {}
+    for u in units:
+        if u["block"] is None or u["block"] < 0:
+            continue
+        if u["committed"] >= u["block_size"]:
+            complete[u["source"]].add(u["block"])
+        elif u["committed"] > 0:
+            partial[u["source"]].add(u["block"])
+        if u["block_last"]:
+            last[u["source"]] = u["block"]
+    done = {s for s, lb in last.items() if not partial.get(s) and all(b in complete[s] for b in range(lb + 1))}
+    return done, {s: b for s, b in complete.items() if s not in done}, dict(partial)
+
+
+def test_file_status_matches_the_per_unit_definition_on_random_indexes():
+    import random
+
+    from glidre_core.extraction.state import UNITS
+
+    rng = random.Random(7)
+    for trial in range(200):
+        rows = []
+        for f in range(rng.randint(1, 6)):
+            n_blocks = rng.randint(1, 5)
+            for b in range(n_blocks):
+                if rng.random() < 0.2:
+                    continue  # a block no part has committed yet
+                size = rng.randint(1, 4)
+                left = size if rng.random() < 0.7 else rng.randint(1, size)
+                while left > 0:  # spread the block's committed records over parts
+                    take = rng.randint(1, left)
+                    rows.append((f"p{len(rows)}", f"f{f}", b, size, b == n_blocks - 1, take))
+                    left -= take
+        if rng.random() < 0.3:
+            rows.append(("px", "f0", None, 1, False, 1))  # a record without a unit
+        units = pa.table(dict(zip(UNITS.names, zip(*rows))), schema=UNITS)
+        index = OutputIndex(units=units)
+        got = index.file_status()
+        assert got == _file_status_reference(index.unit_table().to_pylist()), trial
