@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Score one model on the TEST sets with the same commands the README reports (run once per
+# chosen model; choices are made on dev). Writes PREFIX_{redocred_test,redocred_ner,
+# redocred_joint_strict,redocred_joint_relaxed,conll04_ner,conll04_joint}.json.
+# Usage: bash benchmarks/eval_test_suite.sh MODEL PREFIX     e.g. default benchmarks/results/default_model
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL="$1"; P="$2"; G=.venv/bin/glidre; D=../shared/data
+$G evaluate --model "$MODEL" --data $D/redocred/test_revised.json --format docred \
+  --train-facts $D/redocred/dev_revised.json --output-json "${P}_redocred_test.json"
+$G evaluate --task ner --model "$MODEL" --data $D/redocred/test_revised.json --format docred --output-json "${P}_redocred_ner.json"
+for m in strict relaxed; do
+  $G evaluate --task joint --model "$MODEL" --data $D/redocred/test_revised.json --format docred --match $m \
+    --output-json "${P}_redocred_joint_${m}.json"
+done
+$G evaluate --task ner --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --output-json "${P}_conll04_ner.json"
+$G evaluate --task joint --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --output-json "${P}_conll04_joint.json"
