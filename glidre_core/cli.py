@@ -171,6 +171,93 @@ def format_metrics(result: dict) -> str:
     return "\n".join(lines)
 
 
+# -- few-shot (glidre_core.fewshot) --------------------------------------------------------------
+def _recipe(overrides: tuple[str, ...]):
+    """The adaptation recipe with ``key=value`` overrides (values parsed as YAML)."""
+    from glidre_core.fewshot.adapt import AdaptationRecipe
+    from glidre_core.overrides import parse_overrides
+
+    try:
+        return AdaptationRecipe(**parse_overrides(list(overrides)))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from exc
+
+
+@main.group()
+def fewshot() -> None:
+    """Few-shot evaluation: FREDo episodes, zero-shot and adapted."""
+
+
+@fewshot.command("fredo")
+@click.option("--split", required=True,
+              type=click.Choice(["cross_domain_1", "cross_domain_3", "in_domain_1", "in_domain_3"]),
+              help="cross_domain_* = SciERC (clean); in_domain_* is contaminated for models trained on Re-DocRED dev")
+@click.option("--model", "model_ref", default="default", show_default=True, help="directory, 'default' or models:/NAME@ALIAS")
+@click.option("--data-dir", default="../shared/data/fredo", show_default=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--episodes", default="100", show_default=True,
+              help="seeded sample size (episodes with ids >= 50; 0..49 are the dev slice), or 'all' (the official 3,000)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-cpus", type=int, default=2, show_default=True, help="local Ray CPUs (0 = no Ray, in-process)")
+@click.option("--zero-shot/--no-zero-shot", default=True, show_default=True, help="also score the unadapted model")
+@click.option("--zero-shot-threshold", type=float, default=None, help="zero-shot decision threshold (default: the model's)")
+@click.option("--set", "overrides", multiple=True, help="override the adaptation recipe: key=value (e.g. epochs=10)")
+@click.option("--output-json", type=click.Path(dir_okay=False), default=None)
+def fewshot_fredo(split, model_ref, data_dir, episodes, seed, num_cpus, zero_shot, zero_shot_threshold, overrides,
+                  output_json) -> None:
+    """FREDo episodic evaluation: adapt on each episode's support documents, predict its query
+    documents, official macro F1 (percent) with a bootstrap 95% interval over episodes."""
+    from glidre_core.fewshot.fredo import FredoConfig, run_fredo
+
+    if split.startswith("in_domain"):
+        click.echo(f"WARNING: FREDo {split} documents are DocRED dev documents (the source of Re-DocRED dev/test); "
+                   "a model trained on Re-DocRED dev has seen them. Not comparable with published numbers.", err=True)
+    k = None if episodes.strip().lower() == "all" else int(episodes)
+    cfg = FredoConfig(split=split, model=model_ref, data_dir=data_dir, episodes=k, seed=seed, num_cpus=num_cpus,
+                      zero_shot=zero_shot, zero_shot_threshold=zero_shot_threshold, recipe=_recipe(overrides))
+    result = run_fredo(cfg)
+    line = f"{split}: {result['episodes']} episodes, macro F1 {result['macro_f1']:.2f} " \
+           f"[{result['macro_f1_ci95'][0]:.2f}, {result['macro_f1_ci95'][1]:.2f}]"
+    if zero_shot:
+        line += f"; zero-shot {result['zero_shot_macro_f1']:.2f}"
+    click.echo(line + f" (percent; {result['seconds']:.0f}s)")
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(result, indent=1))
+        click.echo(f"wrote {output_json}")
+
+
+@main.command()
+@click.option("--model", "model_ref", default="default", show_default=True, help="directory, 'default' or models:/NAME@ALIAS")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the labelled support documents (entities and relations of the new types)")
+@click.option("--format", "fmt", type=click.Choice(["docred", "glidre", "conll04", "jsonl"]), default="jsonl", show_default=True)
+@click.option("--labels", default=None, help="comma-separated relation labels, or a file (one per line); default: the data's")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="directory of the adapted model")
+@click.option("--set", "overrides", multiple=True, help="override the adaptation recipe: key=value (e.g. epochs=10)")
+@click.option("--overwrite", is_flag=True, help="replace an existing output directory")
+@click.option("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI; none = no tracking)")
+@click.option("--experiment", default="glidre-fewshot", show_default=True, help="MLflow experiment")
+@click.option("--run-name", default=None, help="MLflow run name")
+def adapt(model_ref, data_path, fmt, labels, output, overrides, overwrite, tracking_uri, experiment, run_name) -> None:
+    """Add relation types to MODEL from a few (1-10) labelled documents; writes a model directory."""
+    from glidre_core.fewshot.workflow import adapt_to_documents
+    from glidre_core.readers import read_documents
+
+    names = None
+    if labels:
+        p = Path(labels)
+        raw = p.read_text(encoding="utf-8").splitlines() if p.is_file() else labels.split(",")
+        names = [x.strip() for x in raw if x.strip()]
+    try:
+        record = adapt_to_documents(model_ref, read_documents(data_path, fmt), names, output, _recipe(overrides),
+                                    overwrite=overwrite, tracking_uri=tracking_uri, experiment=experiment,
+                                    run_name=run_name)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({k: record[k] for k in ("labels", "examples", "threshold", "seconds")}, indent=2))
+    click.echo(f"wrote {output}")
+
+
 # -- model registry ------------------------------------------------------------------------------
 @main.command()
 @click.option("--name", required=True, help="registered model name")
@@ -313,6 +400,99 @@ def submit(kind, config_path, overrides, address, working_dir, runtime_env_file,
     rc = cmd.run(dry_run)
     if rc:
         sys.exit(rc)
+
+
+# -- experiments on Ray Tune (glidre_core.experiments) ---------------------------------------------
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="experiment YAML (configs/experiments/*.yaml)")
+@click.option("--set", "overrides", multiple=True, help="override an experiment value: key.sub=value")
+@click.option("--max-trials", type=int, default=None,
+              help="stop after this many trials end in this invocation (rerun the command to continue)")
+@click.option("--overwrite", is_flag=True, help="delete the experiment's stored state and start over")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="where results.json / results.md go (default report.output_dir, else the experiment directory)")
+def experiment(config_path, overrides, max_trials, overwrite, report_dir) -> None:
+    """Run (or resume) a grid / search of training trials on Ray Tune; one results table.
+
+    Running the same command again resumes an interrupted experiment: finished trials are kept,
+    the others run."""
+    from glidre_core.experiments import ExperimentConfigError, load_experiment_config
+    from glidre_core.experiments.runner import run_experiment
+
+    try:
+        cfg = load_experiment_config(config_path, list(overrides))
+        outcome = run_experiment(cfg, overwrite=overwrite, max_trials=max_trials, report_dir=report_dir)
+    except (ExperimentConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(outcome.markdown_path.read_text())
+    click.echo(f"wrote {outcome.json_path} and {outcome.markdown_path}")
+    if outcome.interrupted:
+        click.echo("stopped before the end" + (" (trial budget)" if outcome.budget_reached else "")
+                   + f": rerun the same command to resume {outcome.path}", err=True)
+        if not outcome.budget_reached:
+            sys.exit(130)
+
+
+# -- LLM stage: distill, serve ------------------------------------------------------------------
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML config (configs/distill.yaml)")
+@click.option("--input", "input_uri", default=None, help="JSON Lines ({doc_id, text}) file, directory or s3:// prefix")
+@click.option("--output", "output_uri", default=None, help="output directory or s3:// prefix")
+@click.option("--teacher", default=None,
+              help="model:DIR | model:default (GLiDRE teacher) | hf:DIR | gguf:PATH (in-process LLM); else the YAML's")
+@click.option("--overwrite", is_flag=True, help="replace an existing output")
+@click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value")
+def distill(config_path, input_uri, output_uri, teacher, overwrite, overrides) -> None:
+    """Label a raw corpus with a teacher (an LLM or a GLiDRE model): GLiDRE training data out."""
+    from glidre_core.extraction.session import JobInterrupted
+    from glidre_core.llm.config import load_distill_config
+    from glidre_core.llm.distill import DistillError, run_distill, summary_text
+
+    try:
+        cfg = load_distill_config(config_path, list(overrides), {
+            "input": input_uri, "output": output_uri, "teacher": teacher, "overwrite": True if overwrite else None})
+        manifest = run_distill(cfg)
+    except (DistillError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except JobInterrupted as exc:
+        click.echo(f"distill {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(summary_text(manifest))
+    if not manifest["reconciled"]:
+        raise click.ClickException("the output does not reconcile with the input (see the log and _manifest.json)")
+
+
+@main.group()
+def llm() -> None:
+    """LLM backends: serve a local model over the OpenAI API."""
+
+
+@llm.command("serve")
+@click.option("--model", default="gemma-3-270m", show_default=True,
+              help="built-in name (gemma-3-270m), a transformers directory or a .gguf file")
+@click.option("--served-name", default=None, help="the model name clients send (default: --model)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True, help="sequences per generate() call")
+@click.option("--max-queue", type=int, default=256, show_default=True, help="waiting requests before 429")
+@click.option("--torch-threads", type=int, default=None)
+def llm_serve(model, served_name, host, port, batch_size, max_queue, torch_threads) -> None:
+    """Serve an in-process transformers model at http://HOST:PORT/v1 (chat and completions)."""
+    from glidre_core.llm.config import TransformersBackendConfig
+    from glidre_core.llm.local import TransformersBackend
+    from glidre_core.llm.server import OpenAIServer
+
+    backend = TransformersBackend(TransformersBackendConfig(model=model, batch_size=batch_size,
+                                                            torch_threads=torch_threads))
+    server = OpenAIServer(backend, served_name or model, host, port, max_batch=batch_size, max_queue=max_queue)
+    click.echo(f"serving {served_name or model} at {server.url} (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
 
 if __name__ == "__main__":
     main()

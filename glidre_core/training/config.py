@@ -67,6 +67,21 @@ class PretrainingSection(BaseModel):
     negative_sampling: Literal["uniform", "frequency"] = "uniform"
 
 
+class SubsetSection(BaseModel):
+    """The low-resource protocol's training subset: ``n`` documents of the training pool that is
+    left after the dev hold-out (``train`` only; ``extra_train`` corpora are kept whole).
+
+    The rule, so that it can be stated in a paper and reproduced: the pool, in file order, is
+    shuffled with ``random.Random(seed)`` and its first ``n`` documents are kept (in file order).
+    The subset therefore depends on nothing but (pool, n, seed): every arm of an experiment (a
+    different initialisation, loss or learning rate) trains on the same documents, and for one
+    seed the subsets are nested (the 5 documents of ``n: 5`` are among the 10 of ``n: 10``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(ge=1, description="training documents kept")
+    seed: int = Field(0, description="seed of the subset shuffle (independent of the training seed)")
+
+
 class TrainingConfig(BaseModel):
     """Everything a training run needs. The test set never appears here: dev data chooses."""
 
@@ -93,11 +108,25 @@ class TrainingConfig(BaseModel):
         None, description="dev score that picks the best checkpoint; None = relation, or mean with a span head"
     )
     dev_holdout: int = Field(50, ge=0, description="documents held out of train when dev is None")
+    holdout_seed: int | None = Field(
+        None, description="seed of the dev hold-out shuffle; None = seed. Set it to keep one fixed "
+        "hold-out while the training seed varies (the low-resource protocol)",
+    )
+    subset: SubsetSection | None = Field(None, description="train on n documents of the pool left after the hold-out")
+    exclude_labels: list[str] = Field(
+        default_factory=list,
+        description="relation labels removed from every training and dev document before training "
+        "(the zero-shot protocol: the model never sees them, as positives or as candidates)",
+    )
     output_dir: str = "runs/train"
     seed: int = 13
 
     epochs: int = Field(30, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    min_steps: int | None = Field(
+        None, ge=1, description="train at least this many optimizer steps, adding epochs when the training set is "
+        "small (the low-resource protocol: one recipe for 1 to 450 documents); max_steps still caps",
+    )
     max_minutes: float | None = Field(None, gt=0, description="stop (and keep the best) after this")
     batch_size: int = Field(4, ge=1, description="documents per forward pass")
     grad_accum: int = Field(1, ge=1)

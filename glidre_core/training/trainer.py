@@ -79,18 +79,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def subset_documents(pool: list[Document], n: int, seed: int) -> list[Document]:
+    """``n`` documents of ``pool``: the first ``n`` of a ``random.Random(seed)`` shuffle, returned
+    in pool order (the rule of :class:`~glidre_core.training.config.SubsetSection`: same subset
+    for every arm, nested across ``n`` for one seed)."""
+    if n > len(pool):
+        raise ValueError(f"subset.n={n} is larger than the training pool ({len(pool)} documents after the dev hold-out)")
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    keep = set(order[:n])
+    return [d for i, d in enumerate(pool) if i in keep]
+
+
+def without_labels(docs: list[Document], labels: set[str]) -> list[Document]:
+    """``docs`` with every relation whose label is in ``labels`` removed (entities untouched)."""
+    if not labels:
+        return docs
+    return [
+        d.model_copy(update={"relations": [r for r in d.relations if r.label not in labels]})
+        if any(r.label in labels for r in d.relations) else d
+        for d in docs
+    ]
+
+
 def split_train_dev(
     cfg: TrainingConfig, corpus_of: dict[str, int] | None = None
 ) -> tuple[list[Document], list[Document]]:
     """Train and dev documents. Without a dev file, the last ``dev_holdout`` docs of a seeded
-    shuffle of the training file are held out. ``corpus_of`` (filled if given) maps each doc id
-    to its corpus: 0 for ``train``/``dev``, i+1 for ``extra_train[i]``/``extra_dev[i]``."""
+    shuffle (``holdout_seed``, else ``seed``) of the training file are held out; ``subset`` then
+    keeps n documents of what is left. ``exclude_labels`` are removed from every document.
+    ``corpus_of`` (filled if given) maps each doc id to its corpus: 0 for ``train``/``dev``, i+1
+    for ``extra_train[i]``/``extra_dev[i]``."""
     corpus_of = {} if corpus_of is None else corpus_of
+    excluded = set(cfg.exclude_labels)
+    removed: Counter[str] = Counter()
 
     def read(data, corpus: int) -> list[Document]:
         docs = read_documents(data.path, data.format, on_error="skip", limit=data.limit)
         corpus_of.update((d.doc_id, corpus) for d in docs)
-        return docs
+        removed.update(r.label for d in docs for r in d.relations if r.label in excluded)
+        return without_labels(docs, excluded)
 
     train = read(cfg.train, 0)
     extra_train = [d for i, data in enumerate(cfg.extra_train) for d in read(data, i + 1)]
@@ -99,11 +127,19 @@ def split_train_dev(
         train, dev = train, read(cfg.dev, 0)
     else:
         order = list(range(len(train)))
-        random.Random(cfg.seed).shuffle(order)
+        random.Random(cfg.seed if cfg.holdout_seed is None else cfg.holdout_seed).shuffle(order)
         if cfg.dev_holdout >= len(train):
             raise ValueError(f"dev_holdout={cfg.dev_holdout} leaves no training documents ({len(train)} read)")
         dev_idx = set(order[-cfg.dev_holdout :])
         train, dev = [d for i, d in enumerate(train) if i not in dev_idx], [d for i, d in enumerate(train) if i in dev_idx]
+    if cfg.subset is not None:
+        train = subset_documents(train, cfg.subset.n, cfg.subset.seed)
+    if excluded:
+        absent = sorted(excluded - set(removed))
+        logger.info("exclude_labels: removed %d facts (%s)", sum(removed.values()),
+                    ", ".join(f"{k} {v}" for k, v in sorted(removed.items())) or "none")
+        if absent:
+            logger.warning("exclude_labels: %s never occur in the training/dev data", absent)
     train, dev = train + extra_train, dev + extra_dev
     ids = [d.doc_id for d in train + dev]
     if len(set(ids)) != len(ids):
@@ -271,9 +307,16 @@ class Trainer:
         ]
         return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=self.cfg.weight_decay)
 
+    def epochs_to_run(self) -> int:
+        """``epochs``, or more when ``min_steps`` asks for more optimizer steps than that."""
+        if not self.cfg.min_steps:
+            return self.cfg.epochs
+        per_epoch = math.ceil(len(self.train_docs) / (self.cfg.batch_size * self.cfg.grad_accum))
+        return max(self.cfg.epochs, math.ceil(self.cfg.min_steps / per_epoch))
+
     def total_steps(self) -> int:
         per_epoch = math.ceil(len(self.train_docs) / (self.cfg.batch_size * self.cfg.grad_accum))
-        total = per_epoch * self.cfg.epochs
+        total = per_epoch * self.epochs_to_run()
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
     def autocast(self) -> torch.autocast:
@@ -422,7 +465,7 @@ class Trainer:
         model.train()
         stop = step >= total
         params = [p for p in model.parameters() if p.requires_grad]
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, self.epochs_to_run()):
             if stop:
                 break
             live["epoch_rng"] = rng.getstate()

@@ -1,0 +1,285 @@
+"""Few-shot: FREDo's official metric, episode loading, the adaptation recipe, the Ray episode
+runner and ``glidre adapt``, on a tiny random-weight model and a tiny FREDo-format dataset."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from extraction_support import save_tiny_model
+from glidre_core import GLiDRE
+from glidre_core.fewshot.adapt import AdaptationRecipe, HeadAdapter
+from glidre_core.fewshot.episodes import DEV_EPISODES, load_fredo, relation_text, sample_episodes
+from glidre_core.fewshot.fredo import EpisodeRunner, FredoConfig, facts_above, run_fredo
+from glidre_core.fewshot.metric import (
+    EpisodeCounts, bootstrap_interval, count_document, count_episode, macro_scores,
+)
+
+
+# -- the official metric --------------------------------------------------------------------------
+def official_macro_f1(episodes: list[tuple[list[list], list[list]]]) -> float:
+    """A transcription of FREDo's code (nicpopovic/FREDo b7f0344): the counting loop of train.py's
+    "SCIERC TEST EVAL" block and get_f1_macro of src/util.py. ``episodes``: per query document,
+    (predictions, gold) as lists of [h, t, r]."""
+    true_positives, false_positives, false_negatives = {}, {}, {}
+    for preds, lbs in episodes:
+        for inf in preds:
+            if inf[2] not in true_positives.keys():
+                true_positives[inf[2]] = 0
+                false_positives[inf[2]] = 0
+                false_negatives[inf[2]] = 0
+            if inf in lbs:
+                true_positives[inf[2]] += 1
+            else:
+                false_positives[inf[2]] += 1
+        for label in lbs:
+            if label[2] not in true_positives.keys():
+                true_positives[label[2]] = 0
+                false_positives[label[2]] = 0
+                false_negatives[label[2]] = 0
+            if label not in preds:
+                false_negatives[label[2]] += 1
+    f = []
+    for rtype in true_positives.keys():
+        tp, fp, fn = true_positives[rtype], false_positives[rtype], false_negatives[rtype]
+        if tp + fn == 0:
+            continue
+        precision = 0 if tp + fp == 0 else tp / (tp + fp)
+        recall = tp / (tp + fn)
+        f.append(0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+    return 100 * sum(f) / len(f)
+
+
+def test_metric_hand_computed_case():
+    # episode 1, one query doc: A: 2 predicted, 1 right, 2 gold -> P 1/2 R 1/2 F1 1/2
+    #                           B: predicted only, never gold -> skipped
+    # episode 2, two query docs: A: 1 right of 1 predicted, 1 gold -> pooled A: tp 2 fp 1 fn 1
+    #                           C: 1 gold fact listed twice, not predicted -> fn 2, F1 0
+    e1 = count_episode([[(0, 1, "A"), (1, 2, "A"), (0, 2, "B")]], [[(0, 1, "A"), (2, 0, "A")]])
+    e2 = count_episode([[(3, 4, "A")], []], [[(3, 4, "A")], [(1, 0, "C"), (1, 0, "C")]])
+    assert e1.counts == {"A": [1, 1, 1], "B": [0, 1, 0]}
+    assert e2.counts == {"A": [1, 0, 0], "C": [0, 0, 2]}
+    s = macro_scores([e1, e2])
+    # A pooled: tp 2, fp 1, fn 1 -> P 2/3, R 2/3, F1 2/3; C: F1 0; B skipped -> macro (2/3 + 0) / 2
+    assert set(s["per_type"]) == {"A", "C"}
+    assert s["macro_f1"] == pytest.approx(100 * (2 / 3) / 2)
+    assert s["macro_precision"] == pytest.approx(100 * (2 / 3) / 2)  # C: no prediction -> P 0
+    assert s["macro_recall"] == pytest.approx(100 * (2 / 3) / 2)
+    # micro over every type (B's false positive counts here): tp 2, fp 2, fn 3
+    assert s["micro_f1"] == pytest.approx(100 * 2 * (2 / 4) * (2 / 5) / (2 / 4 + 2 / 5))
+    # pooled per type, not averaged per episode: episode 1 alone has A at 1/2, episode 2 at 1
+    assert s["macro_f1"] != pytest.approx((macro_scores([e1])["macro_f1"] + macro_scores([e2])["macro_f1"]) / 2)
+    assert s["macro_f1"] == pytest.approx(official_macro_f1(
+        [([[0, 1, "A"], [1, 2, "A"], [0, 2, "B"]], [[0, 1, "A"], [2, 0, "A"]]),
+         ([[3, 4, "A"]], [[3, 4, "A"]]), ([], [[1, 0, "C"], [1, 0, "C"]])]))
+
+
+def test_metric_duplicate_gold_predicted_once_is_one_true_positive_and_no_false_negative():
+    c = count_document([(1, 2, "A")], [(1, 2, "A"), (1, 2, "A")])
+    assert c.counts == {"A": [1, 0, 0]}
+
+
+def test_metric_matches_the_official_code_on_random_episodes():
+    rng = random.Random(7)
+    for _ in range(30):
+        docs, counts = [], []
+        for _ in range(rng.randint(1, 6)):
+            episode_docs = []
+            for _ in range(rng.randint(1, 3)):
+                cand = [[h, t, r] for h in range(4) for t in range(4) if h != t for r in "ABC"]
+                gold = rng.sample(cand, rng.randint(0, 4))
+                preds = rng.sample(cand, rng.randint(0, 6))
+                episode_docs.append((preds, gold))
+            docs.extend(episode_docs)
+            counts.append(count_episode([p for p, _ in episode_docs], [g for _, g in episode_docs]))
+        if not any(g for _, g in docs):
+            continue
+        assert macro_scores(counts)["macro_f1"] == pytest.approx(official_macro_f1(docs))
+
+
+def test_metric_without_gold_is_an_error_and_counts_round_trip():
+    with pytest.raises(ValueError, match="no relation type"):
+        macro_scores([count_episode([[(0, 1, "A")]], [[]])])
+    c = count_episode([[(0, 1, "A")]], [[(0, 1, "A"), (1, 0, "B")]])
+    assert EpisodeCounts.from_json(json.loads(json.dumps(c.to_json()))).counts == c.counts
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
+    rng = random.Random(1)
+    eps = [EpisodeCounts({"A": [rng.randint(0, 3), rng.randint(0, 3), rng.randint(0, 3)],
+                          "B": [rng.randint(0, 2), rng.randint(0, 4), rng.randint(1, 3)]}) for _ in range(40)]
+    ci = bootstrap_interval(eps, resamples=600, seed=3)
+    assert ci["low"] <= macro_scores(eps)["macro_f1"] <= ci["high"]
+    assert ci["low"] < ci["high"]
+    assert bootstrap_interval(eps, resamples=600, seed=3) == ci
+    # one episode repeated: no variance
+    same = bootstrap_interval([eps[0]] * 10, resamples=200)
+    assert same["low"] == pytest.approx(same["high"])
+
+
+# -- a tiny FREDo-format dataset -----------------------------------------------------------------
+CODES = ["USED-FOR", "PART-OF", "COMPARE"]
+
+
+def _doc(i: int, rng: random.Random) -> dict:
+    words = [f"w{i}x{k}" for k in range(5)]
+    sents = [["The", f"method{i}", "uses", f"parser{i}", "and", f"tagger{i}", "."],
+             ["A", f"lexicon{i}", "is", "part", "of", f"system{i}", "with", *words, "."]]
+    vertex = [
+        [{"name": f"method{i}", "type": "Method", "pos": [1, 2], "sent_id": 0}],
+        [{"name": f"parser{i}", "type": "Method", "pos": [3, 4], "sent_id": 0}],
+        [{"name": f"tagger{i}", "type": "Method", "pos": [5, 6], "sent_id": 0}],
+        [{"name": f"lexicon{i}", "type": "Material", "pos": [1, 2], "sent_id": 1}],
+        [{"name": f"system{i}", "type": "Generic", "pos": [5, 6], "sent_id": 1}],
+    ]
+    labels = [{"r": "USED-FOR", "h": 1, "t": 0, "evidence": [0]}, {"r": "USED-FOR", "h": 2, "t": 0, "evidence": [0]},
+              {"r": "PART-OF", "h": 3, "t": 4, "evidence": [1]}]
+    if rng.random() < 0.5:
+        labels.append({"r": "COMPARE", "h": 1, "t": 2, "evidence": [0]})
+    return {"title": f"D{i}", "sents": sents, "vertexSet": vertex, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def fredo_dir(tmp_path_factory) -> Path:
+    rng = random.Random(0)
+    d = tmp_path_factory.mktemp("fredo")
+    docs = [_doc(i, rng) for i in range(8)]
+    (d / "test_scierc.json").write_text(json.dumps(docs))
+    for k, q in ((1, 3), (3, 1)):
+        eps = []
+        for _ in range(DEV_EPISODES + 6):
+            ids = rng.sample(range(8), k + q)
+            types = sorted({lab["r"] for i in ids[:k] for lab in docs[i]["labels"]})
+            eps.append({"support": ids[:k], "labeled_relations": types, "r_s": "USED-FOR", "query": ids[k:]})
+        (d / f"test_cross_domain_{k}_doc_indices.json").write_text(json.dumps(eps))
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_load_fredo_keeps_codes_indices_and_gold(fredo_dir):
+    data = load_fredo("cross_domain_1", fredo_dir)
+    assert len(data.documents) == 8 and len(data.episodes) == DEV_EPISODES + 6
+    assert data.label_names == {"USED-FOR": "used for", "PART-OF": "part of", "COMPARE": "compare"}
+    raw = json.loads((fredo_dir / "test_scierc.json").read_text())
+    assert data.gold(2, ["USED-FOR", "PART-OF"]) == [(lab["h"], lab["t"], lab["r"]) for lab in raw[2]["labels"]
+                                                     if lab["r"] != "COMPARE"]
+    assert relation_text("P17") == "country" and relation_text("HYPONYM-OF") == "hyponym of"
+
+
+def test_samples_leave_the_dev_slice_out_and_are_seeded(fredo_dir):
+    eps = load_fredo("cross_domain_3", fredo_dir).episodes
+    a = sample_episodes(eps, 4, seed=5)
+    assert a == sample_episodes(eps, 4, seed=5)
+    assert all(e.episode_id >= DEV_EPISODES for e in a) and len(a) == 4
+    assert len(sample_episodes(eps, None, seed=5)) == len(eps)
+    with pytest.raises(ValueError, match="between 1 and 6"):
+        sample_episodes(eps, 7, seed=0)
+
+
+# -- adaptation -----------------------------------------------------------------------------------
+def test_adaptation_lowers_the_loss_changes_predictions_and_resets_exactly(fredo_dir, tiny_dir):
+    torch.manual_seed(0)
+    data = load_fredo("cross_domain_1", fredo_dir)
+    model = GLiDRE.from_pretrained(tiny_dir)
+    adapter = HeadAdapter(model, AdaptationRecipe(epochs=15, lr=3e-3, train=["scorer.", "label_encoder.ffn."]))
+    assert set(adapter.params) and all(n.startswith(("scorer.", "label_encoder.ffn.")) for n in adapter.params)
+    assert any(n.startswith("scorer.") for n in adapter.params)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    runner = EpisodeRunner(adapter, data)
+    ep = data.episodes[0]
+    text = {c: data.label_names[c] for c in ep.labeled_relations}
+    labels = list(text.values())
+    query = [data.documents[i] for i in ep.query]
+    adapter.encode(query)
+    code_of = {t: c for c, t in text.items()}
+    before = facts_above(adapter.predictor(labels, adapted=False), query, code_of, 0.0)
+    with adapter.adapted(runner.support_documents(ep, text), labels) as losses:
+        during = facts_above(adapter.predictor(labels, adapted=False), query, code_of, 0.0)
+    after = facts_above(adapter.predictor(labels, adapted=False), query, code_of, 0.0)
+    assert len(losses) == 15 and losses[-1] < 0.5 * losses[0]
+    probs = lambda facts: np.array([f[3] for doc in facts for f in doc])  # noqa: E731
+    assert np.abs(probs(during) - probs(before)).max() > 1e-3
+    np.testing.assert_array_equal(probs(after), probs(before))
+
+
+def test_recipe_refuses_to_train_the_encoder():
+    with pytest.raises(ValueError, match="frozen"):
+        AdaptationRecipe(train=["encoder.model."])
+
+
+# -- the episode runner, in-process and on Ray -------------------------------------------------------
+def test_fredo_cli_in_process_writes_the_documented_json(fredo_dir, tiny_dir, tmp_path):
+    from glidre_core.cli import main
+
+    out = tmp_path / "fredo.json"
+    res = CliRunner().invoke(main, [
+        "fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir), "--data-dir", str(fredo_dir),
+        "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--set", "epochs=3", "--output-json", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["episodes"] == 3 and result["units"] == "percent"
+    assert 0 <= result["macro_f1"] <= 100 and 0 <= result["zero_shot_macro_f1"] <= 100
+    assert result["macro_f1_ci95"][0] <= result["macro_f1"] <= result["macro_f1_ci95"][1]
+    assert all(e["id"] >= DEV_EPISODES for e in result["per_episode"])
+    assert result["recipe"]["epochs"] == 3 and result["comparable_with_published"] is True
+
+
+@pytest.mark.slow
+def test_fredo_on_ray_matches_the_in_process_run(fredo_dir, tiny_dir):
+    """Real local Ray, 2 tasks: per-episode seeds make results independent of chunking."""
+    base = dict(split="cross_domain_3", model=str(tiny_dir), data_dir=str(fredo_dir), episodes=4, seed=2,
+                recipe=AdaptationRecipe(epochs=4, lr=1e-3), bootstrap_resamples=200)
+    on_ray = run_fredo(FredoConfig(**base, num_cpus=1, chunk_size=2))
+    local = run_fredo(FredoConfig(**base, num_cpus=0, chunk_size=3))
+    assert on_ray["episode_ids"] == local["episode_ids"]
+    assert on_ray["per_episode"] == [{**e, "seconds": r["seconds"]} for e, r in zip(local["per_episode"],
+                                                                                      on_ray["per_episode"])]
+    assert on_ray["macro_f1"] == local["macro_f1"]
+
+
+# -- glidre adapt ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_glidre_adapt_saves_a_loadable_model_and_tracks_it(fredo_dir, tiny_dir, tmp_path, mlflow_uri):
+    from glidre_core.cli import main
+    from glidre_core.readers import read_documents
+
+    docs = read_documents(fredo_dir / "test_scierc.json", "docred", rel_info={c: c.lower().replace("-", " ")
+                                                                             for c in CODES})[:2]
+    support = tmp_path / "support.jsonl"
+    support.write_text("\n".join(d.model_dump_json() for d in docs))
+    out = tmp_path / "adapted"
+    args = ["adapt", "--model", str(tiny_dir), "--data", str(support), "--labels", "used for,part of",
+            "--output", str(out), "--set", "epochs=5", "--set", "threshold=0.4", "--tracking-uri", mlflow_uri,
+            "--run-name", "adapt-test"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "adaptation.json").read_text())
+    assert record["examples"] == {"used for": 4, "part of": 2} and len(record["losses"]) == 5
+    assert record["losses"][-1] < record["losses"][0]  # the default recipe (label FFN) learns
+    adapted = GLiDRE.from_pretrained(out)
+    assert adapted.config.labels[-2:] == ["used for", "part of"] and adapted.config.threshold == 0.4
+    base = GLiDRE.from_pretrained(tiny_dir)
+    # the default recipe trains the label FFN alone
+    assert not torch.equal(adapted.label_encoder.ffn[0].weight, base.label_encoder.ffn[0].weight)
+    assert torch.equal(adapted.scorer.pair_ffn[0].weight, base.scorer.pair_ffn[0].weight)
+    assert torch.equal(adapted.encoder.model.embeddings.word_embeddings.weight,
+                       base.encoder.model.embeddings.word_embeddings.weight)
+    from glidre_core.tracking import client
+
+    c = client(mlflow_uri)
+    run = c.get_run(record["mlflow_run_id"])
+    assert run.data.params["recipe.epochs"] == "5"
+    assert len(c.get_metric_history(run.info.run_id, "adapt_loss")) == 5
+    assert CliRunner().invoke(main, args).exit_code != 0  # the output exists: refused without --overwrite
+    bad = CliRunner().invoke(main, [*args[:6], "used for,spouse", *args[7:], "--overwrite"])
+    assert bad.exit_code != 0 and "spouse" in bad.output
