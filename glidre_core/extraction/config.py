@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from glidre_core.overrides import parse_overrides, set_dotted
+from glidre_core.overrides import load_config_data
 
 
 class StorageConfig(BaseModel):
@@ -155,17 +154,7 @@ def load_extract_config(
     ``values`` is what the CLI flags become (``{"actors.max_size": 2}``); ``None`` values are
     ignored so that an unset flag never hides the YAML value.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a YAML mapping")
-    for key, value in parse_overrides(overrides).items():
-        set_dotted(data, key, value)
-    for key, value in (values or {}).items():
-        if value is not None:
-            set_dotted(data, key, value)
+    data = load_config_data(path, overrides, values)
     return ExtractConfig.model_validate(data)
 
 

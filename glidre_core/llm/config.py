@@ -20,11 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from glidre_core.extraction.config import StorageConfig
-from glidre_core.overrides import parse_overrides, set_dotted
+from glidre_core.overrides import load_config_data
 
 
 class OpenAIBackendConfig(BaseModel):
@@ -183,17 +182,7 @@ def load_distill_config(path: str | Path | None = None, overrides: list[str] | t
 
     ``teacher: model:DIR`` (a string) is shorthand for ``{kind: glidre, model: DIR}``.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a YAML mapping")
-    for key, value in parse_overrides(overrides).items():
-        set_dotted(data, key, value)
-    for key, value in (values or {}).items():
-        if value is not None:
-            set_dotted(data, key, value)
+    data = load_config_data(path, overrides, values)
     teacher = data.get("teacher")
     if isinstance(teacher, str):
         data["teacher"] = teacher_shorthand(teacher)

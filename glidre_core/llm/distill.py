@@ -36,6 +36,7 @@ load the cache), a GLiDRE model loads with its label sets.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import logging
 import posixpath
@@ -209,13 +210,15 @@ def parse_input(source: str, line: int | None, raw: bytes, settings: DistillSett
 
 
 # -- teachers --------------------------------------------------------------------------------------
-class Teacher:
-    """Labels a batch of documents; one result row per document, in order."""
+class Teacher(ABC):
+    """Labels a batch of documents; one result row per document, in order. The interface of
+    the LLM teacher and the GLiDRE teacher."""
 
     name = "teacher"
 
+    @abstractmethod
     def annotate(self, docs: Sequence[DocInput]) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """One result row per document of ``docs``, in order."""
 
     def close(self) -> None:
         pass
