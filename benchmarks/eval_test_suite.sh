@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Score one model on the TEST sets with the same commands the README reports (run once per
 # chosen model; choices are made on dev). Writes PREFIX_{redocred_test,redocred_ner,
-# redocred_joint_strict,redocred_joint_relaxed,conll04_ner,conll04_joint}.json.
+# redocred_joint_strict,redocred_joint_relaxed,conll04_ner,conll04_joint,
+# conll04_relation_given_entities}.json.
 # Usage: bash benchmarks/eval_test_suite.sh MODEL PREFIX     e.g. default benchmarks/results/default_model
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,5 @@ for m in strict relaxed; do
 done
 $G evaluate --task ner --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --output-json "${P}_conll04_ner.json"
 $G evaluate --task joint --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --output-json "${P}_conll04_joint.json"
+$G evaluate --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 \
+  --output-json "${P}_conll04_relation_given_entities.json"

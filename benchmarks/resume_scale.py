@@ -86,6 +86,7 @@ def result_rows(source: str, first_doc: int, lines: range, block_sizes: dict[int
         "message": [None] * n, "num_entities": [0] * n, "block": blocks,
         "block_size": [block_sizes[b][0] for b in blocks], "block_last": [block_sizes[b][1] for b in blocks],
         "entity_source": ["given"] * n, "num_triplets": [0] * n, "triplets": [[]] * n, "entities": [[]] * n,
+        "verify": [None] * n,
     }, schema=RESULT)
 
 

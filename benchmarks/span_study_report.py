@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--runs", default="runs/span_study")
     p.add_argument("--baseline", default="default", help="the model the arms started from")
     p.add_argument("--output-json")
+    p.add_argument("--study", help="what the arms are (stored in the report; default: the span study)")
     args = p.parse_args()
 
     import yaml
@@ -74,11 +75,14 @@ def main() -> None:
     from glidre_core.training.config import TrainingConfig
     from glidre_core.training.trainer import split_train_dev
 
-    cfg = TrainingConfig(**yaml.safe_load(CONFIG.read_text()))
+    data = yaml.safe_load(CONFIG.read_text())
+    data.pop("init_from", None)  # only the data split is needed here, not the starting weights
+    cfg = TrainingConfig(**data)
     # split_train_dev returns the Re-DocRED held-out 50 plus the extra_dev corpora: keep the former
     _, dev = split_train_dev(cfg.model_copy(update={"extra_dev": []}))
     conll_dev = read_documents(str(CONLL04_DEV), "conll04")
-    report: dict = {"protocol": __doc__.split("\n\n")[1].strip(), "dev_docs": {"redocred": len(dev),
+    report: dict = {"study": args.study or "issue 11.1: span representations (configs/default_model_joint.yaml)",
+                    "protocol": __doc__.split("\n\n")[1].strip(), "dev_docs": {"redocred": len(dev),
                                                                               "conll04": len(conll_dev)},
                     "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",
                     "arms": {}}
@@ -91,6 +95,7 @@ def main() -> None:
         history = json.loads((arm_dir / "history.json").read_text()) if (arm_dir / "history.json").exists() else []
         cfg_json = json.loads((best / "config.json").read_text())
         arm = {"span_representation": cfg_json.get("span_representation"), "model": str(best),
+               "relation_training": {k: cfg_json.get(k) for k in ("dropout", "relation_loss_weight", "span_loss_weight")},
                "steps": history[-1]["step"] if history else None,
                "train_minutes": history[-1]["minutes"] if history else None,
                **score(str(best), dev, conll_dev)}

@@ -49,7 +49,7 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
 
 
 @main.command()
-@click.option("--model", "model_ref", default="default", show_default=True, help="directory or 'default'")
+@click.option("--model", "model_ref", default="default", show_default=True, help="directory, 'default', or llm:CONFIG.yaml (an LLM, RHF baseline)")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["docred", "glidre", "conll04", "jsonl"]), default="docred", show_default=True)
 @click.option("--train-facts", type=click.Path(exists=True, dir_okay=False), help="training file for Ign F1 (same format)")
@@ -71,7 +71,29 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
 def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
              entity_labels, match, typed, head_precision=None, entity_recognizer="model") -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
-    entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint)."""
+    entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint).
+
+    --model llm:CONFIG.yaml scores an LLM instead (the RHF baseline, glidre_core/llm/rhf), with the
+    same data reader and metric, given entities (--task relation) only."""
+    if model_ref.startswith("llm:"):
+        from glidre_core.llm.rhf import RHFError
+        from glidre_core.llm.rhf.runner import evaluate_llm, summary_text
+
+        if task != "relation" or threshold is not None or head_precision is not None:
+            raise click.UsageError("--model llm:CONFIG scores relations between given entities: --task relation "
+                                   "only, and --threshold / --head-precision do not apply to an LLM")
+        try:
+            result = evaluate_llm(model_ref[len("llm:"):], data_path, fmt, limit=limit, train_facts_path=train_facts)
+        except RHFError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(summary_text(result))
+        if output_json:
+            Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(output_json).write_text(json.dumps(result, indent=2))
+            click.echo(f"wrote {output_json}")
+        if not result["reconciled"]:
+            raise click.ClickException(f"the RHF counts do not reconcile: {result['reconciliation']}")
+        return
     from glidre_core.evaluation import evaluate_entities, evaluate_joint, evaluate_model, evaluation_labels
     from glidre_core.metrics import train_fact_names
     from glidre_core.model_loading import load_model

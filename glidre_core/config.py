@@ -87,6 +87,16 @@ class GLiDREConfig(BaseModel):
     # Which encoder layers were trained; the lower ones are frozen (and cacheable in training).
     trainable_encoder_layers: int | None = Field(None, description="None = all layers trainable")
     train_label_encoder: bool = False
+    # The label side's map from sentence embeddings to the pair space (issue 12.4, zero-shot).
+    # ffn: FFN(x), the paper's head. residual: x + FFN(x) with the FFN's last layer starting at
+    # zero, so a label starts as its own sentence embedding and unseen labels stay near theirs.
+    # label_anchor_weight adds weight * ||out - x||^2 / ||x||^2 (mean over a batch's labels) to
+    # the training loss, a pull toward the sentence-embedding space; label_noise adds Gaussian
+    # noise (this fraction of the vectors' RMS) to x in training, so the map is smooth between
+    # the few label strings training sees. Both are training-only and default off.
+    label_head: Literal["ffn", "residual"] = "ffn"
+    label_anchor_weight: float = Field(0.0, ge=0.0)
+    label_noise: float = Field(0.0, ge=0.0)
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
 
     # Joint entity recognition (GLiNER-style span head on the shared document encoder). A model

@@ -59,6 +59,14 @@ def evaluation_labels(docs: Sequence[Document], fmt: str) -> list[str]:
     return relation_labels(docs)
 
 
+def prediction_facts(docs: Sequence[Document], preds: Sequence[Sequence[Any]]) -> list[Fact]:
+    """Per-document prediction rows (:class:`~glidre_core.rows.TripletRow`: ``head_id``,
+    ``relation``, ``tail_id``) -> the facts :func:`~glidre_core.metrics.evaluate_facts` scores. The
+    one conversion of every relation evaluation with given entities: GLiDRE's predictor here, the
+    LLM baseline in :mod:`glidre_core.llm.rhf`."""
+    return [(d.doc_id, row["head_id"], row["relation"], row["tail_id"]) for d, rows in zip(docs, preds) for row in rows]
+
+
 def evaluate_model(
     model: GLiDRE,
     docs: list[Document],
@@ -78,10 +86,7 @@ def evaluate_model(
     start = time.perf_counter()
     preds = model.predictor(relation_labels=labels, threshold=threshold, batch_size=batch_size).predict(docs)
     elapsed = time.perf_counter() - start
-    facts = [
-        (d.doc_id, row["head_id"], row["relation"], row["tail_id"]) for d, rows in zip(docs, preds) for row in rows
-    ]
-    result = evaluate_facts(docs, facts, train_facts)
+    result = evaluate_facts(docs, prediction_facts(docs, preds), train_facts)
     result.update({
         "docs": len(docs),
         "seconds": elapsed,

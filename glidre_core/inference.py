@@ -13,6 +13,13 @@ Documents are batched by similar size (sorted by entity count, then length, and 
 input order), so padding stays small; each batch is one :meth:`GLiDRE.forward` and **one** copy
 of its probabilities to the host, where decoding runs in numpy. The rows it returns are the
 typed rows of :mod:`glidre_core.rows`.
+
+Band candidates (for the LLM verify stage, :mod:`glidre_core.llm.verify`): with
+``Predictor(candidate_band=(below, above))``, :meth:`Predictor.predict_with_candidates` and
+:meth:`Predictor.extract_with_candidates` return, next to the usual rows, every (head, tail,
+label) with ``threshold - below < p <= threshold + above``. They come from the same host copy
+of the probabilities as the rows (no second forward pass, no extra device sync); the plain
+:meth:`Predictor.predict` / :meth:`Predictor.extract` are unchanged.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from glidre_core.documents import Document, Entity, Relation, parse_document
 from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
 from glidre_core.modeling.label_encoder import LabelEmbeddings
 from glidre_core.preparation import PreparedDocument
-from glidre_core.rows import EntityRow, TripletRow
+from glidre_core.rows import CandidateRow, EntityRow, TripletRow
 
 if TYPE_CHECKING:
     from glidre_core.modeling.batch import ModelBatch
@@ -39,8 +46,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExtractionResult", "Predictor", "RelationScores", "SpanScores", "TripletRow", "EntityRow",
-           "document_from_text", "per_label_thresholds"]
+__all__ = ["BandDecoded", "CandidateRow", "ExtractionResult", "Predictor", "RelationScores", "SpanScores",
+           "TripletRow", "EntityRow", "document_from_text", "per_label_thresholds", "select_band",
+           "select_relations"]
 
 Threshold = float | dict[str, float] | None
 T = TypeVar("T")
@@ -54,6 +62,35 @@ class RelationScores:
     heads: np.ndarray  # [P] entity indices
     tails: np.ndarray  # [P]
     probs: np.ndarray  # [P, R] float32
+
+
+@dataclass
+class PairVectors:
+    """The pair vectors ``r`` of every ordered entity pair of one document
+    (:meth:`Predictor.pair_representations`); ``vectors @ labels.T`` are the relation logits."""
+
+    prepared: PreparedDocument
+    heads: np.ndarray  # [P] entity indices
+    tails: np.ndarray  # [P]
+    vectors: np.ndarray  # [P, D] float32
+
+
+@dataclass
+class BandDecoded:
+    """One document's decoded rows and its band candidates (``*_with_candidates``).
+
+    ``rows`` are exactly what :meth:`Predictor.predict` (or ``extract(...).relations``) returns;
+    ``candidates`` the (pair, label) decisions within the band, each with its label's threshold;
+    ``result`` the joint path's :class:`ExtractionResult` (``extract_with_candidates`` only).
+    ``num_pairs`` / ``num_labels``: the ordered entity pairs and labels that were scored, so
+    ``num_pairs * num_labels`` decisions in all.
+    """
+
+    rows: list[TripletRow]
+    candidates: list[CandidateRow]
+    num_pairs: int
+    num_labels: int
+    result: ExtractionResult | None = None
 
 
 @dataclass
@@ -82,13 +119,28 @@ def per_label_thresholds(labels: Sequence[str], threshold: Threshold, base: floa
     return np.asarray([float(threshold.get(lab, base)) for lab in labels], dtype=np.float32)
 
 
-def select_relations(probs: np.ndarray, threshold: np.ndarray, top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(pair, label) indices above the per-label threshold, at most ``top_k`` labels per pair."""
-    keep = probs > threshold[None, :]
+def _top_k(keep: np.ndarray, probs: np.ndarray, top_k: int | None) -> np.ndarray:
     if top_k is not None and probs.shape[1] > top_k:
         kth = np.sort(probs, axis=1)[:, -top_k][:, None]
         keep &= probs >= kth
-    return np.nonzero(keep)
+    return keep
+
+
+def select_relations(probs: np.ndarray, threshold: np.ndarray, top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pair, label) indices above the per-label threshold, at most ``top_k`` labels per pair."""
+    return np.nonzero(_top_k(probs > threshold[None, :], probs, top_k))
+
+
+def select_band(probs: np.ndarray, threshold: np.ndarray, below: float, above: float,
+                top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pair, label) indices with ``threshold - below < p <= threshold + above`` (per label).
+
+    ``top_k`` restricts both to the pair's k best labels, as in :func:`select_relations`, so a
+    candidate is always a decision :func:`select_relations` could have made: the rows above the
+    band are exactly the selected rows that are not candidates.
+    """
+    thr = threshold[None, :]
+    return np.nonzero(_top_k((probs > thr - below) & (probs <= thr + above), probs, top_k))
 
 
 class Predictor:
@@ -111,6 +163,8 @@ class Predictor:
             coreference rules, then scored by the relation path like given entities). Measured
             (``benchmarks/spacy_baseline.py``): spaCy wins end to end on Re-DocRED documents, the
             span head on CoNLL04 sentences.
+        candidate_band: ``(below, above)`` margins, in probability, around each label's threshold:
+            what :meth:`band_candidates` (and the ``*_with_candidates`` methods) return.
     """
 
     def __init__(
@@ -128,6 +182,7 @@ class Predictor:
         encoder_cache: "EncoderCache | None" = None,
         need_entity_types: bool = False,
         entity_recognizer: Any = "model",
+        candidate_band: tuple[float, float] | None = None,
     ):
         if isinstance(entity_recognizer, str) and entity_recognizer not in ENTITY_RECOGNIZERS:
             raise ValueError(f"unknown entity_recognizer {entity_recognizer!r}; expected one of {ENTITY_RECOGNIZERS}")
@@ -135,6 +190,11 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if coreference not in (None, "rules", "none"):
             raise ValueError(f"unknown coreference mode {coreference!r}; expected 'rules' or 'none'")
+        if candidate_band is not None:
+            candidate_band = (float(candidate_band[0]), float(candidate_band[1]))
+            if not all(0 <= m < 1 for m in candidate_band):
+                raise ValueError(f"candidate_band margins must be in [0, 1), got {candidate_band}")
+        self.candidate_band = candidate_band
         self.model = model
         self._relation_spec, self._entity_spec = relation_labels, entity_labels
         self._threshold_spec, self._entity_threshold_spec = threshold, entity_threshold
@@ -297,6 +357,21 @@ class Predictor:
 
         return self._map(self.prepare(items), step)
 
+    def pair_representations(self, items: Iterable[Document | PreparedDocument]) -> list[PairVectors]:
+        """The pair vectors ``r`` (:meth:`GLiDRE.pair_representations`) of every ordered entity
+        pair of each document (given entities), in input order and in the pair order of
+        :meth:`score_relations`. No labels are involved (few-shot prototypes compare pairs)."""
+
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[PairVectors]:
+            reps = self.model.pair_representations(batch).cpu().numpy()
+            out, start = [], 0
+            for p, h, t in zip(docs, batch.entities.heads, batch.entities.tails):
+                out.append(PairVectors(p, h, t, reps[start : start + len(h)]))
+                start += len(h)
+            return out
+
+        return self._map(self.prepare(items), step)
+
     def score_spans(self, items: Iterable[Document | PreparedDocument]) -> list[SpanScores]:
         """Entity probabilities of every candidate span of each document, in input order."""
         types = self.entity_types
@@ -313,26 +388,49 @@ class Predictor:
         return [SpanScores(p, grid[batch.span_valid[b]], probs[b][batch.span_valid[b]]) for b, p in enumerate(prepared)]
 
     # -- rows -----------------------------------------------------------------------------------
+    def _row(self, scores: RelationScores, p: int, r: int) -> TripletRow:
+        doc = scores.prepared.doc
+        h: Entity = doc.entities[int(scores.heads[p])]
+        t: Entity = doc.entities[int(scores.tails[p])]
+        return TripletRow(
+            head_id=h.id, head_text=doc.entity_text(h), head_type=h.type, relation=self.relations.labels[r],
+            tail_id=t.id, tail_text=doc.entity_text(t), tail_type=t.type, score=float(scores.probs[p, r]),
+        )
+
     def decode_relations(self, scores: RelationScores, threshold: np.ndarray | None = None) -> list[TripletRow]:
         """Rows for the pairs and labels above the thresholds, best first."""
         thr = self.thresholds if threshold is None else threshold
-        doc = scores.prepared.doc
-        ents = doc.entities
-        labels = self.relations.labels
-        rows: list[TripletRow] = []
-        for p, r in zip(*select_relations(scores.probs, thr, self.top_k)):
-            h: Entity = ents[int(scores.heads[p])]
-            t: Entity = ents[int(scores.tails[p])]
-            rows.append(TripletRow(
-                head_id=h.id, head_text=doc.entity_text(h), head_type=h.type, relation=labels[r],
-                tail_id=t.id, tail_text=doc.entity_text(t), tail_type=t.type, score=float(scores.probs[p, r]),
-            ))
+        rows = [self._row(scores, p, r) for p, r in zip(*select_relations(scores.probs, thr, self.top_k))]
         rows.sort(key=lambda x: -x["score"])
         return rows
+
+    def band_candidates(self, scores: RelationScores, band: tuple[float, float] | None = None,
+                        threshold: np.ndarray | None = None) -> list[CandidateRow]:
+        """Rows for the (pair, label) decisions within ``band`` (``(below, above)`` margins
+        around each label's threshold; default: ``candidate_band``), best first, each with its
+        threshold. Decoded on the host from the same probabilities as :meth:`decode_relations`."""
+        band = band if band is not None else self.candidate_band
+        if band is None:
+            raise ValueError("no candidate band: give band=(below, above) or Predictor(candidate_band=...)")
+        thr = self.thresholds if threshold is None else threshold
+        rows: list[CandidateRow] = []
+        for p, r in zip(*select_band(scores.probs, thr, band[0], band[1], self.top_k)):
+            rows.append(CandidateRow(**self._row(scores, p, r), threshold=float(thr[r])))
+        rows.sort(key=lambda x: -x["score"])
+        return rows
+
+    def _band_decoded(self, scores: RelationScores, result: ExtractionResult | None = None,
+                      rows: list[TripletRow] | None = None) -> BandDecoded:
+        return BandDecoded(rows if rows is not None else self.decode_relations(scores), self.band_candidates(scores),
+                           len(scores.heads), scores.probs.shape[1], result)
 
     def predict(self, items: Iterable[Document | PreparedDocument]) -> list[list[TripletRow]]:
         """Relations between each document's given entities: rows per document, input order."""
         return [self.decode_relations(s) for s in self.score_relations(items)]
+
+    def predict_with_candidates(self, items: Iterable[Document | PreparedDocument]) -> list[BandDecoded]:
+        """:meth:`predict`'s rows and the band candidates of each document (one forward pass)."""
+        return [self._band_decoded(s) for s in self.score_relations(items)]
 
     def extract(self, items: Iterable[Document | PreparedDocument | str]) -> list[ExtractionResult]:
         """Entities and relations from raw text (given entities are ignored), input order.
@@ -341,12 +439,20 @@ class Predictor:
         probabilities to the host, span decoding and mention clustering there, then the relation
         scorer on the predicted entities from the *same* encoder output, and one more copy.
         """
+        return [d.result for d in self._extract(items, candidates=False)]  # type: ignore[misc]
+
+    def extract_with_candidates(self, items: Iterable[Document | PreparedDocument | str]) -> list[BandDecoded]:
+        """:meth:`extract`'s results (``.result``; ``.rows`` are its relations) and the band
+        candidates between the predicted entities, from the same relation probabilities."""
+        return self._extract(items, candidates=True)
+
+    def _extract(self, items: Iterable[Document | PreparedDocument | str], candidates: bool) -> list[BandDecoded]:
         if self.entity_recognizer == "spacy":
-            return self._extract_with_spacy(items)
+            return self._extract_with_spacy(items, candidates)
         types, labels = self.entity_types, self.relations
         ent_thr, type_names = self.entity_thresholds, list(types.labels)
 
-        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[ExtractionResult]:
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[BandDecoded]:
             res = self.model(batch, None, types)
             spans = self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())
             predicted, with_entities = [], []
@@ -367,20 +473,26 @@ class Predictor:
                 doc = p.doc.model_copy(update={
                     "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
                 })
-                out.append(ExtractionResult(doc, entity_rows(doc, grouped), rows))
+                result = ExtractionResult(doc, entity_rows(doc, grouped), rows)
+                out.append(self._band_decoded(sc, result, rows) if candidates
+                           else BandDecoded(rows, [], len(sc.heads), sc.probs.shape[1], result))
             return out
 
         return self._map(self.prepare(items, bare=True), step)
 
-    def _extract_with_spacy(self, items: Iterable[Document | PreparedDocument | str]) -> list[ExtractionResult]:
+    def _extract_with_spacy(self, items: Iterable[Document | PreparedDocument | str],
+                            candidates: bool = False) -> list[BandDecoded]:
         """spaCy's entities, then the relation path on them (as if they had been given)."""
         prepared = self.prepare(items, bare=True)
         found = self.recognizer.entities([p.doc for p in prepared], self.coreference)
         docs = [p.doc.model_copy(update={"entities": pe.entities}) for p, pe in zip(prepared, found)]
         out = []
-        for doc, pe, rows in zip(docs, found, self.predict(docs)):
+        for doc, pe, sc in zip(docs, found, self.score_relations(docs)):
+            rows = self.decode_relations(sc)
             doc = doc.model_copy(update={
                 "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
             })
-            out.append(ExtractionResult(doc, entity_rows(doc, pe), rows))
+            result = ExtractionResult(doc, entity_rows(doc, pe), rows)
+            out.append(self._band_decoded(sc, result, rows) if candidates
+                       else BandDecoded(rows, [], len(sc.heads), sc.probs.shape[1], result))
         return out

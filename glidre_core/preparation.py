@@ -28,6 +28,8 @@ class PreparedDocument:
     words: Words | None = None  # char offsets of the words (span predictions -> char mentions)
     # entity types this document's corpus annotates (training); None = every type scored
     entity_type_scope: frozenset[str] | None = None
+    #: the document's weight in the relation loss (training: its corpus's ``relation_weight``)
+    relation_weight: float = 1.0
 
 
 def prepare_document(

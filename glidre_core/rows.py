@@ -40,3 +40,12 @@ class EntityRow(TypedDict):
     text: str
     score: float
     mentions: list[MentionRow]
+
+
+class CandidateRow(TripletRow):
+    """A (head, tail, label) whose score lies in a band around its label's decision threshold
+    (:meth:`glidre_core.inference.Predictor.band_candidates`): the uncertain decisions that a
+    verifier (:mod:`glidre_core.llm.verify`) may confirm or reject. ``threshold`` is the label's
+    threshold, so ``score > threshold`` is GLiDRE's own decision."""
+
+    threshold: float

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY_BERT, tiny_config
 from glidre_core.experiments import ExperimentConfig, ExperimentConfigError, load_experiment_config
@@ -115,6 +116,32 @@ def test_excluded_labels_never_reach_the_training_targets(tmp_path):
     # every other fact is still there
     by_id = {d.doc_id: d for d in docs}
     assert kept == sum(1 for p in prepared for r in by_id[p.doc.doc_id].relations if r.label not in excluded)
+
+
+def test_corpus_relation_weight_reaches_the_prepared_documents(tmp_path, small_docred):
+    conll = str(SHARED_DATA / "conll04" / "conll04_dev.json")
+    cfg = training_config(tmp_path, train={"path": small_docred}, holdout_seed=0, dev_holdout=5,
+                          extra_train=[{"path": conll, "format": "conll04", "limit": 6, "relation_weight": 0.3}],
+                          extra_dev=[{"path": conll, "format": "conll04", "limit": 2}])
+    with pytest.raises(ValueError, match="repeat"):  # the same CoNLL04 documents in train and dev
+        Trainer(cfg)
+    cfg = cfg.model_copy(update={"extra_dev": []})
+    trainer = Trainer(cfg)
+    weights = Counter(p.relation_weight for p in trainer.prepared.values())
+    assert weights == Counter({1.0: 20, 0.3: 6})  # 15 + 5 Re-DocRED (train + dev) at 1, CoNLL04 at 0.3
+
+
+def test_a_relation_heads_only_stage_does_not_score_spans(tmp_path, small_docred):
+    model = tiny_config(trainable_encoder_layers=1, encoder_config=NO_DROPOUT, label_encoder_config=NO_DROPOUT,
+                        span_head=True).model_dump()
+    joint = training_config(tmp_path, model=model, train={"path": small_docred}, holdout_seed=0)
+    assert Trainer(joint).span_head_trained
+    heads = joint.model_copy(update={"train_only": ["scorer.", "label_encoder.ffn."]})
+    trainer = Trainer(heads)
+    assert not trainer.span_head_trained and trainer.relation_heads_trained
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n.startswith("span_head.")}
+    trainer.train()
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
 
 
 # -- configs -----------------------------------------------------------------------------------------

@@ -227,7 +227,8 @@ def test_s3_jsonl_in_parquet_tables_out(local_ray, tiny_dir, s3):
     fs = s3["fs"]
     triplets = read_table(fs, "results/run1/triplets")
     assert triplets.schema.names == ["doc_id", "head_id", "head_text", "head_type", "relation", "tail_id",
-                                     "tail_text", "tail_type", "score", "model", "run_id"]
+                                     "tail_text", "tail_type", "score", "verification", "model", "run_id"]
+    assert triplets.column("verification").null_count == triplets.num_rows  # the verify stage is off
     assert triplets.num_rows == manifest["triplets_written"] == expected_pairs(records)
     assert len(set(triplet_keys(triplets))) == triplets.num_rows
     assert set(triplets.column("run_id").to_pylist()) == {manifest["run_id"]}

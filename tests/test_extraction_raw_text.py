@@ -90,7 +90,7 @@ def test_raw_text_documents_get_predicted_entities_and_relations(ray_session, sp
     assert (manifest["docs_extracted"], manifest["docs_failed"], manifest["reconciled"]) == (n_docs - 1, 1, True)
     assert manifest["docs_with_predicted_entities"] == len(RAW) == manifest["this_run"]["docs_with_predicted_entities"]
     assert manifest["entity_labels"] == TYPES and manifest["entity_threshold"] == ENTITY_THRESHOLD
-    assert manifest["coreference"] == "rules" and manifest["schema_version"] == 3
+    assert manifest["coreference"] == "rules" and manifest["schema_version"] == 4
 
     fs = pa.fs.LocalFileSystem()
     errors = read_table(fs, str(out / "errors")).to_pylist()

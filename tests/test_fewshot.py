@@ -283,3 +283,224 @@ def test_glidre_adapt_saves_a_loadable_model_and_tracks_it(fredo_dir, tiny_dir, 
     assert CliRunner().invoke(main, args).exit_code != 0  # the output exists: refused without --overwrite
     bad = CliRunner().invoke(main, [*args[:6], "used for,spouse", *args[7:], "--overwrite"])
     assert bad.exit_code != 0 and "spouse" in bad.output
+
+
+# -- the prototype method -----------------------------------------------------------------------------
+def _varied_documents(fredo_dir) -> list:
+    """FREDo test documents with 5, 3, 2 and 4 entities (padding, several pair counts)."""
+    docs = load_fredo("cross_domain_1", fredo_dir).documents
+    return [d.model_copy(update={"entities": d.entities[:n], "relations": []}) for d, n in zip(docs, (5, 3, 2, 4))]
+
+
+@pytest.mark.parametrize("chunk", [4096, 2])
+def test_pair_representations_reproduce_the_forward_logits(fredo_dir, chunk):
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(pair_chunk_size=chunk)).eval()
+    docs = _varied_documents(fredo_dir)
+    batch, _ = model.collate([model.prepare(d) for d in docs])
+    labels = model.encode_labels(["used for", "part of", "compare"]).vectors.detach()
+    with torch.no_grad():
+        logits = model(batch, labels).relation_logits
+        reps = model.pair_representations(batch)
+    assert reps.shape == (sum(n * (n - 1) for n in (5, 3, 2, 4)), model.dim) == (logits.shape[0], labels.shape[1])
+    torch.testing.assert_close(reps @ labels.T, logits, atol=1e-5, rtol=1e-5)
+    # the inference layer: per document, in the pair order of score_relations
+    predictor = model.predictor(relation_labels=["used for", "part of", "compare"])
+    vectors, scores = predictor.pair_representations(docs), predictor.score_relations(docs)
+    lab = predictor.relations.vectors.numpy()
+    for v, s in zip(vectors, scores):
+        np.testing.assert_array_equal(v.heads, s.heads)
+        np.testing.assert_array_equal(v.tails, s.tails)
+        np.testing.assert_allclose(1 / (1 + np.exp(-(v.vectors @ lab.T))), s.probs, atol=1e-5)
+    assert [len(v.heads) for v in vectors] == [20, 6, 2, 12]
+
+
+def _pairs(ids: list[str], vectors: list[list[float]]):
+    """PairVectors of every ordered pair of ``ids`` (in itertools order) with the given vectors."""
+    from types import SimpleNamespace
+
+    from glidre_core.inference import PairVectors
+
+    pairs = [(h, t) for h in range(len(ids)) for t in range(len(ids)) if h != t]
+    assert len(pairs) == len(vectors)
+    return PairVectors(SimpleNamespace(entity_ids=ids), np.array([h for h, _ in pairs]),
+                       np.array([t for _, t in pairs]), np.asarray(vectors, dtype=np.float32))
+
+
+def test_prototypes_on_a_hand_made_case():
+    from glidre_core.documents import Document, Entity, Mention, Relation
+    from glidre_core.fewshot.prototype import Prototypes, pair_targets
+
+    # support: 3 entities, 6 ordered pairs (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
+    # "a" on (0,1) and (1,2) along x; "b" on (2,0) along y; NOTA pairs along z (one off-axis)
+    e = ["e0", "e1", "e2"]
+    support = _pairs(e, [[1, 0.1, 0], [0, 0, 1], [0, 0.2, 1], [1, -0.1, 0], [0, 1, 0], [0.6, 0, 0.8]])
+    doc = Document(doc_id="s", text="A B C", entities=[
+        Entity(id=f"e{i}", type="X", mentions=[Mention(start=2 * i, end=2 * i + 1)]) for i in range(3)], relations=[
+        Relation(head="e0", label="a", tail="e1"), Relation(head="e1", label="a", tail="e2"),
+        Relation(head="e2", label="b", tail="e0"), Relation(head="e2", label="other", tail="e1")])
+    np.testing.assert_array_equal(pair_targets(support, doc, ["a", "b"]).nonzero(), [[0, 3, 4], [0, 0, 1]])
+    label_vectors = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32)  # the names point the other way
+    build = lambda **kw: Prototypes.from_support([(support, doc)], ["a", "b"], label_vectors,  # noqa: E731
+                                                  AdaptationRecipe(method="prototype", **kw))
+    p = build()
+    np.testing.assert_allclose(p.types, [[1, 0, 0], [0, 1, 0]], atol=1e-6)
+    assert p.positives == [2, 1] and len(p.nota) == 3  # (2,1) has only "other": NOTA
+    # queries: along x -> a, along y -> b, along z -> nothing, between x and z -> a vs NOTA
+    q = np.array([[2, 0, 0], [0, 3, 0], [0, 0, 1], [1, 0, 1]], dtype=np.float32)
+    nota = np.array([[0, 0, 1], [0, 0.2, 1], [0.6, 0, 0.8]])
+    nota_mean = (nota / np.linalg.norm(nota, axis=1, keepdims=True)).sum(0)  # the mean of the unit vectors
+    nota_mean /= np.linalg.norm(nota_mean)
+    s = np.array([[1, 0], [0, 1], [0, 0], [2 ** -0.5, 0]])
+    np.testing.assert_allclose(p.margins(q), s - (q / np.linalg.norm(q, axis=1, keepdims=True) @ nota_mean)[:, None],
+                               atol=1e-6)
+    assert (p.probabilities(q) > 0.5).tolist() == [[True, False], [False, True], [False, False], [False, False]]
+    # nearest NOTA: the off-axis NOTA vector (0.6, 0, 0.8) beats "a" for x+z (0.99 > 0.71)
+    assert (build(nota="nearest").probabilities(q) > 0.5)[3].tolist() == [False, False]
+    # no NOTA, absolute margin 0.5: x+z (cos 0.71 with "a") becomes "a"
+    assert (build(nota="none", margin=0.5).probabilities(q) > 0.5)[3].tolist() == [True, False]
+    # the label strings alone (mix 0) swap the answers: x -> "b", y -> "a"
+    assert (build(prototype_mix=0.0, nota="none", margin=0.5).probabilities(q) > 0.5)[:2].tolist() == [
+        [False, True], [True, False]]
+    # single label: a pair close to both keeps only the best
+    both = np.array([[1, 0.9, 0]], dtype=np.float32)
+    assert (build(nota="none").probabilities(both) > 0.5).tolist() == [[True, True]]
+    assert (build(nota="none", single_label=True).probabilities(both) > 0.5).tolist() == [[True, False]]
+    # a type without a support positive falls back to its label vector
+    lone = Prototypes.from_support([(support, doc)], ["a", "c"], label_vectors, AdaptationRecipe(method="prototype"))
+    np.testing.assert_allclose(lone.types[1], [1, 0, 0])
+    assert lone.positives == [2, 0]
+
+
+def test_prototype_candidates_centering_and_nearest_positive():
+    from glidre_core.documents import Document, Entity, Mention, Relation
+    from glidre_core.fewshot.prototype import NOT_A_CANDIDATE, Prototypes, candidate_pairs
+
+    raw = [[1, 0.1, 0], [0, 0, 1], [0, 0.2, 1], [1, -0.1, 0], [0, 1, 0], [0.6, 0, 0.8]]
+    support = _pairs(["e0", "e1", "e2"], raw)
+    rels = [Relation(head="e0", label="a", tail="e1"), Relation(head="e1", label="a", tail="e2"),
+            Relation(head="e2", label="b", tail="e0")]
+
+    def doc(sent_ids):
+        return Document(doc_id="s", text="A B C", relations=rels, entities=[
+            Entity(id=f"e{i}", mentions=[Mention(start=2 * i, end=2 * i + 1, sent_id=s)]) for i, s in enumerate(sent_ids)])
+
+    # e0 and e1 share sentence 0, e2 is alone in sentence 1: candidates (0,1) and (1,0) only
+    split = doc([0, 0, 1])
+    assert candidate_pairs(support, split, "same_sentence").tolist() == [True, False, True, False, False, False]
+    assert candidate_pairs(support, split, "all").all()
+    with pytest.raises(ValueError, match="sent_id"):
+        candidate_pairs(support, doc([None, 0, 1]), "same_sentence")
+    labels = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32)
+    build = lambda d, **kw: Prototypes.from_support([(support, d)], ["a", "b"], labels,  # noqa: E731
+                                                     AdaptationRecipe(method="prototype", **kw))
+    # NOTA keeps candidate pairs only: (1,0); positives count wherever they are
+    p = build(split, candidates="same_sentence")
+    assert p.positives == [2, 1] and len(p.nota) == 1
+    np.testing.assert_allclose(p.nota[0], np.array([0, 0.2, 1]) / np.linalg.norm([0, 0.2, 1]), atol=1e-6)
+    assert len(build(split).nota) == 3
+    # centering subtracts the mean of the kept support vectors (here: positives and (1,0))
+    c = build(split, candidates="same_sentence", center=True)
+    np.testing.assert_allclose(c.center, np.mean([raw[i] for i in (0, 2, 3, 4)], 0), atol=1e-6)
+    np.testing.assert_allclose(build(split, center=True).center, np.mean(raw, 0), atol=1e-6)
+    assert not build(split).center.any()
+    # non-candidates are never predicted
+    q = np.array([[1, 0, 0], [1, 0, 0]], dtype=np.float32)
+    m = p.margins(q, np.array([True, False]))
+    assert m[1].tolist() == [NOT_A_CANDIDATE] * 2 and m[0, 0] > 0 and (p.probabilities(q, np.array([True, False]))[1] < 1e-30).all()
+    # nearest positive: the best single positive, not the mean of the positives
+    near = np.array([[1, 0.1, 0]], dtype=np.float32)
+    assert build(split, positive="nearest").type_scores(near)[0, 0] == pytest.approx(1.0, abs=1e-6)
+    assert build(split).type_scores(near)[0, 0] == pytest.approx(1 / np.linalg.norm([1, 0.1]), abs=1e-6)
+
+
+def test_prototype_recipe_validation():
+    assert AdaptationRecipe().method == "finetune" and AdaptationRecipe().threshold == 0.25
+    r = AdaptationRecipe(method="prototype", margin=0.1)
+    assert r.threshold == 0.5 and AdaptationRecipe(**r.model_dump()) == r  # round trip (Ray tasks)
+    assert AdaptationRecipe(method="prototype", threshold=0.3).threshold == 0.3
+    for bad, match in [({"method": "nearest"}, "method"), ({"method": "prototype", "prototype_mix": 1.5}, "prototype_mix"),
+                       ({"method": "prototype", "nota": "max"}, "nota"),
+                       ({"method": "prototype", "candidates": "sentence"}, "candidates"),
+                       ({"method": "prototype", "positive": "max"}, "positive"),
+                       ({"center": True}, r"\['center'\] do not apply"), ({"method": "prototype", "temperature": 0}, "temperature"),
+                       ({"margin": 0.1}, "do not apply to method='finetune'"),
+                       ({"nota": "nearest"}, "do not apply"),
+                       ({"method": "prototype", "epochs": 3}, r"\['epochs'\] do not apply to method='prototype'"),
+                       ({"method": "prototype", "threshold": None}, "needs a threshold")]:
+        with pytest.raises(ValueError, match=match):
+            AdaptationRecipe(**bad)
+
+
+def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_path):
+    from glidre_core.fewshot.workflow import adapt_to_documents
+
+    data = load_fredo("cross_domain_3", fredo_dir)
+    model = GLiDRE.from_pretrained(tiny_dir)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    recipe = AdaptationRecipe(method="prototype", nota="none", margin=0.2)
+    runner = EpisodeRunner(HeadAdapter(model, recipe), data)
+    ep = data.episodes[DEV_EPISODES]
+    res = runner.run(ep, zero_shot=False)
+    assert res.losses == [] and set(res.counts) == {"adapted"}
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    # the runner's predictions are exactly the pairs whose prototype margin is positive
+    text = {c: data.label_names[c] for c in ep.labeled_relations}
+    protos = runner.adapter.prototypes(runner.support_documents(ep, text), list(text.values()))
+    expected = []
+    for i in ep.query:
+        pv = runner.adapter.pair_vectors([data.documents[i]])[0]
+        p, r = (protos.margins(pv.vectors) > 0).nonzero()
+        ids = pv.prepared.entity_ids
+        expected.append([(int(ids[pv.heads[a]]), int(ids[pv.tails[a]]), ep.labeled_relations[b]) for a, b in zip(p, r)])
+    assert res.counts["adapted"].counts == count_episode(expected, [data.gold(i, ep.labeled_relations)
+                                                                    for i in ep.query]).counts
+    with pytest.raises(ValueError, match="trains nothing"):
+        runner.adapter.adapt(runner.support_documents(ep, text), list(text.values()))
+    with pytest.raises(ValueError, match="method=finetune"):
+        adapt_to_documents(str(tiny_dir), data.documents[:1], None, tmp_path / "out", recipe)
+
+
+def test_fredo_cli_runs_the_prototype_method(fredo_dir, tiny_dir, tmp_path):
+    from glidre_core.cli import main
+
+    out = tmp_path / "fredo.json"
+    res = CliRunner().invoke(main, [
+        "fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir), "--data-dir", str(fredo_dir),
+        "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--no-zero-shot", "--set", "method=prototype",
+        "--set", "margin=0.1", "--output-json", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["recipe"]["method"] == "prototype" and result["recipe"]["margin"] == 0.1
+    assert result["thresholds"]["adapted"] == 0.5 and all(e["loss"] is None for e in result["per_episode"])
+    bad = CliRunner().invoke(main, ["fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir),
+                                    "--data-dir", str(fredo_dir), "--set", "method=prototype", "--set", "epochs=3"])
+    assert bad.exit_code != 0 and "epochs" in bad.output
+
+
+def test_the_dev_sweep_counts_like_the_official_metric():
+    """benchmarks/fredo_prototype_dev.py counts every margin at once; it must equal count_document."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fredo_prototype_dev.py"
+    spec = importlib.util.spec_from_file_location("fredo_prototype_dev", path)
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    rng = np.random.default_rng(0)
+    types = ["A", "B", "C", "D"]
+    for _ in range(20):
+        n = int(rng.integers(2, 6))
+        pairs = [(h, t) for h in range(n) for t in range(n) if h != t]
+        rows = {(str(h), str(t)): p for p, (h, t) in enumerate(pairs)}
+        codes = ["A", "C", "D"][: int(rng.integers(1, 4))]
+        margins = rng.normal(0, 0.3, (len(pairs), len(codes))).astype(np.float32)
+        gold = [(*pairs[int(rng.integers(len(pairs)))], codes[int(rng.integers(len(codes)))]) for _ in range(4)]
+        gold += [gold[0], (1, 1, codes[0])]  # a duplicate and a self pair
+        got = dev.sweep_counts(margins, rows, codes, gold, types)
+        for k, m in enumerate(dev.MARGINS):
+            p, r = (margins > np.float32(m)).nonzero()
+            ref = count_document([(*pairs[a], codes[b]) for a, b in zip(p, r)], gold).counts
+            assert {t: got[k, i].tolist() for i, t in enumerate(types) if got[k, i].any()} == \
+                {t: v for t, v in ref.items() if any(v)}

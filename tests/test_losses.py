@@ -189,6 +189,12 @@ def test_relation_target_arrays_follow_the_batch_pair_order():
     # 3 documents have pairs: each weighs 1/3, spread evenly over its pairs
     assert arrays["pair_weight"].tolist() == pytest.approx([1 / (k * 3) for k in sizes for _ in range(k)])
     assert float(arrays["pair_weight"].sum()) == pytest.approx(1.0)
+    # a corpus weight (DataConfig.relation_weight) scales its documents' share, nothing else
+    prepared[0].relation_weight = 0.25
+    weighted = relation_target_arrays(model.config, prepared, LABELS)["pair_weight"]
+    assert weighted[:6].tolist() == pytest.approx([0.25 / (6 * 3)] * 6)
+    assert weighted[6:].tolist() == pytest.approx(arrays["pair_weight"][6:].tolist())
+    prepared[0].relation_weight = 1.0
     start = 0
     for d, n, k in zip(DOCS, counts, sizes):
         heads, tails = ordered_pairs(n)

@@ -9,28 +9,16 @@ training config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from glidre_core.extraction.storage_config import StorageConfig
+from glidre_core.llm.config import OpenAIBackendConfig, TransformersBackendConfig
 from glidre_core.overrides import load_config_data
 
-
-class StorageConfig(BaseModel):
-    """How to reach object storage. Secrets never live here: credentials come from the environment.
-
-    ``endpoint_url`` makes any S3-compatible store work (MinIO, Ceph, moto, ...). When it is
-    ``None`` the ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` environment variables are used,
-    because ``pyarrow.fs.S3FileSystem`` itself ignores them.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000; None = env or AWS")
-    region: str | None = Field(None, description="None = AWS_REGION / AWS_DEFAULT_REGION, else us-east-1")
-    anonymous: bool = Field(False, description="unsigned requests (public buckets)")
-    connect_timeout_s: float = Field(5.0, gt=0)
-    request_timeout_s: float = Field(60.0, gt=0)
-    max_attempts: int = Field(3, ge=1, description="S3 retry attempts per request")
+__all__ = ["ActorConfig", "ExtractConfig", "RayConfig", "StorageConfig", "VerifyConfig", "cli_values",
+           "load_extract_config"]
 
 
 class ActorConfig(BaseModel):
@@ -70,6 +58,66 @@ class RayConfig(BaseModel):
         True, description="plan actors/tasks against the cluster and refuse what cannot run; turn off for "
         "autoscaling clusters that add nodes only once work is queued (the stall watchdog still applies)"
     )
+
+
+#: The backends the verify stage can call: objects behind :class:`~glidre_core.llm.base.LLMBackend`
+#: (``ray_vllm`` is a Ray Data stage of its own, not an object an actor can call).
+VerifyBackendConfig = Annotated[OpenAIBackendConfig | TransformersBackendConfig, Field(discriminator="kind")]
+
+
+class VerifyPromptConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field("verify-yn", description="verify-yn (instruction-tuned models) or verify-yn-fewshot (base models)")
+    version: int = Field(1, ge=1)
+
+
+class VerifyConfig(BaseModel):
+    """The LMRC-style verify stage of ``glidre extract`` (issue 14.3; code: :mod:`glidre_core.llm.verify`).
+
+    Off by default. When on, every (head, tail, label) whose GLiDRE probability ``p`` falls in a
+    band around that label's decision threshold ``t`` is sent to an LLM, with the sentences of the
+    two entities, and the LLM confirms or rejects it:
+
+    * the band is a *margin around each label's threshold* (not absolute probabilities), so it
+      follows per-label and dev-chosen thresholds: in band iff ``t - margin_below < p <= t +
+      margin_above``. ``margin_below = 0`` only re-checks accepted triplets (precision);
+      ``margin_above = 0`` only rescues rejected ones (recall);
+    * above the band: kept without asking; below: dropped (as without the stage);
+    * at most ``max_pairs_per_doc`` requests per document, the candidates closest to their
+      threshold first; the others keep GLiDRE's decision (counted as ``over_cap``);
+    * an unusable answer (request failed, not JSON after repair, no yes/no): ``on_error: keep``
+      lets GLiDRE's own decision stand (``p > t`` kept), ``drop`` drops the candidate; counted
+      either way.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="off by default: no LLM is called, the output is GLiDRE's alone")
+    margin_below: float = Field(0.1, ge=0, lt=1, description="band starts this far below each label's threshold")
+    margin_above: float = Field(0.1, ge=0, lt=1, description="band ends this far above each label's threshold")
+    backend: VerifyBackendConfig | None = Field(
+        None, description="the LLM: {kind: openai, base_url, model, ...} or {kind: transformers, model, ...}")
+    prompt: VerifyPromptConfig = Field(default_factory=VerifyPromptConfig)
+    max_tokens: int = Field(16, ge=1, description="per answer: {\"answer\": \"yes\"} is under 10 tokens")
+    temperature: float = Field(0.0, ge=0)
+    max_context_chars: int = Field(600, ge=80, description="document context per request (the sentences of "
+                                   "the two entities, cut around their mentions)")
+    max_pairs_per_doc: int = Field(16, ge=1, description="requests per document at most (closest to threshold first)")
+    on_error: Literal["keep", "drop"] = Field(
+        "keep", description="unusable answer: keep = GLiDRE's decision stands; drop = the candidate is dropped")
+
+    @model_validator(mode="after")
+    def _check(self) -> "VerifyConfig":
+        if self.enabled and self.backend is None:
+            raise ValueError("verify.enabled needs verify.backend ({kind: openai, ...} or {kind: transformers, ...})")
+        if self.margin_below == 0 and self.margin_above == 0 and self.enabled:
+            raise ValueError("verify: margin_below and margin_above are both 0: the band is empty")
+        from glidre_core.llm.verify import get_verify_prompt
+
+        try:
+            get_verify_prompt(self.prompt.id, self.prompt.version)
+        except KeyError as exc:
+            raise ValueError(f"verify.prompt: {exc.args[0]}") from None
+        return self
 
 
 class ExtractConfig(BaseModel):
@@ -117,6 +165,8 @@ class ExtractConfig(BaseModel):
     actors: ActorConfig = Field(default_factory=ActorConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="LLM verification of uncertain "
+                                 "triplets (off by default; see VerifyConfig)")
 
     resume: bool = Field(False, description="skip documents already in the output")
     overwrite: bool = Field(False, description="delete an existing output first")

@@ -3,7 +3,8 @@
 Layout under the output prefix::
 
     triplets/<part>.parquet    doc_id, head_id, head_text, head_type, relation, tail_id, tail_text,
-                               tail_type, score, model, run_id
+                               tail_type, score, verification (null unless the verify stage is on),
+                               model, run_id
     entities/<part>.parquet    doc_id, entity_id, text, type, mention_count, entity_source
                                (given | predicted), score (null if given), mentions
                                (list of start, end, text, score: character offsets), run_id
@@ -49,7 +50,7 @@ from ray.data.datasource.datasink import Datasink, WriteResult
 
 from glidre_core.extraction.schemas import (
     DOCUMENTS, ENTITIES, ERRORS, RESULT, SOURCE_PREDICTED, STATUS_EXTRACTED, STATUS_FAILED, STATUS_SKIPPED,
-    TRIPLETS,
+    TRIPLETS, VERIFY_STRUCT,
 )
 from glidre_core.extraction.state import OutputIndex, part_summary, read_summaries, summary_metadata
 from glidre_core.extraction.storage import Location, ensure_dir, read_bytes, write_bytes
@@ -191,6 +192,21 @@ def split_results(table: pa.Table, model_ref: str, run_id: str) -> dict[str, pa.
     return {"triplets": triplets, "entities": entities, "errors": errors, LEDGER: ledger}
 
 
+def verify_counts(table: pa.Table) -> dict[str, float]:
+    """The verify stage's accounting of a :data:`RESULT` table, summed: ``verify.<field>`` for
+    every field of :data:`VERIFY_STRUCT` and ``verify.docs`` (documents with accounting)."""
+    if "verify" not in table.column_names or table.num_rows == 0:
+        return {}
+    column = table.column("verify").combine_chunks()
+    docs = len(column) - column.null_count
+    if not docs:
+        return {}
+    out: dict[str, float] = {"verify.docs": docs}
+    for f in VERIFY_STRUCT:
+        out[f"verify.{f.name}"] = pc.sum(pc.struct_field(column, f.name)).as_py() or 0
+    return out
+
+
 class ExtractionSink(Datasink[dict]):
     """Writes :data:`RESULT` rows as one committed part per write task (see the module docstring)."""
 
@@ -228,6 +244,7 @@ class ExtractionSink(Datasink[dict]):
         if unknown:  # a bug upstream; refuse to write rows that would be silently lost
             raise RuntimeError(f"rows with unexpected status {sorted(unknown)} reached the sink")
         table = table.filter(pc.not_equal(table.column("status"), STATUS_SKIPPED))
+        counts.update(verify_counts(table))
         task_idx = getattr(ctx, "task_idx", 0)
         summaries = []
         for index, start in enumerate(range(0, table.num_rows, self.docs_per_file)):

@@ -7,14 +7,16 @@ Plan (Ray Data, streaming)::
       -> map_batches(preprocess_batch)              CPU tasks (fractional CPUs): validate + tokenize
       -> map_batches(Extractor, ActorPoolStrategy)  model actors: model + label embeddings loaded once;
                                                     documents without entities take the joint
-                                                    (span head) path when the model has one
+                                                    (span head) path when the model has one;
+                                                    with verify.enabled, uncertain triplets go
+                                                    to an LLM (glidre_core.llm.verify)
       -> write_datasink(ExtractionSink)             Parquet parts, each committed by its ledger file
     then, on the driver: scan the output, remove uncommitted parts, write _manifest.json LAST.
 
 Everything that can make the whole run pointless is checked on the driver first, in seconds:
 the input exists and has files, the buckets exist, the model loads, the labels and thresholds are
 valid, the output is empty (or --resume / --overwrite was given, and a resumed output was made
-with the same model and labels).
+with the same model and labels), and the verify stage's LLM is reachable (or its model resolves).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 #: Settings that must match between an interrupted run and its --resume.
 RESUME_KEYS = ("model", "labels", "threshold", "top_k", "max_entities", "max_text_chars",
-               "entity_labels", "entity_threshold", "coreference", "lines_per_block", "entity_recognizer")
+               "entity_labels", "entity_threshold", "coreference", "lines_per_block", "entity_recognizer", "verify")
 
 
 def _now() -> datetime:
@@ -86,6 +88,19 @@ class _Setup:
         self.model_threshold = model.config.threshold
         self._resolve_entity_path(model)
         del model
+        self.verify_info = self._check_verify()
+
+    def _check_verify(self) -> dict[str, Any] | None:
+        """The verify stage's backend works (HTTP endpoint answers; local model resolves)."""
+        if not self.cfg.verify.enabled:
+            return None
+        from glidre_core.llm.verify import check_backend
+
+        try:
+            return check_backend(self.cfg.verify)
+        except Exception as exc:  # noqa: BLE001 - an unusable verifier is a whole-run failure
+            raise ModelLoadError(f"verify backend {self.cfg.verify.backend.kind!r} cannot be used: "
+                                 f"{type(exc).__name__}: {exc}") from exc
 
     def _resolve_entity_path(self, model: Any) -> None:
         """Entity types, threshold and coreference mode for documents given without entities.
@@ -136,7 +151,19 @@ class _Setup:
                 "top_k": self.cfg.top_k, "max_entities": self.cfg.max_entities,
                 "max_text_chars": self.cfg.max_text_chars, "entity_labels": self.entity_labels,
                 "entity_threshold": self.entity_threshold, "coreference": self.coreference,
-                "lines_per_block": self.cfg.lines_per_block, "entity_recognizer": self.entity_recognizer}
+                "lines_per_block": self.cfg.lines_per_block, "entity_recognizer": self.entity_recognizer,
+                "verify": verify_settings(self.cfg)}
+
+
+def verify_settings(cfg: ExtractConfig) -> dict[str, Any] | None:
+    """What must match for a resumed run to write the same kind of triplets (None = stage off);
+    where the LLM is served (endpoint, device) may change between runs, the model may not."""
+    v = cfg.verify
+    if not v.enabled:
+        return None
+    return {"margin_below": v.margin_below, "margin_above": v.margin_above, "prompt": f"{v.prompt.id}@v{v.prompt.version}",
+            "model": v.backend.model, "max_pairs_per_doc": v.max_pairs_per_doc,
+            "max_context_chars": v.max_context_chars, "max_tokens": v.max_tokens, "on_error": v.on_error}
 
 
 @system_allocator()
@@ -254,6 +281,9 @@ def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any
             "entity_labels": setup.entity_labels, "entity_threshold": setup.entity_threshold,
             "coreference": setup.coreference, "batch_size": cfg.batch_size,
             "entity_recognizer": setup.entity_recognizer,
+            # the verify stage: each actor builds its LLM backend once; job-wide HTTP rate limits
+            # are split evenly across the actors
+            "verify": cfg.verify if cfg.verify.enabled else None, "verify_share": 1.0 / actors.max_size,
         },
     )
 
@@ -338,6 +368,7 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
             "steady_docs": (progress_snapshot or {}).get("steady_docs"),
             "steady_seconds": (progress_snapshot or {}).get("steady_seconds"),
         },
+        "verify": verify_manifest(cfg, run_counts, setup.verify_info),
         "config": cfg.model_dump(mode="json"),
     }
     if not reconciled:
@@ -348,6 +379,16 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
         )
     layout.write_json(layout.manifest_path, manifest)
     return manifest
+
+
+def verify_manifest(cfg: ExtractConfig, run_counts: Counter, info: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's ``verify`` section: this run's summed accounting (see
+    :func:`glidre_core.llm.verify.manifest_section`); ``{"enabled": false}`` when off."""
+    if not cfg.verify.enabled:
+        return {"enabled": False}
+    from glidre_core.llm.verify import manifest_section
+
+    return {**manifest_section(cfg.verify, run_counts), **({"backend_info": info} if info else {})}
 
 
 def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
@@ -441,4 +482,8 @@ def summary_text(manifest: dict[str, Any]) -> str:
         f"triplets        {manifest['triplets_written']}",
         f"output          {manifest['output']}",
     ]
+    if (manifest.get("verify") or {}).get("enabled"):
+        from glidre_core.llm.verify import summary_line
+
+        lines.insert(-1, summary_line(manifest["verify"]))
     return "\n".join(lines)

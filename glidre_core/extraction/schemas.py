@@ -16,6 +16,12 @@ these columns as nulls (Parquet readers fill missing columns from the schema).
 Schema version 3 added the input *unit* of every document: ``block``, the index of its read block
 within its source file (``lines_per_block`` records each). Resume and the output index count
 committed documents per unit (see :mod:`glidre_core.extraction.state`).
+
+Schema version 4 added the verify stage (:mod:`glidre_core.llm.verify`, off by default):
+``triplets`` has a ``verification`` column, null when the stage is off, else how the triplet got
+through it (``above_band`` | ``confirmed`` | ``not_sent`` | ``unusable``; rejected candidates are
+not written); ``score`` is always GLiDRE's. The actor's ``RESULT`` rows carry the per-document
+accounting (``verify``, summed into ``_manifest.json``; not written as a table).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Recorded in ``_manifest.json``; bump when a written table changes shape.
-OUTPUT_SCHEMA_VERSION = 3
+OUTPUT_SCHEMA_VERSION = 4
 
 #: Values of ``entity_source`` (entities table, ledger and result rows).
 SOURCE_GIVEN = "given"  # entities came with the document; only relations were predicted
@@ -73,6 +79,8 @@ TRIPLET_STRUCT = pa.struct([
     ("relation", pa.string()),
     ("tail_id", pa.string()), ("tail_text", pa.string()), ("tail_type", pa.string()),
     ("score", pa.float64()),
+    # how the triplet got through the verify stage; null when the stage is off (schema 4)
+    ("verification", pa.string()),
 ])
 MENTION_STRUCT = pa.struct([
     ("start", pa.int64()), ("end", pa.int64()),  # character offsets: text[start:end] == text
@@ -86,11 +94,22 @@ ENTITY_STRUCT = pa.struct([
     ("mentions", pa.list_(MENTION_STRUCT)),
 ])
 
+#: Per-document accounting of the verify stage (fields of :class:`glidre_core.llm.verify.VerifyStats`);
+#: null when the stage is off or the document failed.
+VERIFY_STRUCT = pa.struct([
+    *[(name, pa.int64()) for name in (
+        "pairs_scored", "triples_scored", "above_band", "in_band", "sent", "pairs_sent", "not_sent", "not_sent_kept",
+        "confirmed",
+        "rejected", "unusable", "unusable_kept", "added", "removed", "prompt_tokens", "completion_tokens")],
+    ("llm_seconds", pa.float64()),
+])
+
 RESULT = pa.schema(_STATUS_FIELDS + [
     ("entity_source", pa.string()),  # how the document's entities were obtained; null if it failed
     ("num_triplets", pa.int32()),
     ("triplets", pa.list_(TRIPLET_STRUCT)),
     ("entities", pa.list_(ENTITY_STRUCT)),
+    ("verify", VERIFY_STRUCT),
 ])
 
 TRIPLETS = pa.schema([
@@ -106,7 +125,7 @@ ENTITIES = pa.schema([
 ])
 ERRORS = pa.schema([
     ("doc_id", pa.string()),
-    ("stage", pa.string()),  # read | validate | tokenize | extract
+    ("stage", pa.string()),  # read | validate | tokenize | extract | verify
     ("error_type", pa.string()),
     ("field", pa.string()),
     ("message", pa.string()),

@@ -9,6 +9,10 @@
    Documents given with entities only get relations (``entity_source="given"``); documents
    without entities get entities and relations from the joint path (``Predictor.extract``)
    (``entity_source="predicted"``), or, when the model has no span head, a ``NoEntities`` failure.
+   With the verify stage on (``verify.enabled``), the actor also builds the LLM backend once in
+   ``__init__``; per batch, the band candidates of every document (from the same forward pass)
+   go to the LLM in one ``generate`` call, and the confirmed ones join the triplets
+   (:mod:`glidre_core.llm.verify`).
 
 Error flow: nothing raised by a single document escapes either stage. A record that is not
 UTF-8 or not JSON, a document that fails validation, has too many entities or too long a text,
@@ -270,6 +274,7 @@ class Extractor:
         torch_threads: int | None = None, progress: Any = None,
         entity_labels: list[str] | None = None, entity_threshold: float | dict[str, float] | None = None,
         coreference: str | None = None, batch_size: int = 64, entity_recognizer: str = "model",
+        verify: Any = None, verify_share: float = 1.0,
     ):
         import torch
 
@@ -284,14 +289,21 @@ class Extractor:
             relation_labels=labels, entity_labels=entity_labels or None, threshold=threshold, top_k=top_k,
             entity_threshold=entity_threshold, coreference=coreference, batch_size=max(1, batch_size),
             entity_recognizer=entity_recognizer,
+            candidate_band=(verify.margin_below, verify.margin_above) if verify is not None and verify.enabled else None,
         )
         _ = self.predictor.relations  # embed the label set now, not on the first batch
+        self.verifier = None
+        if verify is not None and verify.enabled:  # the LLM backend, once per actor (a model, or a client)
+            from glidre_core.llm.verify import build_verifier
+
+            self.verifier = build_verifier(verify, verify_share)
         self.progress = progress
         self.actor_id = f"{id(self):x}"
         self.no_entities_reason = self._entity_path(entity_labels)
         raw_path = ("no entity path" if self.no_entities_reason else f"entities by {self.predictor.entity_recognizer}")
-        logger.info("extractor ready in %.1fs (model %s, %d labels, %s, device %s, %d threads)",
-                    time.perf_counter() - t0, model_ref, len(labels), raw_path, device, torch.get_num_threads())
+        logger.info("extractor ready in %.1fs (model %s, %d labels, %s, device %s, %d threads%s)",
+                    time.perf_counter() - t0, model_ref, len(labels), raw_path, device, torch.get_num_threads(),
+                    f", verify by {self.verifier.backend.name}" if self.verifier else "")
 
     def _entity_path(self, entity_labels: list[str] | None) -> str | None:
         """Load what documents without entities need now (spaCy, or the entity-type embeddings),
@@ -309,11 +321,17 @@ class Extractor:
         return None
 
     def _score(self, prepared: list) -> list[Any]:
-        """Triplet rows per document, or the exception that document raised when run alone."""
+        """Triplet rows per document (with verify: a ``BandDecoded``, rows and band candidates),
+        or the exception that document raised when run alone."""
+        if self.verifier is not None:
+            return _per_document(self.predictor.predict_with_candidates, prepared)
         return _per_document(self.predictor.predict, prepared)
 
     def _extract_raw(self, prepared: list) -> list[Any]:
-        """Joint-path results per document without entities, or the exception it raised alone."""
+        """Joint-path results per document without entities (with verify: a ``BandDecoded``),
+        or the exception it raised alone."""
+        if self.verifier is not None:
+            return _per_document(self.predictor.extract_with_candidates, prepared)
         return _per_document(self.predictor.extract, prepared)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -333,19 +351,47 @@ class Extractor:
                                   f"document {r['doc_id']!r}: cannot rebuild the prepared document: {exc}")
         given = [(i, p) for i, p in todo if p.doc.entities]
         raw = [(i, p) for i, p in todo if not p.doc.entities]
+        pending: list[tuple[int, Document, Any]] = []  # (row, document, BandDecoded) for the verifier
         if given:
             scores = self._score([p for _, p in given])
             for (i, p), sc in zip(given, scores):
-                out[i] = self._result(rows[i], p, sc)
+                decoded = sc if isinstance(sc, Exception) or self.verifier is None else sc.rows
+                out[i] = self._result(rows[i], p, decoded)
+                if self.verifier is not None and out[i]["status"] == STATUS_EXTRACTED:
+                    pending.append((i, p.doc, sc))
         if raw and self.no_entities_reason is not None:
             for i, p in raw:
                 out[i] = self._no_entities(rows[i], p.doc.doc_id)
         elif raw:
             results = self._extract_raw([p for _, p in raw])
             for (i, p), res in zip(raw, results):
-                out[i] = self._raw_result(rows[i], p.doc.doc_id, res)
+                out[i] = self._raw_result(rows[i], p.doc.doc_id,
+                                          res.result if self.verifier is not None and not isinstance(res, Exception)
+                                          else res)
+                if self.verifier is not None and out[i]["status"] == STATUS_EXTRACTED:
+                    pending.append((i, res.result.document, res))
+        if pending:
+            self._verify(rows, out, pending)
         self._report(out)
         return with_units(pa.Table.from_pylist(out, schema=without_units(RESULT)), batch, RESULT)
+
+    def _verify(self, rows: list[dict[str, Any]], out: list[dict[str, Any] | None],
+                pending: list[tuple[int, Document, Any]]) -> None:
+        """The verify stage over the batch's extracted documents: one ``generate`` call; each
+        document's triplets become the verified ones and its accounting goes into ``verify``."""
+        try:
+            verified = self.verifier.verify([(doc, decoded) for _, doc, decoded in pending])
+        except Exception as exc:  # noqa: BLE001 - a bug in the stage fails these documents, not the job
+            logger.warning("verify stage failed for %d document(s): %s", len(pending), exc, exc_info=True)
+            for i, doc, _ in pending:
+                out[i] = _failure(doc.doc_id, rows[i]["source"], rows[i]["line"], "verify", type(exc).__name__, None,
+                                  f"document {doc.doc_id!r}: verify stage failed: {exc}",
+                                  num_entities=out[i]["num_entities"])
+            return
+        for (i, _, _), (triplets, stats) in zip(pending, verified):
+            out[i]["triplets"] = triplets
+            out[i]["num_triplets"] = len(triplets)
+            out[i]["verify"] = stats.as_dict()
 
     def _no_entities(self, row: dict[str, Any], doc_id: str) -> dict[str, Any]:
         return _failure(doc_id, row["source"], row["line"], "extract", "NoEntities", "entities",

@@ -31,17 +31,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glidre_core.documents import Document
 from glidre_core.modeling.cache import EncoderCache
 from glidre_core.modeling.targets import joint_loss, training_batch
 
 if TYPE_CHECKING:
-    from glidre_core.inference import Predictor
+    from glidre_core.fewshot.prototype import PrototypePredictor, Prototypes
+    from glidre_core.inference import PairVectors, Predictor
+    from glidre_core.modeling.label_encoder import LabelEmbeddings
     from glidre_core.modeling.glidre import GLiDRE
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,30 @@ class AdaptationRecipe(BaseModel):
         0.25, gt=0, lt=1, description="decision threshold after adaptation; None = the model's stored threshold",
     )
     seed: int = Field(13, description="torch seed of the dropout masks (the FREDo runner adds the episode id)")
+    method: Literal["finetune", "prototype"] = Field(
+        "finetune", description="finetune: train the heads on the support documents (the fields above); "
+        "prototype: no training, query pairs are scored against support prototypes (the fields below, "
+        ":mod:`glidre_core.fewshot.prototype`)",
+    )
+    prototype_mix: float = Field(1.0, ge=0, le=1, description="prototype: weight of the support prototype in a "
+                                 "type's score, the rest on the label embedding (1 = support only)")
+    candidates: Literal["all", "same_sentence"] = Field(
+        "all", description="prototype: the pairs scored: every ordered pair, or pairs whose entities share a "
+        "sentence (mentions need sent_id); the others are never predicted",
+    )
+    center: bool = Field(False, description="prototype: subtract the mean of the support's pair vectors first")
+    positive: Literal["mean", "nearest"] = Field(
+        "mean", description="prototype: a type's support score = cosine with the mean of its positives (mean) "
+        "or with its nearest positive (nearest)",
+    )
+    nota: Literal["mean", "nearest", "none"] = Field(
+        "mean", description="prototype: NOTA score = cosine with the mean NOTA vector of the support (mean), "
+        "with the nearest NOTA vector (nearest), or 0 (none: the margin is an absolute cosine threshold)",
+    )
+    margin: float = Field(0.0, ge=-2, le=2, description="prototype: a pair has type t when s_t > s_nota + margin")
+    temperature: float = Field(0.05, gt=0, description="prototype: probability = sigmoid((s_t - s_nota - margin) / "
+                               "temperature); the decision does not depend on it at threshold 0.5")
+    single_label: bool = Field(False, description="prototype: at most one type (the best) per pair")
 
     @field_validator("train")
     @classmethod
@@ -77,6 +103,29 @@ class AdaptationRecipe(BaseModel):
             raise ValueError(f"train prefixes {bad} are outside the heads {TRAINABLE_PREFIXES}: "
                              "the document encoder stays frozen so its outputs can be cached")
         return v
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> "AdaptationRecipe":
+        """Each method's fields stay at their defaults under the other method (a value that
+        would be silently ignored is an error); prototype's threshold defaults to 0.5."""
+        other = FINETUNE_FIELDS if self.method == "prototype" else PROTOTYPE_FIELDS
+        changed = sorted(f for f in other if getattr(self, f) != type(self).model_fields[f].get_default(
+            call_default_factory=True))
+        if changed:
+            raise ValueError(f"{changed} do not apply to method={self.method!r}")
+        if self.method == "prototype":
+            if "threshold" not in self.model_fields_set:
+                self.threshold = 0.5  # the margin rule itself: sigmoid(0) = 0.5
+            elif self.threshold is None:
+                raise ValueError("method='prototype' needs a threshold on its own probabilities "
+                                 "(the model's stored threshold is for its logits)")
+        return self
+
+
+#: recipe fields that only the prototype method reads, and those only fine-tuning reads
+PROTOTYPE_FIELDS = ("prototype_mix", "candidates", "center", "positive", "nota", "margin", "temperature",
+                    "single_label")
+FINETUNE_FIELDS = ("epochs", "lr", "weight_decay", "max_grad_norm", "train")
 
 
 class HeadAdapter:
@@ -103,6 +152,8 @@ class HeadAdapter:
             raise ValueError(f"recipe.train={self.recipe.train} matches no parameter of the model")
         self._snapshot = {n: p.detach().clone() for n, p in self.params.items()}
         self.cache: EncoderCache | None = None
+        self._pairs: dict[str, "PairVectors"] = {}  # doc id -> pair vectors of the model as it is
+        self._labels: dict[tuple[str, ...], "LabelEmbeddings"] = {}  # label set -> its embeddings, likewise
 
     # -- encoder cache --------------------------------------------------------------------------
     def encode(self, docs: Sequence[Document]) -> EncoderCache:
@@ -124,6 +175,46 @@ class HeadAdapter:
         return self.model.predictor(relation_labels=list(labels), threshold=threshold,
                                     batch_size=self.batch_size, encoder_cache=self.cache)
 
+    # -- the prototype method -------------------------------------------------------------------
+    def pair_vectors(self, docs: Sequence[Document]) -> list["PairVectors"]:
+        """The pair vectors of ``docs`` (:meth:`Predictor.pair_representations`), cached per
+        document id (label embeddings likewise, per label set); :meth:`adapt` and :meth:`reset`
+        clear both caches (the weights change)."""
+        missing = list({d.doc_id: d for d in docs if d.doc_id not in self._pairs}.values())
+        if missing:
+            self.encode(missing)
+            pred = self.model.predictor(batch_size=self.batch_size, encoder_cache=self.cache)
+            for doc, pv in zip(missing, pred.pair_representations(missing)):
+                self._pairs[doc.doc_id] = pv
+        return [self._pairs[d.doc_id] for d in docs]
+
+    def prototypes(self, support: Sequence[Document], labels: Sequence[str]) -> "Prototypes":
+        """The prototype classifier of ``labels`` from ``support`` (relations named by
+        ``labels``; every other ordered pair is NOTA), with the recipe's settings."""
+        from glidre_core.fewshot.prototype import Prototypes
+
+        if not support:
+            raise ValueError("prototypes need at least one support document")
+        if not labels:
+            raise ValueError("prototypes need at least one relation label")
+        key = tuple(labels)
+        if key not in self._labels:
+            self._labels[key] = self.model.predictor(relation_labels=list(labels)).relations
+        vectors = self._labels[key].vectors.detach().float().cpu().numpy()
+        return Prototypes.from_support(list(zip(self.pair_vectors(support), support)), labels, vectors, self.recipe)
+
+    def prototype_predictor(self, support: Sequence[Document], labels: Sequence[str],
+                            threshold: float | None = None) -> "PrototypePredictor":
+        """Scores of query documents against the prototypes of ``support`` (the model is not
+        changed), decided at ``threshold`` (None = the recipe's)."""
+        from glidre_core.fewshot.prototype import PrototypePredictor
+        from glidre_core.modeling.label_encoder import LabelEmbeddings
+
+        protos = self.prototypes(support, labels)
+        thr = self.recipe.threshold if threshold is None else threshold
+        return PrototypePredictor(protos, LabelEmbeddings(list(labels), torch.from_numpy(protos.types)), float(thr),
+                                  self.pair_vectors)
+
     # -- adaptation -----------------------------------------------------------------------------
     def adapt(
         self,
@@ -138,8 +229,12 @@ class HeadAdapter:
         the loss of each epoch. ``on_epoch(epoch, loss)`` runs after each step (dev sweeps
         score intermediate epochs from it). Leaves the model in eval mode."""
         recipe, model = self.recipe, self.model
+        if recipe.method != "finetune":
+            raise ValueError(f"method={recipe.method!r} trains nothing: use prototype_predictor()")
         if not support:
             raise ValueError("adaptation needs at least one support document")
+        self._pairs.clear()
+        self._labels.clear()
         if not labels:
             raise ValueError("adaptation needs at least one relation label")
         start = time.perf_counter()
@@ -173,6 +268,8 @@ class HeadAdapter:
 
     def reset(self) -> None:
         """The trained parameters back to their values when the adapter was created."""
+        self._pairs.clear()
+        self._labels.clear()
         with torch.no_grad():
             for name, param in self.params.items():
                 param.copy_(self._snapshot[name])

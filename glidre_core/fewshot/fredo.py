@@ -154,7 +154,10 @@ class EpisodeRunner:
 
         if zero_shot:
             score("zero_shot", adapter.predictor(labels, threshold=zero_shot_threshold, adapted=False))
-        if adapted:
+        if adapted and adapter.recipe.method == "prototype":
+            # no training: the query pairs are scored against the support's prototypes
+            score("adapted", adapter.prototype_predictor(self.support_documents(episode, text), labels))
+        elif adapted:
             with adapter.adapted(self.support_documents(episode, text), labels,
                                  seed=adapter.recipe.seed + episode.episode_id) as losses:
                 score("adapted", adapter.predictor(labels))
@@ -219,14 +222,24 @@ def _execute(cfg: FredoConfig, model_dir: str, episodes: list[Episode]) -> list[
     return sorted(results, key=lambda r: r.episode_id)
 
 
-def all_pairs_counts(data: FredoData, episode: Episode) -> EpisodeCounts:
+def all_pairs_counts(data: FredoData, episode: Episode, candidates: str = "all") -> EpisodeCounts:
     """Counts of the trivial baseline that predicts every label for every ordered pair of
-    distinct entities of each query document: the floor a model must beat."""
+    distinct entities of each query document (``candidates="all"``: the floor a model must
+    beat), or for every pair whose entities share a sentence (``"same_sentence"``: the floor of
+    the prototype recipe, which scores only those pairs)."""
     codes = episode.labeled_relations
     preds, gold = [], []
     for i in episode.query:
-        n = len(data.documents[i].entities)
-        preds.append([(h, t, c) for h in range(n) for t in range(n) if h != t for c in codes])
+        doc = data.documents[i]
+        n = len(doc.entities)
+        if candidates == "same_sentence":
+            sents = [{m.sent_id for m in e.mentions} for e in doc.entities]
+            keep = lambda h, t: bool(sents[h] & sents[t])  # noqa: E731
+        elif candidates == "all":
+            keep = lambda h, t: True  # noqa: E731
+        else:
+            raise ValueError(f"unknown candidate rule {candidates!r}")
+        preds.append([(h, t, c) for h in range(n) for t in range(n) if h != t and keep(h, t) for c in codes])
         gold.append(data.gold(i, codes))
     return count_episode(preds, gold)
 
@@ -292,6 +305,9 @@ def run_fredo(cfg: FredoConfig) -> dict[str, Any]:
     out["macro_f1_ci95"] = [main["ci95"]["low"], main["ci95"]["high"]]
     by_id = {e.episode_id: e for e in episodes}
     out["all_pairs_macro_f1"] = macro_scores([all_pairs_counts(data, by_id[r.episode_id]) for r in results])["macro_f1"]
+    if all(m.sent_id is not None for d in data.documents for e in d.entities for m in e.mentions):
+        out["same_sentence_pairs_macro_f1"] = macro_scores(
+            [all_pairs_counts(data, by_id[r.episode_id], "same_sentence") for r in results])["macro_f1"]
     if cfg.zero_shot:
         out["zero_shot_macro_f1"] = out["zero_shot"]["macro_f1"]
         out["zero_shot_macro_f1_ci95"] = [out["zero_shot"]["ci95"]["low"], out["zero_shot"]["ci95"]["high"]]

@@ -98,6 +98,10 @@ def adapt_to_documents(
     from glidre_core.tracking import documents_fingerprint, git_commit
 
     recipe = recipe or AdaptationRecipe()
+    if recipe.method != "finetune":
+        raise ValueError(f"glidre adapt saves adapted weights, and method={recipe.method!r} changes none "
+                         "(prototypes are computed per set of support documents at prediction time, as "
+                         "glidre fewshot fredo does): use method=finetune")
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         if not overwrite:

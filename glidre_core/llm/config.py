@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from glidre_core.extraction.config import StorageConfig
+from glidre_core.extraction.storage_config import StorageConfig
 from glidre_core.overrides import load_config_data
 
 

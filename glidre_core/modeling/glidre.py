@@ -89,6 +89,8 @@ class GLiDRE(nn.Module):
             config.ffn_expansion,
             config.dropout,
             trainable=config.train_label_encoder,
+            residual=config.label_head == "residual",
+            noise=config.label_noise,
         )
         self.scorer = PairScorer(dim, config.ffn_expansion, config.dropout, config.pair_chunk_size)
         self.span_head = (
@@ -180,6 +182,11 @@ class GLiDRE(nn.Module):
             raise ValueError("relation labels must be distinct (after casing normalisation)")
         return LabelEmbeddings(list(labels), self.label_encoder(norm))
 
+    def label_anchor_penalty(self, labels: Sequence[str]) -> torch.Tensor:
+        """The label map's distance from the sentence-embedding space (training regulariser,
+        ``config.label_anchor_weight``; :meth:`LabelEncoder.anchor_penalty`)."""
+        return self.label_encoder.anchor_penalty([self.config.normalize_label(lab) for lab in labels])
+
     def encode_entity_types(self, types: Sequence[str]) -> LabelEmbeddings:
         """Embed an entity-type set once (span head models); reuse it for every document."""
         if self.span_head is None:
@@ -233,6 +240,17 @@ class GLiDRE(nn.Module):
         if self.threshold_embedding is not None:
             return logits[:, :-1], logits[:, -1]
         return logits, None
+
+    def pair_representations(self, batch: ModelBatch) -> torch.Tensor:
+        """The pair vectors ``r`` ``[P, D]`` (fp32) of the batch's real ordered pairs, in the rows
+        of ``forward(batch, labels).relation_logits``, which equal ``r @ labels.T`` (same heads and
+        precision as :meth:`score_pairs`). For comparing pairs with each other (few-shot
+        prototypes, :mod:`glidre_core.fewshot.prototype`); :meth:`forward` does not use it."""
+        encoded = self.encode(batch)
+        scorer, _, precision = self._inference_heads(encoded.words.device)
+        with precision:
+            ents = pool_entities(encoded.words, encoded.attention, batch.entities, self.config.pooling)
+            return scorer.pair_representations(ents, batch.entities).float()
 
     def score_spans(self, encoded: EncodedBatch, batch: ModelBatch, types: torch.Tensor) -> torch.Tensor:
         """Entity logits ``[B, S, T]`` of every candidate span of the batch."""

@@ -38,6 +38,8 @@ class LabelEncoder(nn.Module):
         expansion: int,
         dropout: float,
         trainable: bool,
+        residual: bool = False,
+        noise: float = 0.0,
     ):
         super().__init__()
         self.model = model
@@ -46,6 +48,12 @@ class LabelEncoder(nn.Module):
         self.projection = nn.Linear(width, out_dim) if width != out_dim else nn.Identity()
         self.ffn = FeedForward(out_dim, out_dim, expansion, dropout)
         self.trainable = trainable
+        self.residual = residual
+        self.noise = noise
+        if residual:
+            # start as the identity on the (projected) sentence embedding; see GLiDREConfig.label_head
+            nn.init.zeros_(self.ffn[3].weight)
+            nn.init.zeros_(self.ffn[3].bias)
         model.requires_grad_(trainable)
         self._pooled_cache: dict[str, torch.Tensor] = {}
 
@@ -77,5 +85,21 @@ class LabelEncoder(nn.Module):
     def clear_cache(self) -> None:
         self._pooled_cache.clear()
 
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.ffn(x)
+        return x + out if self.residual else out
+
     def forward(self, labels: list[str]) -> torch.Tensor:
-        return self.ffn(self.projection(self.pooled(labels)))
+        x = self.projection(self.pooled(labels))
+        if self.noise > 0 and self.training:
+            scale = x.detach().pow(2).mean(-1, keepdim=True).sqrt()
+            x = x + self.noise * scale * torch.randn_like(x)
+        return self._map(x)
+
+    def anchor_penalty(self, labels: list[str]) -> torch.Tensor:
+        """``mean ||map(x) - x||^2 / mean ||x||^2`` over ``labels``: how far the label map moves
+        labels away from their sentence embeddings (``x``: the projected pooled embedding). A
+        training regulariser for zero-shot transfer to label strings training never saw."""
+        x = self.projection(self.pooled(labels))
+        moved = (self._map(x) - x).pow(2).sum(-1).mean()
+        return moved / x.detach().pow(2).sum(-1).mean().clamp(min=1e-12)

@@ -49,7 +49,8 @@ def relation_target_arrays(
             if j is not None:
                 dense[h, t, j] = 1.0
         blocks.append(dense[heads, tails])
-        weights.append(np.full(len(heads), 1.0 / (len(heads) * with_pairs) if len(heads) else 0.0, dtype=np.float32))
+        share = p.relation_weight / (len(heads) * with_pairs) if len(heads) else 0.0
+        weights.append(np.full(len(heads), share, dtype=np.float32))
     return {
         "relation_targets": np.concatenate(blocks) if blocks else np.zeros((0, len(labels)), np.float32),
         "pair_weight": np.concatenate(weights) if weights else np.zeros(0, np.float32),

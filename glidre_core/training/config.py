@@ -17,6 +17,11 @@ class DataConfig(BaseModel):
     path: str
     format: Literal["docred", "glidre", "conll04", "jsonl"] = "docred"
     limit: int | None = Field(None, ge=1, description="read at most this many documents")
+    relation_weight: float = Field(
+        1.0, ge=0.0, description="training only: the weight of this corpus's documents in the relation "
+        "loss (corpora that share the relation heads compete: e.g. CoNLL04's five sentence-level types "
+        "next to Re-DocRED's 96 document-level ones)",
+    )
 
 
 class ScalingSection(BaseModel):

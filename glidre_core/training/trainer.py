@@ -189,7 +189,11 @@ class _LossModule(nn.Module):
     def forward(self, batch: ModelBatch, labels: list[str] | None, entity_types: list[str] | None = None) -> torch.Tensor:
         types = self.model.encode_entity_types(entity_types) if entity_types else None
         rel = self.model.encode_labels(labels) if labels is not None else None
-        return joint_loss(self.model, batch, self.model(batch, rel, types))
+        loss = joint_loss(self.model, batch, self.model(batch, rel, types))
+        weight = self.model.config.label_anchor_weight
+        if labels is not None and weight > 0:
+            loss = loss + weight * self.model.label_anchor_penalty(labels)
+        return loss
 
 
 class Trainer:
@@ -252,6 +256,11 @@ class Trainer:
         self.relation_heads_trained = any(
             p.requires_grad for n, p in self.model.named_parameters() if n.startswith("scorer.")
         )
+        # the span loss reaches the span head, the type side of the label encoder and the encoder
+        span_reach = ("span_head.", "encoder.", "word_projection.", "label_encoder.projection.", "label_encoder.model.")
+        self.span_head_trained = cfg.model.span_loss_weight > 0 and any(
+            p.requires_grad for n, p in self.model.named_parameters() if n.startswith(span_reach)
+        )
         self.sampler: LabelSampler | None = None
         if cfg.pretraining.enabled:
             norm = model_cfg.normalize_label
@@ -274,6 +283,10 @@ class Trainer:
                     t for e in d.entities if (t := cfg.model.entity_label(e.type)))
             for doc_id, p in self.prepared.items():
                 p.entity_type_scope = frozenset(scope.get(corpus_of.get(doc_id, 0), ()))
+        corpus_weight = [cfg.train.relation_weight] + [d.relation_weight for d in cfg.extra_train]
+        for doc_id, p in self.prepared.items():
+            corpus = corpus_of.get(doc_id, 0)  # dev-only corpora have no training weight
+            p.relation_weight = corpus_weight[corpus] if corpus < len(corpus_weight) else 1.0
         self.cache: EncoderCache | None = None
         encoder_frozen = not any(p.requires_grad for p in self.model.encoder.parameters())
         if cfg.cache_frozen_layers and encoder_frozen:
@@ -481,14 +494,17 @@ class Trainer:
                     labels = self.labels
                 # a zero relation weight (a stage that trains the span head alone) skips pair scoring
                 rel_labels = labels if cfg.model.relation_loss_weight > 0 else None
-                batch = training_batch(model, docs, rel_labels, self.entity_labels or None)
+                # and so does a span head that cannot learn (zero weight, or frozen by train_only:
+                # a stage that trains the relation heads alone)
+                span_types = (self.entity_labels or None) if self.span_head_trained else None
+                batch = training_batch(model, docs, rel_labels, span_types)
                 if self.cache is not None:
                     batch = self.cache.attach(batch)
                 sync = (micro + 1) % cfg.grad_accum == 0
                 no_sync = net.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
                 with no_sync:
                     with self.autocast():
-                        loss = net(batch, rel_labels, self.entity_labels or None) / cfg.grad_accum
+                        loss = net(batch, rel_labels, span_types) / cfg.grad_accum
                     loss.backward()
                 # kept on the device: reading a loss back every step would stall a GPU
                 running.append(loss.detach() * cfg.grad_accum)

@@ -1,0 +1,175 @@
+"""Choose the prototype recipe (``AdaptationRecipe(method="prototype")``) on FREDo's dev slice.
+
+Protocol (README, "Few-shot: FREDo and adding a relation type"), the same as
+``benchmarks/fredo_recipe_dev.py``:
+
+* dev episodes = ids 0..49 of ``cross_domain_1`` (``glidre_core.fewshot.episodes.DEV_EPISODES``);
+  reported samples leave ids < 50 out, in both cross-domain splits;
+* the grid: NOTA rule x prototype/label mix x single-label, each with ``margin`` swept over
+  ``MARGINS`` (the decision ``s_t - s_nota > margin`` is monotone in the margin, so one scoring
+  pass per grid point gives every margin); every point is scored with the official FREDo macro
+  F1 over the 50 dev episodes (per-type counts pooled over episodes, as :mod:`.metric`);
+* the recipe = the point with the best dev macro F1; it is then re-run through the runtime path
+  (``EpisodeRunner.run``, the code ``glidre fewshot fredo`` runs) on the same episodes, and the
+  two macro F1s must agree.
+
+The pair vectors come from :meth:`HeadAdapter.pair_vectors` (the runtime code); the prototypes
+from :meth:`HeadAdapter.prototypes`. Runs in one process (the model's encoder pass over the dev
+documents is most of the time):
+
+    nice -n 15 .venv/bin/python benchmarks/fredo_prototype_dev.py --output-json benchmarks/results/fredo_prototype_dev.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+from glidre_core.fewshot.adapt import AdaptationRecipe  # noqa: E402
+from glidre_core.fewshot.episodes import DEV_EPISODES, dev_episodes, load_fredo  # noqa: E402
+from glidre_core.fewshot.metric import EpisodeCounts, macro_scores  # noqa: E402
+
+logger = logging.getLogger("fredo_prototype_dev")
+
+GRID = {
+    "candidates": ("all", "same_sentence"),
+    "center": (False, True),
+    "positive": ("mean", "nearest"),
+    "nota": ("mean", "nearest", "none"),
+    "prototype_mix": (1.0, 0.75, 0.5),
+    "single_label": (False, True),
+}
+MARGINS = tuple(round(-0.5 + 0.02 * i, 2) for i in range(71))  # -0.50 .. 0.90
+
+
+def sweep_counts(margins: np.ndarray, rows: dict[tuple[str, str], int], codes: list[str], gold: list[tuple],
+                 types: list[str]) -> np.ndarray:
+    """Official FREDo counts ``[K, T, 3]`` (tp, fp, fn per type of ``types``) of one query
+    document at every margin of ``MARGINS``: prediction (pair p, code r) when
+    ``margins[p, r] > margin``. ``rows`` maps (head id, tail id) to a pair row; a gold fact
+    outside the pairs (a self pair) is always a false negative. Same counts as
+    :func:`glidre_core.fewshot.metric.count_document` (a test in ``tests/test_fewshot.py``)."""
+    k = np.asarray(MARGINS, dtype=np.float32)
+    col = {c: types.index(c) for c in codes}
+    dup = np.zeros(margins.shape, dtype=np.int64)  # gold facts per (pair, code), duplicates counted
+    out = np.zeros((len(k), len(types), 3), dtype=np.int64)
+    for h, t, c in gold:
+        p = rows.get((str(h), str(t)))
+        if p is None:
+            out[:, col[c], 2] += 1
+        else:
+            dup[p, codes.index(c)] += 1
+    pred = margins[None] > k[:, None, None]  # [K, P, R]
+    is_gold = dup > 0
+    for r, c in enumerate(codes):
+        out[:, col[c], 0] += (pred[:, :, r] & is_gold[None, :, r]).sum(1)
+        out[:, col[c], 1] += (pred[:, :, r] & ~is_gold[None, :, r]).sum(1)
+        out[:, col[c], 2] += (dup[None, :, r] * ~pred[:, :, r]).sum(1)
+    return out
+
+
+def macro_f1_of(counts: np.ndarray, types: list[str]) -> list[float]:
+    """Macro F1 (percent) per margin from pooled ``[K, T, 3]`` counts (the library's rule)."""
+    return [macro_scores([EpisodeCounts({t: [int(x) for x in c[i]] for i, t in enumerate(types)})])["macro_f1"]
+            for c in counts]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "fredo"))
+    ap.add_argument("--split", default="cross_domain_1")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--output-json", default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from glidre_core.fewshot.fredo import EpisodeRunner, all_pairs_counts
+    from glidre_core.model_loading import resolve_model_dir
+
+    torch.set_num_threads(args.threads)
+    model_dir = str(resolve_model_dir(args.model))
+    data = load_fredo(args.split, args.data_dir)
+    episodes = dev_episodes(data.episodes)
+    assert [e.episode_id for e in episodes] == list(range(DEV_EPISODES))
+    types = sorted(data.label_names)
+    start = time.perf_counter()
+    runner = EpisodeRunner.load(model_dir, data, AdaptationRecipe(method="prototype"))
+    adapter = runner.adapter
+    needed = sorted({i for e in episodes for i in e.support + e.query})
+    adapter.pair_vectors([data.documents[i] for i in needed])
+    encode_seconds = time.perf_counter() - start
+    logger.info("pair vectors of %d documents in %.0fs", len(needed), encode_seconds)
+
+    table: list[dict[str, Any]] = []
+    from glidre_core.fewshot.prototype import candidate_pairs
+
+    for values in itertools.product(*GRID.values()):
+        setting = dict(zip(GRID, values))
+        adapter.recipe = AdaptationRecipe(method="prototype", **setting)
+        pooled = np.zeros((len(MARGINS), len(types), 3), dtype=np.int64)
+        for ep in episodes:
+            text = {c: data.label_names[c] for c in ep.labeled_relations}
+            codes = list(ep.labeled_relations)
+            protos = adapter.prototypes(runner.support_documents(ep, text), [text[c] for c in codes])
+            for i in ep.query:
+                doc = data.documents[i]
+                pv = adapter.pair_vectors([doc])[0]
+                ids = pv.prepared.entity_ids
+                rows = {(str(ids[h]), str(ids[t])): p for p, (h, t) in enumerate(zip(pv.heads, pv.tails))}
+                d = protos.margins(pv.vectors, candidate_pairs(pv, doc, setting["candidates"]))
+                pooled += sweep_counts(d, rows, codes, data.gold(i, codes), types)
+        f1s = macro_f1_of(pooled, types)
+        for margin, f1 in zip(MARGINS, f1s):
+            table.append({**setting, "margin": margin, "macro_f1": f1})
+        k = int(np.argmax(f1s))
+        logger.info("%s: best dev macro F1 %.2f at margin %.2f", setting, f1s[k], MARGINS[k])
+    best = max(table, key=lambda t: t["macro_f1"])
+    recipe = AdaptationRecipe(method="prototype", **{k: best[k] for k in (*GRID, "margin")})
+    # the runtime path on the same episodes: must reproduce the sweep's number
+    adapter.recipe = recipe
+    runtime = macro_scores([runner.run(ep, zero_shot=False).counts["adapted"] for ep in episodes])
+    if abs(runtime["macro_f1"] - best["macro_f1"]) > 1e-9:  # only a score exactly on the margin could differ
+        logger.warning("runtime path %.4f != sweep %.4f", runtime["macro_f1"], best["macro_f1"])
+    per_setting = {}
+    for t in table:
+        key = " ".join(f"{k}={t[k]}" for k in GRID)
+        if key not in per_setting or t["macro_f1"] > per_setting[key]["macro_f1"]:
+            per_setting[key] = {"margin": t["margin"], "macro_f1": t["macro_f1"]}
+    finetune = REPO / "benchmarks" / "results" / "fredo_recipe_dev.json"
+    out = {
+        "protocol": f"episodes 0..{DEV_EPISODES - 1} of {args.split}; official FREDo macro F1 (percent); "
+                    "prototype method (glidre_core.fewshot.prototype)",
+        "model": args.model, "grid": {**GRID, "margin": MARGINS},
+        "best": best, "recipe": recipe.model_dump(),
+        "best_runtime_check": {k: runtime[k] for k in ("macro_f1", "macro_precision", "macro_recall", "per_type")},
+        "best_per_setting": per_setting,
+        "all_pairs_macro_f1": macro_scores([all_pairs_counts(data, e) for e in episodes])["macro_f1"],
+        "same_sentence_pairs_macro_f1": macro_scores([all_pairs_counts(data, e, "same_sentence")
+                                                      for e in episodes])["macro_f1"],
+        "finetune_best_macro_f1": (json.loads(finetune.read_text())["best"]["macro_f1"]
+                                   if finetune.exists() else None),
+        "documents": len(needed), "encode_seconds": encode_seconds, "seconds": time.perf_counter() - start,
+        "table": table,
+    }
+    logger.info("best: %s (runtime path %.4f; all pairs %.2f)", best, runtime["macro_f1"], out["all_pairs_macro_f1"])
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(out, indent=1))
+        logger.info("wrote %s", args.output_json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Prototype few-shot relation classification (``AdaptationRecipe(method="prototype")``).
+
+A training-free alternative to fine-tuning the heads (:class:`~.adapt.HeadAdapter`'s
+``finetune``), in the style of prototypical few-shot relation extraction (Snell et al., 2017;
+FREDo's TPN baseline, Popovic & Färber, 2022):
+
+1. **Pair vectors.** Every ordered entity pair of a document gets the model's pair vector ``r``
+   (:meth:`glidre_core.inference.Predictor.pair_representations`: the pair FFN's output, whose
+   dot product with a label embedding is the model's relation logit). The model is not changed.
+2. **Candidates** (``candidates``). ``same_sentence``: only pairs whose entities have a mention in
+   a common sentence are scored (mentions need ``sent_id``; DocRED-format data has them); the
+   others get probability 0 and are left out of the support's NOTA pairs and mean. ``all``:
+   every ordered pair.
+3. **Support vectors.** Per relation type, the annotated (head, tail) pairs of that type are its
+   positives; candidate pairs with no relation of the episode are NOTA ("none of the above").
+   With ``center``, the mean vector of the support's candidate and positive pairs is subtracted
+   from every vector (support and query) first; then all vectors are unit-normalised.
+4. **Type score** of a query pair: ``s_t = mix * pos_t + (1 - mix) * cos(r, label_t)`` with
+   ``pos_t`` = the cosine with the type's prototype (the normalised mean of its positives,
+   ``positive="mean"``) or with its nearest positive (``positive="nearest"``), and ``label_t``
+   the label embedding of the type's name.
+5. **NOTA score** ``s_nota``: ``mean`` = the cosine with the normalised mean of the NOTA vectors;
+   ``nearest`` = the largest cosine with any NOTA vector; ``none`` = 0 (the margin is then an
+   absolute threshold on ``s_t``).
+6. **Decision.** The pair has type ``t`` when ``s_t > s_nota + margin``: the probability reported
+   is ``sigmoid((s_t - s_nota - margin) / temperature)``, decided at the recipe's threshold (0.5 by
+   default for this method, i.e. exactly the margin rule). ``single_label`` keeps at most the
+   best type per pair.
+
+The values (``candidates``, ``center``, ``positive``, ``nota``, ``prototype_mix``, ``margin``,
+...) were chosen on the FREDo dev slice (``benchmarks/fredo_prototype_dev.py`` ->
+``benchmarks/results/fredo_prototype_dev.json``).
+
+Everything after the pair vectors is numpy on small matrices (an episode's support has a few
+hundred pairs), so an episode costs its documents' encoder passes, once per document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from glidre_core.documents import Document
+
+if TYPE_CHECKING:
+    from glidre_core.fewshot.adapt import AdaptationRecipe
+    from glidre_core.inference import PairVectors, RelationScores
+    from glidre_core.modeling.label_encoder import LabelEmbeddings
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+#: the margin given to pairs that are not candidates (probability ~0 at any temperature)
+NOT_A_CANDIDATE = -10.0
+
+
+def pair_targets(pairs: "PairVectors", doc: Document, labels: Sequence[str]) -> np.ndarray:
+    """``[P, R]`` booleans: pair ``p`` of ``pairs`` is annotated with ``labels[r]`` in ``doc``.
+    Relations whose label is not in ``labels`` are ignored (their pairs count as NOTA)."""
+    col = {lab: r for r, lab in enumerate(labels)}
+    ids = pairs.prepared.entity_ids
+    row = {(ids[h], ids[t]): p for p, (h, t) in enumerate(zip(pairs.heads, pairs.tails))}
+    out = np.zeros((len(pairs.heads), len(labels)), dtype=bool)
+    for rel in doc.relations:
+        p, r = row.get((rel.head, rel.tail)), col.get(rel.label)
+        if p is not None and r is not None:
+            out[p, r] = True
+    return out
+
+
+def candidate_pairs(pairs: "PairVectors", doc: Document, rule: str) -> np.ndarray:
+    """``[P]`` booleans: the pairs that ``rule`` lets be scored (``all``, or ``same_sentence``:
+    the two entities have mentions in a common sentence, by the mentions' ``sent_id``)."""
+    if rule == "all":
+        return np.ones(len(pairs.heads), dtype=bool)
+    if rule != "same_sentence":
+        raise ValueError(f"unknown candidate rule {rule!r}")
+    sentences: dict[str, set[int]] = {}
+    for ent in doc.entities:
+        ids = {m.sent_id for m in ent.mentions}
+        if None in ids:
+            raise ValueError(f"document {doc.doc_id!r}: entity {ent.id!r} has a mention without sent_id; "
+                             "candidates='same_sentence' needs sentence ids (use candidates=all)")
+        sentences[ent.id] = ids  # type: ignore[assignment]
+    ids = pairs.prepared.entity_ids
+    return np.array([bool(sentences[ids[h]] & sentences[ids[t]]) for h, t in zip(pairs.heads, pairs.tails)],
+                    dtype=bool)
+
+
+@dataclass
+class Prototypes:
+    """An episode's classifier: the support's positives per type, its NOTA vectors, the label
+    vectors, the centering vector, and the recipe's decision settings."""
+
+    labels: list[str]
+    types: np.ndarray  # [R, D] unit prototypes (normalised mean of the unit positives)
+    examples: list[np.ndarray]  # per type, its unit positives [n_r, D] (the prototype when n_r = 0)
+    label_vectors: np.ndarray  # [R, D] unit label embeddings
+    nota: np.ndarray  # [K, D] unit NOTA vectors of the support (K may be 0)
+    center: np.ndarray  # [D] subtracted before normalising (zeros without ``center``)
+    positives: list[int]  # support positives per type
+    mix: float = 1.0
+    positive_rule: str = "mean"
+    nota_rule: str = "mean"
+    margin: float = 0.0
+    temperature: float = 0.05
+    single_label: bool = False
+    candidates: str = "all"
+
+    @classmethod
+    def from_support(cls, support: Sequence[tuple["PairVectors", Document]], labels: Sequence[str],
+                     label_vectors: np.ndarray, recipe: "AdaptationRecipe") -> "Prototypes":
+        """Prototypes of ``labels`` from the support documents' pair vectors and annotations.
+        A type without a positive pair gets its label embedding as its only example."""
+        labels = list(labels)
+        dim = np.asarray(label_vectors).shape[-1]
+        vecs, targets, keep = [], [], []
+        for pv, doc in support:
+            if not len(pv.heads):
+                continue
+            tgt = pair_targets(pv, doc, labels)
+            vecs.append(np.asarray(pv.vectors, dtype=np.float32))
+            targets.append(tgt)
+            keep.append(candidate_pairs(pv, doc, recipe.candidates) | tgt.any(1))  # positives always count
+        raw = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
+        tgt = np.concatenate(targets) if targets else np.zeros((0, len(labels)), bool)
+        kept = np.concatenate(keep) if keep else np.zeros(0, bool)
+        raw, tgt = raw[kept], tgt[kept]
+        mu = raw.mean(0) if recipe.center and len(raw) else np.zeros(dim, np.float32)
+        allv = unit(raw - mu)
+        lab = unit(label_vectors)
+        protos, examples, counts = [], [], []
+        for r in range(len(labels)):
+            pos = allv[tgt[:, r]]
+            counts.append(int(len(pos)))
+            protos.append(unit(pos.mean(0)) if len(pos) else lab[r])
+            examples.append(pos if len(pos) else lab[r : r + 1])
+        return cls(labels, np.stack(protos) if protos else np.zeros((0, dim), np.float32), examples, lab,
+                   allv[~tgt.any(1)], mu.astype(np.float32), counts, mix=recipe.prototype_mix,
+                   positive_rule=recipe.positive, nota_rule=recipe.nota, margin=recipe.margin,
+                   temperature=recipe.temperature, single_label=recipe.single_label, candidates=recipe.candidates)
+
+    def _unit(self, vectors: np.ndarray) -> np.ndarray:
+        return unit(np.asarray(vectors, dtype=np.float32) - self.center)
+
+    def type_scores(self, vectors: np.ndarray) -> np.ndarray:
+        """``[P, R]`` type scores ``s_t`` of the pair vectors ``vectors`` ``[P, D]``."""
+        v = self._unit(vectors)
+        if self.positive_rule == "mean":
+            pos = v @ self.types.T
+        elif self.positive_rule == "nearest":
+            pos = np.stack([(v @ ex.T).max(1) for ex in self.examples], 1) if self.examples else v @ self.types.T
+        else:
+            raise ValueError(f"unknown positive rule {self.positive_rule!r}")
+        return self.mix * pos + (1.0 - self.mix) * (v @ self.label_vectors.T)
+
+    def nota_scores(self, vectors: np.ndarray) -> np.ndarray:
+        """``[P]`` NOTA scores (0 when the support has no NOTA pair, or with ``nota="none"``)."""
+        v = self._unit(vectors)
+        if self.nota_rule == "none" or len(self.nota) == 0:
+            return np.zeros(len(v), np.float32)
+        if self.nota_rule == "mean":
+            return v @ unit(self.nota.mean(0))
+        if self.nota_rule == "nearest":
+            return (v @ self.nota.T).max(1)
+        raise ValueError(f"unknown NOTA rule {self.nota_rule!r}")
+
+    def margins(self, vectors: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+        """``[P, R]`` ``s_t - s_nota - margin``: positive = the pair has the type. With
+        ``single_label``, every type but the best of each pair is pushed below 0; pairs outside
+        ``candidates`` (``[P]`` booleans, None = all) get :data:`NOT_A_CANDIDATE`."""
+        d = self.type_scores(vectors) - self.nota_scores(vectors)[:, None] - self.margin
+        if self.single_label and d.size:
+            best = d.argmax(1)
+            rest = np.ones_like(d, dtype=bool)
+            rest[np.arange(len(d)), best] = False
+            d = np.where(rest, np.minimum(d, -abs(self.margin) - 1.0), d)
+        if candidates is not None:
+            d = np.where(np.asarray(candidates, dtype=bool)[:, None], d, NOT_A_CANDIDATE)
+        return d.astype(np.float32)
+
+    def probabilities(self, vectors: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+        """``[P, R]`` ``sigmoid(margins / temperature)`` (0.5 = on the decision boundary)."""
+        z = np.clip(self.margins(vectors, candidates) / self.temperature, -80, 80)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+class PrototypePredictor:
+    """The part of :class:`glidre_core.inference.Predictor` the FREDo runner uses
+    (``relations``, ``thresholds``, ``score_relations``), scoring with :class:`Prototypes`.
+
+    ``pair_vectors(docs)`` gives the query documents' pair vectors (the adapter's cache)."""
+
+    def __init__(self, prototypes: Prototypes, relations: "LabelEmbeddings", threshold: float,
+                 pair_vectors: Callable[[Sequence[Document]], list["PairVectors"]]):
+        self.prototypes = prototypes
+        self.relations = relations
+        self.thresholds = np.full(len(relations.labels), threshold, dtype=np.float32)
+        self._pair_vectors = pair_vectors
+
+    def score_relations(self, docs: Sequence[Document]) -> list["RelationScores"]:
+        from glidre_core.inference import RelationScores
+
+        out = []
+        for pv, doc in zip(self._pair_vectors(docs), docs):
+            mask = candidate_pairs(pv, doc, self.prototypes.candidates)
+            out.append(RelationScores(pv.prepared, pv.heads, pv.tails, self.prototypes.probabilities(pv.vectors, mask)))
+        return out
