@@ -122,7 +122,7 @@ def main() -> None:
     trajectories = []
     for train_name, prefixes in GRID["train"].items():
         for lr in GRID["lr"]:
-            recipe = AdaptationRecipe(epochs=max(EPOCHS), lr=lr, train=prefixes).model_dump()
+            recipe = AdaptationRecipe(method="finetune", epochs=max(EPOCHS), lr=lr, train=prefixes).model_dump()
             half = len(ids) // 2
             refs = [task.remote(model_dir, args.split, args.data_dir, recipe, part, list(EPOCHS))
                     for part in (ids[:half], ids[half:])]

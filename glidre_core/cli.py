@@ -194,13 +194,13 @@ def format_metrics(result: dict) -> str:
 
 
 # -- few-shot (glidre_core.fewshot) --------------------------------------------------------------
-def _recipe(overrides: tuple[str, ...]):
-    """The adaptation recipe with ``key=value`` overrides (values parsed as YAML)."""
+def _recipe(overrides: tuple[str, ...], **defaults):
+    """The adaptation recipe with ``key=value`` overrides (values parsed as YAML) over ``defaults``."""
     from glidre_core.fewshot.adapt import AdaptationRecipe
     from glidre_core.overrides import parse_overrides
 
     try:
-        return AdaptationRecipe(**parse_overrides(list(overrides)))
+        return AdaptationRecipe(**{**defaults, **parse_overrides(list(overrides))})
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from exc
 
@@ -222,7 +222,9 @@ def fewshot() -> None:
 @click.option("--num-cpus", type=int, default=2, show_default=True, help="local Ray CPUs (0 = no Ray, in-process)")
 @click.option("--zero-shot/--no-zero-shot", default=True, show_default=True, help="also score the unadapted model")
 @click.option("--zero-shot-threshold", type=float, default=None, help="zero-shot decision threshold (default: the model's)")
-@click.option("--set", "overrides", multiple=True, help="override the adaptation recipe: key=value (e.g. epochs=10)")
+@click.option("--set", "overrides", multiple=True,
+              help="override the adaptation recipe (default: the prototype method): key=value, e.g. margin=0.5, "
+                   "or method=finetune then epochs=10")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None)
 def fewshot_fredo(split, model_ref, data_dir, episodes, seed, num_cpus, zero_shot, zero_shot_threshold, overrides,
                   output_json) -> None:
@@ -271,7 +273,8 @@ def adapt(model_ref, data_path, fmt, labels, output, overrides, overwrite, track
         raw = p.read_text(encoding="utf-8").splitlines() if p.is_file() else labels.split(",")
         names = [x.strip() for x in raw if x.strip()]
     try:
-        record = adapt_to_documents(model_ref, read_documents(data_path, fmt), names, output, _recipe(overrides),
+        record = adapt_to_documents(model_ref, read_documents(data_path, fmt), names, output,
+                                    _recipe(overrides, method="finetune"),
                                     overwrite=overwrite, tracking_uri=tracking_uri, experiment=experiment,
                                     run_name=run_name)
     except (ValueError, FileExistsError) as exc:

@@ -357,13 +357,14 @@ class Predictor:
 
         return self._map(self.prepare(items), step)
 
-    def pair_representations(self, items: Iterable[Document | PreparedDocument]) -> list[PairVectors]:
-        """The pair vectors ``r`` (:meth:`GLiDRE.pair_representations`) of every ordered entity
-        pair of each document (given entities), in input order and in the pair order of
-        :meth:`score_relations`. No labels are involved (few-shot prototypes compare pairs)."""
+    def pair_representations(self, items: Iterable[Document | PreparedDocument], exact: bool = False) -> list[PairVectors]:
+        """The pair vectors ``r`` (:meth:`GLiDRE.pair_representations`; ``exact``: fp32 heads) of
+        every ordered entity pair of each document (given entities), in input order and in the
+        pair order of :meth:`score_relations`. No labels are involved (few-shot prototypes
+        compare pairs)."""
 
         def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[PairVectors]:
-            reps = self.model.pair_representations(batch).cpu().numpy()
+            reps = self.model.pair_representations(batch, exact=exact).cpu().numpy()
             out, start = [], 0
             for p, h, t in zip(docs, batch.entities.heads, batch.entities.tails):
                 out.append(PairVectors(p, h, t, reps[start : start + len(h)]))

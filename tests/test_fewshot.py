@@ -191,7 +191,8 @@ def test_adaptation_lowers_the_loss_changes_predictions_and_resets_exactly(fredo
     torch.manual_seed(0)
     data = load_fredo("cross_domain_1", fredo_dir)
     model = GLiDRE.from_pretrained(tiny_dir)
-    adapter = HeadAdapter(model, AdaptationRecipe(epochs=15, lr=3e-3, train=["scorer.", "label_encoder.ffn."]))
+    adapter = HeadAdapter(model, AdaptationRecipe(method="finetune", epochs=15, lr=3e-3,
+                                                  train=["scorer.", "label_encoder.ffn."]))
     assert set(adapter.params) and all(n.startswith(("scorer.", "label_encoder.ffn.")) for n in adapter.params)
     assert any(n.startswith("scorer.") for n in adapter.params)
     assert not any(p.requires_grad for p in model.encoder.parameters())
@@ -224,7 +225,8 @@ def test_fredo_cli_in_process_writes_the_documented_json(fredo_dir, tiny_dir, tm
     out = tmp_path / "fredo.json"
     res = CliRunner().invoke(main, [
         "fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir), "--data-dir", str(fredo_dir),
-        "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--set", "epochs=3", "--output-json", str(out)])
+        "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--set", "method=finetune", "--set", "epochs=3",
+        "--output-json", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["episodes"] == 3 and result["units"] == "percent"
@@ -238,7 +240,7 @@ def test_fredo_cli_in_process_writes_the_documented_json(fredo_dir, tiny_dir, tm
 def test_fredo_on_ray_matches_the_in_process_run(fredo_dir, tiny_dir):
     """Real local Ray, 2 tasks: per-episode seeds make results independent of chunking."""
     base = dict(split="cross_domain_3", model=str(tiny_dir), data_dir=str(fredo_dir), episodes=4, seed=2,
-                recipe=AdaptationRecipe(epochs=4, lr=1e-3), bootstrap_resamples=200)
+                recipe=AdaptationRecipe(method="finetune", epochs=4, lr=1e-3), bootstrap_resamples=200)
     on_ray = run_fredo(FredoConfig(**base, num_cpus=1, chunk_size=2))
     local = run_fredo(FredoConfig(**base, num_cpus=0, chunk_size=3))
     assert on_ray["episode_ids"] == local["episode_ids"]
@@ -329,6 +331,11 @@ def _pairs(ids: list[str], vectors: list[list[float]]):
                        np.array([t for _, t in pairs]), np.asarray(vectors, dtype=np.float32))
 
 
+#: the prototype method without its dev-chosen options (mean prototype and mean NOTA, all pairs, no centering)
+NEUTRAL = dict(method="prototype", candidates="all", center=False, positive="mean", nota="mean", margin=0.0,
+               prototype_mix=1.0, single_label=False)
+
+
 def test_prototypes_on_a_hand_made_case():
     from glidre_core.documents import Document, Entity, Mention, Relation
     from glidre_core.fewshot.prototype import Prototypes, pair_targets
@@ -344,7 +351,7 @@ def test_prototypes_on_a_hand_made_case():
     np.testing.assert_array_equal(pair_targets(support, doc, ["a", "b"]).nonzero(), [[0, 3, 4], [0, 0, 1]])
     label_vectors = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32)  # the names point the other way
     build = lambda **kw: Prototypes.from_support([(support, doc)], ["a", "b"], label_vectors,  # noqa: E731
-                                                  AdaptationRecipe(method="prototype", **kw))
+                                                  AdaptationRecipe(**{**NEUTRAL, **kw}))
     p = build()
     np.testing.assert_allclose(p.types, [[1, 0, 0], [0, 1, 0]], atol=1e-6)
     assert p.positives == [2, 1] and len(p.nota) == 3  # (2,1) has only "other": NOTA
@@ -369,7 +376,7 @@ def test_prototypes_on_a_hand_made_case():
     assert (build(nota="none").probabilities(both) > 0.5).tolist() == [[True, True]]
     assert (build(nota="none", single_label=True).probabilities(both) > 0.5).tolist() == [[True, False]]
     # a type without a support positive falls back to its label vector
-    lone = Prototypes.from_support([(support, doc)], ["a", "c"], label_vectors, AdaptationRecipe(method="prototype"))
+    lone = Prototypes.from_support([(support, doc)], ["a", "c"], label_vectors, AdaptationRecipe(**NEUTRAL))
     np.testing.assert_allclose(lone.types[1], [1, 0, 0])
     assert lone.positives == [2, 0]
 
@@ -395,7 +402,7 @@ def test_prototype_candidates_centering_and_nearest_positive():
         candidate_pairs(support, doc([None, 0, 1]), "same_sentence")
     labels = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32)
     build = lambda d, **kw: Prototypes.from_support([(support, d)], ["a", "b"], labels,  # noqa: E731
-                                                     AdaptationRecipe(method="prototype", **kw))
+                                                     AdaptationRecipe(**{**NEUTRAL, **kw}))
     # NOTA keeps candidate pairs only: (1,0); positives count wherever they are
     p = build(split, candidates="same_sentence")
     assert p.positives == [2, 1] and len(p.nota) == 1
@@ -409,7 +416,8 @@ def test_prototype_candidates_centering_and_nearest_positive():
     # non-candidates are never predicted
     q = np.array([[1, 0, 0], [1, 0, 0]], dtype=np.float32)
     m = p.margins(q, np.array([True, False]))
-    assert m[1].tolist() == [NOT_A_CANDIDATE] * 2 and m[0, 0] > 0 and (p.probabilities(q, np.array([True, False]))[1] < 1e-30).all()
+    assert m[1].tolist() == [NOT_A_CANDIDATE] * 2 and m[0, 0] > 0
+    assert (p.probabilities(q, np.array([True, False]))[1] < 1e-30).all()
     # nearest positive: the best single positive, not the mean of the positives
     near = np.array([[1, 0.1, 0]], dtype=np.float32)
     assert build(split, positive="nearest").type_scores(near)[0, 0] == pytest.approx(1.0, abs=1e-6)
@@ -417,24 +425,34 @@ def test_prototype_candidates_centering_and_nearest_positive():
 
 
 def test_prototype_recipe_validation():
-    assert AdaptationRecipe().method == "finetune" and AdaptationRecipe().threshold == 0.25
+    # the default is the dev-chosen prototype recipe; fine-tuning keeps its own defaults
+    d = AdaptationRecipe()
+    assert (d.method, d.candidates, d.center, d.positive, d.nota, d.prototype_mix, d.single_label, d.margin,
+            d.threshold) == ("prototype", "same_sentence", True, "nearest", "none", 0.5, True, 0.16, 0.5)
+    f = AdaptationRecipe(method="finetune")
+    assert (f.epochs, f.lr, f.train, f.threshold) == (10, 1e-4, ["label_encoder.ffn."], 0.25)
     r = AdaptationRecipe(method="prototype", margin=0.1)
     assert r.threshold == 0.5 and AdaptationRecipe(**r.model_dump()) == r  # round trip (Ray tasks)
     assert AdaptationRecipe(method="prototype", threshold=0.3).threshold == 0.3
-    for bad, match in [({"method": "nearest"}, "method"), ({"method": "prototype", "prototype_mix": 1.5}, "prototype_mix"),
-                       ({"method": "prototype", "nota": "max"}, "nota"),
-                       ({"method": "prototype", "candidates": "sentence"}, "candidates"),
-                       ({"method": "prototype", "positive": "max"}, "positive"),
-                       ({"center": True}, r"\['center'\] do not apply"), ({"method": "prototype", "temperature": 0}, "temperature"),
-                       ({"margin": 0.1}, "do not apply to method='finetune'"),
-                       ({"nota": "nearest"}, "do not apply"),
-                       ({"method": "prototype", "epochs": 3}, r"\['epochs'\] do not apply to method='prototype'"),
-                       ({"method": "prototype", "threshold": None}, "needs a threshold")]:
+    for bad, match in [
+        ({"method": "nearest"}, "method"),
+        ({"method": "prototype", "prototype_mix": 1.5}, "prototype_mix"),
+        ({"method": "prototype", "nota": "max"}, "nota"),
+        ({"method": "prototype", "candidates": "sentence"}, "candidates"),
+        ({"method": "prototype", "positive": "max"}, "positive"),
+        ({"method": "prototype", "temperature": 0}, "temperature"),
+        ({"method": "finetune", "center": False}, r"\['center'\] do not apply"),
+        ({"method": "finetune", "margin": 0.1}, "do not apply to method='finetune'"),
+        ({"method": "finetune", "nota": "nearest"}, "do not apply"),
+        ({"epochs": 3}, r"\['epochs'\] do not apply to method='prototype'"),
+        ({"method": "prototype", "threshold": None}, "needs a threshold"),
+    ]:
         with pytest.raises(ValueError, match=match):
             AdaptationRecipe(**bad)
 
 
 def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_path):
+    from glidre_core.fewshot.prototype import candidate_pairs
     from glidre_core.fewshot.workflow import adapt_to_documents
 
     data = load_fredo("cross_domain_3", fredo_dir)
@@ -452,7 +470,7 @@ def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_
     expected = []
     for i in ep.query:
         pv = runner.adapter.pair_vectors([data.documents[i]])[0]
-        p, r = (protos.margins(pv.vectors) > 0).nonzero()
+        p, r = (protos.margins(pv.vectors, candidate_pairs(pv, data.documents[i], recipe.candidates)) > 0).nonzero()
         ids = pv.prepared.entity_ids
         expected.append([(int(ids[pv.heads[a]]), int(ids[pv.tails[a]]), ep.labeled_relations[b]) for a, b in zip(p, r)])
     assert res.counts["adapted"].counts == count_episode(expected, [data.gold(i, ep.labeled_relations)
@@ -469,14 +487,16 @@ def test_fredo_cli_runs_the_prototype_method(fredo_dir, tiny_dir, tmp_path):
     out = tmp_path / "fredo.json"
     res = CliRunner().invoke(main, [
         "fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir), "--data-dir", str(fredo_dir),
-        "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--no-zero-shot", "--set", "method=prototype",
-        "--set", "margin=0.1", "--output-json", str(out)])
+        "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--no-zero-shot", "--set", "margin=0.1",
+        "--output-json", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["recipe"]["method"] == "prototype" and result["recipe"]["margin"] == 0.1
     assert result["thresholds"]["adapted"] == 0.5 and all(e["loss"] is None for e in result["per_episode"])
+    assert result["recipe"]["candidates"] == "same_sentence"  # the default method and its options
+    assert 0 <= result["same_sentence_pairs_macro_f1"] <= 100
     bad = CliRunner().invoke(main, ["fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir),
-                                    "--data-dir", str(fredo_dir), "--set", "method=prototype", "--set", "epochs=3"])
+                                    "--data-dir", str(fredo_dir), "--set", "epochs=3"])
     assert bad.exit_code != 0 and "epochs" in bad.output
 
 
@@ -504,3 +524,18 @@ def test_the_dev_sweep_counts_like_the_official_metric():
             ref = count_document([(*pairs[a], codes[b]) for a, b in zip(p, r)], gold).counts
             assert {t: got[k, i].tolist() for i, t in enumerate(types) if got[k, i].any()} == \
                 {t: v for t, v in ref.items() if any(v)}
+
+
+def test_the_same_sentence_baseline_predicts_every_label_for_same_sentence_pairs_only(fredo_dir):
+    from glidre_core.fewshot.fredo import all_pairs_counts
+
+    data = load_fredo("cross_domain_3", fredo_dir)
+    ep = data.episodes[0]
+    # each tiny document: entities 0-2 in sentence 0, 3-4 in sentence 1 -> 3*2 + 2*1 = 8 ordered pairs (of 20)
+    for rule, pairs in (("same_sentence", 8), ("all", 20)):
+        counts = all_pairs_counts(data, ep, rule).counts
+        assert sum(tp + fp for tp, fp, _ in counts.values()) == pairs * len(ep.labeled_relations) * len(ep.query)
+    # every gold fact of the tiny documents is within a sentence: nothing is missed
+    assert all(fn == 0 for _, _, fn in all_pairs_counts(data, ep, "same_sentence").counts.values())
+    with pytest.raises(ValueError, match="candidate rule"):
+        all_pairs_counts(data, ep, "window")

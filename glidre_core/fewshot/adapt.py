@@ -1,6 +1,16 @@
-"""The few-shot adaptation recipe: a few epochs of the heads on a handful of labelled documents.
+"""The few-shot adaptation recipe: prototypes (the default) or a few epochs of the heads.
 
-Why this shape. A few-shot episode has 1 to 3 labelled documents. Fine-tuning the document
+Two methods (``AdaptationRecipe.method``):
+
+* ``prototype`` (the default: on the FREDo dev slice, with the stage-4 default model, macro F1
+  6.11 against 1.45 for the fine-tuning defaults; 5.39 for the no-model baseline "every label
+  for every same-sentence pair", so most of the gain is the same-sentence candidate rule):
+  nothing is trained; query pairs are scored against the support documents' pair vectors
+  (:mod:`glidre_core.fewshot.prototype`, chosen with ``benchmarks/fredo_prototype_dev.py``).
+  It changes no weight, so ``glidre adapt`` (which saves a model) uses ``finetune``.
+* ``finetune``, described below.
+
+Why fine-tuning has this shape. A few-shot episode has 1 to 3 labelled documents. Fine-tuning the document
 encoder on that little data is slow on a CPU and easy to overfit, while the relation decision is
 made by small heads on top (the pair scorer and the label encoder's FFN). So the recipe freezes
 the whole document encoder and the label encoder's transformer, runs the encoder **once** per
@@ -10,7 +20,7 @@ constant learning rate, on the model's own training loss
 (:func:`glidre_core.modeling.targets.joint_loss`, relation term only: focal loss for the default
 model). Each step costs one pass of the heads over the support documents' entity pairs.
 
-The defaults (the label FFN alone, lr 1e-4, 10 epochs, threshold 0.25) had the best macro F1 on
+The fine-tuning defaults (the label FFN alone, lr 1e-4, 10 epochs, threshold 0.25) had the best macro F1 on
 the 50 FREDo dev episodes of a grid of {pair scorer + label FFN, label FFN} x lr {1e-4, 3e-4,
 1e-3} x epochs {5, 10, 20, 40} x 23 thresholds. The best point of each of the six trajectories
 scored 1.42 to 1.70, against 1.40 for predicting every pair on those episodes: the choice is
@@ -53,7 +63,12 @@ TRAINABLE_PREFIXES: tuple[str, ...] = ("scorer.", "label_encoder.ffn.", "label_e
 
 
 class AdaptationRecipe(BaseModel):
-    """How a model is adapted to a few labelled documents (values chosen on FREDo dev episodes)."""
+    """How a model is adapted to a few labelled documents (values chosen on FREDo dev episodes).
+
+    ``method`` picks the fields that apply: ``epochs`` .. ``train`` for ``finetune``,
+    ``prototype_mix`` .. ``single_label`` for ``prototype``; setting a field of the other method
+    is an error. ``threshold`` defaults to 0.25 for ``finetune`` and 0.5 for ``prototype`` (its
+    probabilities put the margin at 0.5)."""
 
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(10, ge=0, description="full-batch steps over the support documents (0 = no adaptation)")
@@ -69,29 +84,29 @@ class AdaptationRecipe(BaseModel):
     )
     seed: int = Field(13, description="torch seed of the dropout masks (the FREDo runner adds the episode id)")
     method: Literal["finetune", "prototype"] = Field(
-        "finetune", description="finetune: train the heads on the support documents (the fields above); "
+        "prototype", description="finetune: train the heads on the support documents (the fields above); "
         "prototype: no training, query pairs are scored against support prototypes (the fields below, "
         ":mod:`glidre_core.fewshot.prototype`)",
     )
-    prototype_mix: float = Field(1.0, ge=0, le=1, description="prototype: weight of the support prototype in a "
+    prototype_mix: float = Field(0.5, ge=0, le=1, description="prototype: weight of the support prototype in a "
                                  "type's score, the rest on the label embedding (1 = support only)")
     candidates: Literal["all", "same_sentence"] = Field(
-        "all", description="prototype: the pairs scored: every ordered pair, or pairs whose entities share a "
+        "same_sentence", description="prototype: the pairs scored: every ordered pair, or pairs whose entities share a "
         "sentence (mentions need sent_id); the others are never predicted",
     )
-    center: bool = Field(False, description="prototype: subtract the mean of the support's pair vectors first")
+    center: bool = Field(True, description="prototype: subtract the mean of the support's pair vectors first")
     positive: Literal["mean", "nearest"] = Field(
-        "mean", description="prototype: a type's support score = cosine with the mean of its positives (mean) "
+        "nearest", description="prototype: a type's support score = cosine with the mean of its positives (mean) "
         "or with its nearest positive (nearest)",
     )
     nota: Literal["mean", "nearest", "none"] = Field(
-        "mean", description="prototype: NOTA score = cosine with the mean NOTA vector of the support (mean), "
+        "none", description="prototype: NOTA score = cosine with the mean NOTA vector of the support (mean), "
         "with the nearest NOTA vector (nearest), or 0 (none: the margin is an absolute cosine threshold)",
     )
-    margin: float = Field(0.0, ge=-2, le=2, description="prototype: a pair has type t when s_t > s_nota + margin")
+    margin: float = Field(0.16, ge=-2, le=2, description="prototype: a pair has type t when s_t > s_nota + margin")
     temperature: float = Field(0.05, gt=0, description="prototype: probability = sigmoid((s_t - s_nota - margin) / "
                                "temperature); the decision does not depend on it at threshold 0.5")
-    single_label: bool = Field(False, description="prototype: at most one type (the best) per pair")
+    single_label: bool = Field(True, description="prototype: at most one type (the best) per pair")
 
     @field_validator("train")
     @classmethod
@@ -184,7 +199,8 @@ class HeadAdapter:
         if missing:
             self.encode(missing)
             pred = self.model.predictor(batch_size=self.batch_size, encoder_cache=self.cache)
-            for doc, pv in zip(missing, pred.pair_representations(missing)):
+            # fp32 heads: bf16 rounding depends on the batch and would move cosine decisions
+            for doc, pv in zip(missing, pred.pair_representations(missing, exact=True)):
                 self._pairs[doc.doc_id] = pv
         return [self._pairs[d.doc_id] for d in docs]
 

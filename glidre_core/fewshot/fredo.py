@@ -6,9 +6,11 @@ Per episode (:class:`EpisodeRunner`):
    ``USED-FOR`` -> ``used for``);
 2. **zero-shot**: the model as loaded predicts those labels on the query documents, at
    ``zero_shot_threshold`` (None = the model's stored threshold);
-3. **adapted**: :class:`~.adapt.HeadAdapter` trains the heads on the support documents (their
-   facts of those labels), predicts the query documents at the recipe's threshold, and restores
-   the weights;
+3. **adapted**: with ``recipe.method="prototype"`` (the default), the query pairs are scored
+   against prototypes of the support documents' pair vectors (:mod:`.prototype`, no training);
+   with ``"finetune"``, :class:`~.adapt.HeadAdapter` trains the heads on the support documents
+   (their facts of those labels), predicts the query documents at the recipe's threshold, and
+   restores the weights;
 4. both prediction sets are counted against the query documents' gold facts of those labels
    (:mod:`.metric`, FREDo's counting).
 

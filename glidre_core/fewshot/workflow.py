@@ -2,9 +2,9 @@
 
 The user gives 1 to 10 documents whose entities and relations of the new types are annotated
 (any format :func:`glidre_core.readers.read_documents` reads) and the label strings. The model
-is adapted with the recipe the FREDo evaluation uses (:mod:`.adapt`, chosen on FREDo dev
-episodes) and saved as a normal model directory (``GLiDRE.from_pretrained`` /
-``--model DIR`` load it), with ``adaptation.json`` beside it saying what was done.
+is adapted with the fine-tuning recipe (:mod:`.adapt`, ``method="finetune"``, chosen on FREDo
+dev episodes; the prototype method, FREDo's default, changes no weight to save) and saved as a
+normal model directory (``GLiDRE.from_pretrained`` / ``--model DIR`` load it), with ``adaptation.json`` beside it saying what was done.
 
 Why a separate module: the FREDo runner adapts and throws the weights away after each episode;
 this one adapts once, checks the inputs a user can get wrong (a label without any example), and
@@ -97,7 +97,7 @@ def adapt_to_documents(
     from glidre_core.readers import relation_labels
     from glidre_core.tracking import documents_fingerprint, git_commit
 
-    recipe = recipe or AdaptationRecipe()
+    recipe = recipe or AdaptationRecipe(method="finetune")
     if recipe.method != "finetune":
         raise ValueError(f"glidre adapt saves adapted weights, and method={recipe.method!r} changes none "
                          "(prototypes are computed per set of support documents at prediction time, as "

@@ -241,13 +241,20 @@ class GLiDRE(nn.Module):
             return logits[:, :-1], logits[:, -1]
         return logits, None
 
-    def pair_representations(self, batch: ModelBatch) -> torch.Tensor:
+    def pair_representations(self, batch: ModelBatch, exact: bool = False) -> torch.Tensor:
         """The pair vectors ``r`` ``[P, D]`` (fp32) of the batch's real ordered pairs, in the rows
         of ``forward(batch, labels).relation_logits``, which equal ``r @ labels.T`` (same heads and
         precision as :meth:`score_pairs`). For comparing pairs with each other (few-shot
-        prototypes, :mod:`glidre_core.fewshot.prototype`); :meth:`forward` does not use it."""
+        prototypes, :mod:`glidre_core.fewshot.prototype`); :meth:`forward` does not use it.
+
+        ``exact``: run the heads in fp32 even where inference uses bf16 heads
+        (``config.head_precision``). bf16 results depend on the batch a document is in (kernel
+        blocking changes the rounding, ~1e-2 relative), which moves cosine decisions."""
         encoded = self.encode(batch)
-        scorer, _, precision = self._inference_heads(encoded.words.device)
+        if exact:
+            scorer, precision = self.scorer, contextlib.nullcontext()
+        else:
+            scorer, _, precision = self._inference_heads(encoded.words.device)
         with precision:
             ents = pool_entities(encoded.words, encoded.attention, batch.entities, self.config.pooling)
             return scorer.pair_representations(ents, batch.entities).float()
