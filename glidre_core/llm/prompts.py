@@ -23,6 +23,7 @@ the character offsets: the model is never asked for offsets, which it cannot cou
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 from collections.abc import Sequence
@@ -45,13 +46,18 @@ _EXAMPLE_ANSWER = {
 
 
 @dataclass(frozen=True)
-class Prompt:
-    """A prompt template: ``{text}``, ``{entity_types}`` and ``{relation_types}`` are filled in."""
+class VersionedPrompt(abc.ABC):
+    """What every versioned prompt shares (distill, verify, RHF): ``id@vN`` written into outputs,
+    a fingerprint of the template text, and system + user chat messages. Subclasses add their
+    templates and list them in :meth:`templates`."""
 
     id: str
     version: int
     system: str
-    user: str
+
+    @abc.abstractmethod
+    def templates(self) -> tuple[str, ...]:
+        """The user-side template texts (what the fingerprint covers besides ``system``)."""
 
     @property
     def key(self) -> str:
@@ -60,21 +66,34 @@ class Prompt:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the template text (first 16 hex digits)."""
-        return hashlib.sha256(f"{self.system}\x00{self.user}".encode()).hexdigest()[:16]
+        """sha256 of the system text and the templates (first 16 hex digits)."""
+        return hashlib.sha256("\x00".join((self.system, *self.templates())).encode()).hexdigest()[:16]
 
-    def render(self, text: str, entity_types: Sequence[str] | None = None,
-               relation_types: Sequence[str] | None = None) -> tuple[ChatMessage, ...]:
-        """The chat messages for one document chunk."""
-        ents = ", ".join(entity_types) if entity_types else "any (person, organization, location, date, ...)"
-        rels = ", ".join(relation_types) if relation_types else "any, as short lowercase phrases (e.g. 'place of birth')"
-        user = self.user.format(text=text, entity_types=ents, relation_types=rels)
+    def messages(self, user: str) -> tuple[ChatMessage, ...]:
+        """The chat messages for one filled-in user text (no system message when it is empty)."""
         if not self.system:
             return ({"role": "user", "content": user},)
         return ({"role": "system", "content": self.system}, {"role": "user", "content": user})
 
     def describe(self) -> dict[str, str | int]:
         return {"id": self.id, "version": self.version, "key": self.key, "fingerprint": self.fingerprint}
+
+
+@dataclass(frozen=True)
+class Prompt(VersionedPrompt):
+    """A distill prompt: ``{text}``, ``{entity_types}`` and ``{relation_types}`` are filled in."""
+
+    user: str
+
+    def templates(self) -> tuple[str, ...]:
+        return (self.user,)
+
+    def render(self, text: str, entity_types: Sequence[str] | None = None,
+               relation_types: Sequence[str] | None = None) -> tuple[ChatMessage, ...]:
+        """The chat messages for one document chunk."""
+        ents = ", ".join(entity_types) if entity_types else "any (person, organization, location, date, ...)"
+        rels = ", ".join(relation_types) if relation_types else "any, as short lowercase phrases (e.g. 'place of birth')"
+        return self.messages(self.user.format(text=text, entity_types=ents, relation_types=rels))
 
 
 _V1_SYSTEM = (

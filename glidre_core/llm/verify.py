@@ -49,7 +49,6 @@ nothing about quality.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import logging
 import re
 import time
@@ -59,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from glidre_core.llm.base import ChatMessage, Completion, GenerationRequest, LLMBackend
 from glidre_core.llm.parsing import AnswerError, repair_json
+from glidre_core.llm.prompts import VersionedPrompt
 
 if TYPE_CHECKING:
     from glidre_core.documents import Document
@@ -81,35 +81,20 @@ BELOW, IN_BAND, ABOVE = "below", "band", "above"
 
 # -- prompts ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class VerifyPrompt:
+class VerifyPrompt(VersionedPrompt):
     """A yes/no verification prompt: ``{context}``, ``{head}``, ``{label}``, ``{tail}``,
     ``{head_type}`` and ``{tail_type}`` are filled in (literal braces are doubled)."""
 
-    id: str
-    version: int
-    system: str
     user: str
 
-    @property
-    def key(self) -> str:
-        return f"{self.id}@v{self.version}"
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the template text (first 16 hex digits)."""
-        return hashlib.sha256(f"{self.system}\x00{self.user}".encode()).hexdigest()[:16]
+    def templates(self) -> tuple[str, ...]:
+        return (self.user,)
 
     def render(self, context: str, head: str, label: str, tail: str, head_type: str | None = None,
                tail_type: str | None = None) -> tuple[ChatMessage, ...]:
-        user = self.user.format(context=context, head=head, label=label, tail=tail,
-                                head_type=f" ({head_type})" if head_type else "",
-                                tail_type=f" ({tail_type})" if tail_type else "")
-        if not self.system:
-            return ({"role": "user", "content": user},)
-        return ({"role": "system", "content": self.system}, {"role": "user", "content": user})
-
-    def describe(self) -> dict[str, str | int]:
-        return {"id": self.id, "version": self.version, "key": self.key, "fingerprint": self.fingerprint}
+        return self.messages(self.user.format(context=context, head=head, label=label, tail=tail,
+                                              head_type=f" ({head_type})" if head_type else "",
+                                              tail_type=f" ({tail_type})" if tail_type else ""))
 
 
 _EXAMPLE = "Marie Curie was born in Warsaw . Curie later worked at the University of Paris ."

@@ -18,12 +18,12 @@ offline Gemma-3 270M, which continue a pattern but do not follow instructions).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Literal
 
 from glidre_core.llm.base import ChatMessage
+from glidre_core.llm.prompts import VersionedPrompt
 
 Step = Literal["relations", "heads", "tails"]
 STEPS: tuple[Step, ...] = ("relations", "heads", "tails")
@@ -43,35 +43,19 @@ def _j(value: object) -> str:
 
 
 @dataclass(frozen=True)
-class RHFPrompt:
+class RHFPrompt(VersionedPrompt):
     """The three step templates of one prompt set. Fields: ``{text}``, ``{labels}``,
     ``{entities}``, ``{relation}``, ``{head}``."""
 
-    id: str
-    version: int
-    system: str
     relations: str
     heads: str
     tails: str
 
-    @property
-    def key(self) -> str:
-        return f"{self.id}@v{self.version}"
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the system text and the three templates (first 16 hex digits)."""
-        raw = "\x00".join((self.system, self.relations, self.heads, self.tails))
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    def templates(self) -> tuple[str, ...]:
+        return (self.relations, self.heads, self.tails)
 
     def render(self, step: Step, **fields: str) -> tuple[ChatMessage, ...]:
-        user = getattr(self, step).format(**fields)
-        if not self.system:
-            return ({"role": "user", "content": user},)
-        return ({"role": "system", "content": self.system}, {"role": "user", "content": user})
-
-    def describe(self) -> dict[str, str | int]:
-        return {"id": self.id, "version": self.version, "key": self.key, "fingerprint": self.fingerprint}
+        return self.messages(getattr(self, step).format(**fields))
 
 
 _V1_SYSTEM = "You extract relations from documents. You answer with one JSON object and nothing else."
