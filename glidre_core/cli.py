@@ -467,9 +467,10 @@ def experiment(config_path, overrides, max_trials, overwrite, report_dir) -> Non
 @click.option("--output", "output_uri", default=None, help="output directory or s3:// prefix")
 @click.option("--teacher", default=None,
               help="model:DIR | model:default (GLiDRE teacher) | hf:DIR | gguf:PATH (in-process LLM); else the YAML's")
+@click.option("--resume", is_flag=True, help="continue an interrupted run, skipping documents already written")
 @click.option("--overwrite", is_flag=True, help="replace an existing output")
 @click.option("--set", "overrides", multiple=True, help="override a config value: key.sub=value")
-def distill(config_path, input_uri, output_uri, teacher, overwrite, overrides) -> None:
+def distill(config_path, input_uri, output_uri, teacher, resume, overwrite, overrides) -> None:
     """Label a raw corpus with a teacher (an LLM or a GLiDRE model): GLiDRE training data out."""
     from glidre_core.extraction.session import JobInterrupted
     from glidre_core.llm.config import load_distill_config
@@ -477,12 +478,13 @@ def distill(config_path, input_uri, output_uri, teacher, overwrite, overrides) -
 
     try:
         cfg = load_distill_config(config_path, list(overrides), {
-            "input": input_uri, "output": output_uri, "teacher": teacher, "overwrite": True if overwrite else None})
+            "input": input_uri, "output": output_uri, "teacher": teacher, "resume": True if resume else None,
+            "overwrite": True if overwrite else None})
         manifest = run_distill(cfg)
     except (DistillError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except JobInterrupted as exc:
-        click.echo(f"distill {exc}", err=True)
+        click.echo(f"distill {exc}: committed parts are kept, rerun with --resume to continue", err=True)
         sys.exit(exc.exit_code)
     click.echo(summary_text(manifest))
     if not manifest["reconciled"]:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from glidre_core.documents import Document, Entity, Mention
 from glidre_core.inference import Predictor, SpanScores
 from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, mention_units, type_key
-from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep
+from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep, train_fact_names
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
 from glidre_core.modeling.entities import decode_document_spans
 from glidre_core.preparation import PreparedDocument
@@ -42,12 +42,14 @@ def relation_candidates(
 
 
 def dev_sweep(
-    model: GLiDRE, docs: Sequence[Document], labels: Sequence[str] | LabelEmbeddings | None = None, **kw: Any
+    model: GLiDRE, docs: Sequence[Document], labels: Sequence[str] | LabelEmbeddings | None = None,
+    floor: float = 0.05, **kw: Any
 ) -> ThresholdSweep:
     """Threshold sweep on dev documents (the only place a decision threshold is chosen);
-    ``labels`` None = the model's training labels."""
+    ``labels`` None = the model's training labels. Candidates at or below ``floor`` are never
+    kept (labels the model never trained on need a low one: their scores sit far below 0.05)."""
     predictor = model.predictor(relation_labels=labels, **kw)
-    return sweep_threshold(relation_candidates(predictor, docs), gold_facts(docs))
+    return sweep_threshold(relation_candidates(predictor, docs, floor), gold_facts(docs), floor)
 
 
 def evaluation_labels(docs: Sequence[Document], fmt: str) -> list[str]:
@@ -92,7 +94,131 @@ def evaluate_model(
         "seconds": elapsed,
         "docs_per_second": len(docs) / elapsed if elapsed else 0.0,
         "threshold": model.config.threshold if threshold is None else threshold,
+        "unseen_label_threshold": model.config.unseen_label_threshold if threshold is None else None,
         "labels": len(labels),
+    })
+    return result
+
+
+# -- dev evaluation: checkpoint selection in training and the final evaluation of the best one ----
+#: candidates at or below this probability are never kept by a dev threshold sweep
+DEV_FLOOR = 0.05
+
+
+def dev_predictor(model: GLiDRE, **kw: Any) -> Predictor:
+    """The predictor of every dev evaluation of a training run: the trainer's at each evaluation
+    point (:meth:`glidre_core.training.Trainer.dev_evaluation`) and the final evaluation of the
+    best checkpoint (:func:`glidre_core.ray_train.finalize`). ``kw`` are other Predictor options
+    (batch size, encoder cache, entity types); the relation candidates are not an option.
+
+    The candidate relation labels are the model's own label set, ``model.config.labels``: the
+    labels of the run's training and dev corpora together (normalised when pretraining), saved
+    with every checkpoint, and the set the model predicts with when it is given no labels. Why
+    this set and not the labels the dev documents happen to use (the final evaluation's choice
+    until this was unified):
+
+    * it does not depend on the dev answers. Candidates restricted to the labels of the dev
+      gold facts remove every other type as a possible false positive using those answers: on a
+      distilled corpus with a large free-text vocabulary a small dev hold-out uses a few of its
+      labels, and the dev F1 measures an easier task than the one the model is trained and used
+      for (benchmarks/llm_loop.sh's pretraining: the dev documents use 2 of the 4 labels, and
+      one checkpoint at one threshold scored F1 0.052 on 4 candidates and 0.109 on those 2);
+    * the dev threshold is chosen for it: the same scores with fewer candidates would call for
+      another threshold, so a threshold chosen on one set and reported on another is neither;
+    * it is one set for every evaluation point and for the final evaluation, so the number that
+      chose a checkpoint is the number reported for it.
+
+    A run with several corpora (``extra_train``) scores every dev document with all corpora's
+    labels, as the trained model does by default. A held-out (test) evaluation is another
+    matter: it scores the dataset's schema (:func:`evaluation_labels`, :func:`evaluate_model`).
+    """
+    if "relation_labels" in kw:
+        raise TypeError("dev_predictor chooses the relation candidates itself (model.config.labels)")
+    if not model.config.labels:
+        raise ValueError("the model stores no relation labels: nothing to evaluate on dev")
+    return model.predictor(relation_labels=list(model.config.labels), **kw)
+
+
+def normalized_relations(docs: Sequence[Document], normalize: Callable[[str], str]) -> list[Document]:
+    """``docs`` with every relation label spelled as ``normalize`` spells it (a document whose
+    labels are already spelled so is returned as it is)."""
+    out = []
+    for d in docs:
+        if any(normalize(r.label) != r.label for r in d.relations):
+            d = d.model_copy(update={"relations": [r.model_copy(update={"label": normalize(r.label)}) for r in d.relations]})
+        out.append(d)
+    return out
+
+
+def dev_train_facts(model: GLiDRE, train_docs: Sequence[Document]) -> set[tuple[str, str, str]]:
+    """The training facts Ign F1 discounts, labels spelled as :func:`evaluate_dev` compares them."""
+    return train_fact_names(normalized_relations(train_docs, model.config.normalize_label))
+
+
+def evaluate_dev(
+    predictor: Predictor,
+    docs: Sequence[Document],
+    *,
+    prepared: Sequence[PreparedDocument] | None = None,
+    train_facts: set[tuple[str, str, str]] | None = None,
+    threshold: float | Literal["sweep"] | None = None,
+) -> dict[str, Any]:
+    """Relation P/R/F1, Ign F1 and the threshold sweep of ``docs`` (dev data) under ``predictor``
+    (:func:`dev_predictor`): the one scoring behind the dev F1 the trainer records for each
+    checkpoint and the final evaluation of the best one, so the two agree by construction.
+
+    ``threshold``: ``"sweep"`` = chosen on these documents (the F1-best cut of the sweep, the
+    threshold the trainer saves with a checkpoint); None = the predictor's (the thresholds
+    stored with the model: the final evaluation of a saved checkpoint); or a float. Either way
+    the metrics are those of the facts scored above it, compared as the predictor compares them
+    (float32), so a checkpoint scored with ``"sweep"`` while training and the same checkpoint
+    reloaded and scored with None give the same F1. ``f1`` differs from the sweep's ``sweep_f1``
+    only where the chosen threshold is clipped to the sweep's range or rounds onto a score.
+
+    Labels are compared as the model spells them (``config.normalize_label``, applied to the
+    gold facts and to the predictions): a pretraining run normalises its label set
+    (``PLAYS_FOR`` and ``plays for`` are one candidate), and its gold facts must be spelled the
+    same way to be found. ``train_facts`` (for Ign F1) come from :func:`dev_train_facts`.
+    ``prepared``: ``docs`` already prepared (the trainer's cache), scored instead of ``docs``.
+    """
+    labels = list(predictor.relations.labels)
+    if labels != list(predictor.model.config.labels):
+        raise ValueError("a dev evaluation scores the model's own label set: build its predictor with dev_predictor")
+    norm = predictor.model.config.normalize_label
+    spelled = {lab: norm(lab) for lab in labels}
+    gold_docs = normalized_relations(docs, norm)
+    start = time.perf_counter()
+    if threshold is None:
+        per_label = dict(zip(labels, predictor.thresholds.tolist()))
+    elif threshold != "sweep":
+        per_label = dict.fromkeys(labels, float(np.float32(threshold)))
+    floor = DEV_FLOOR if threshold == "sweep" else min(DEV_FLOOR, *per_label.values())
+    scored = relation_candidates(predictor, prepared if prepared is not None else docs, floor)
+    elapsed = time.perf_counter() - start
+    sweep = sweep_threshold([((d, h, spelled[r], t), s) for (d, h, r, t), s in scored], gold_facts(gold_docs), DEV_FLOOR)
+    if threshold == "sweep":
+        per_label = dict.fromkeys(labels, float(np.float32(sweep.best_threshold)))
+    # scores are float32 values: comparing them with float32 thresholds is what inference does
+    kept = [(d, h, spelled[r], t) for (d, h, r, t), s in scored if s > per_label[r]]
+    result = evaluate_facts(gold_docs, kept, train_facts)
+    used, stored = set(per_label.values()), predictor.model.config.threshold
+    if threshold == "sweep":
+        shown: Any = sweep.best_threshold
+    elif threshold is not None:
+        shown = float(threshold)
+    elif len(used) == 1:  # the stored threshold as saved, not its float32 rounding
+        shown = stored if used == {float(np.float32(stored))} else used.pop()
+    else:
+        shown = per_label
+    result.update({
+        "docs": len(docs),
+        "seconds": elapsed,
+        "docs_per_second": len(docs) / elapsed if elapsed else 0.0,
+        "threshold": shown,
+        "labels": len(labels),
+        "sweep_f1": sweep.best_f1,
+        "sweep_threshold": sweep.best_threshold,
+        "curve": sweep.curve,
     })
     return result
 

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BandDecoded", "CandidateRow", "ExtractionResult", "Predictor", "RelationScores", "SpanScores",
            "TripletRow", "EntityRow", "document_from_text", "per_label_thresholds", "select_band",
-           "select_relations"]
+           "select_relations", "stored_thresholds"]
 
 Threshold = float | dict[str, float] | None
 T = TypeVar("T")
@@ -112,11 +112,27 @@ def document_from_text(text: str, entities: Sequence[dict[str, Any] | Entity], d
     return parse_document({"doc_id": doc_id, "text": text, "entities": ents})
 
 
-def per_label_thresholds(labels: Sequence[str], threshold: Threshold, base: float) -> np.ndarray:
-    """``[L]`` thresholds from None (``base``), a float, or a per-label dict (missing = base)."""
-    if threshold is None or isinstance(threshold, (int, float)):
-        return np.full(len(labels), base if threshold is None else float(threshold), dtype=np.float32)
-    return np.asarray([float(threshold.get(lab, base)) for lab in labels], dtype=np.float32)
+def per_label_thresholds(labels: Sequence[str], threshold: Threshold, base: float | Sequence[float]) -> np.ndarray:
+    """``[L]`` thresholds from None (``base``), a float, or a per-label dict (missing = base).
+    ``base`` is one float or one per label (:func:`stored_thresholds`)."""
+    bases = np.broadcast_to(np.asarray(base, dtype=np.float32), (len(labels),))
+    if threshold is None:
+        return bases.copy()
+    if isinstance(threshold, (int, float)):
+        return np.full(len(labels), float(threshold), dtype=np.float32)
+    return np.asarray([float(threshold.get(lab, b)) for lab, b in zip(labels, bases)], dtype=np.float32)
+
+
+def stored_thresholds(labels: Sequence[str], config: Any) -> np.ndarray:
+    """``[L]`` dev-chosen thresholds stored with a model: ``config.threshold`` for the labels it
+    trained on (``config.labels``, compared after :meth:`GLiDREConfig.normalize_label`), and
+    ``config.unseen_label_threshold`` (when set) for every other label."""
+    out = np.full(len(labels), config.threshold, dtype=np.float32)
+    unseen = getattr(config, "unseen_label_threshold", None)
+    if unseen is not None:
+        seen = {config.normalize_label(lab) for lab in config.labels}
+        out[[config.normalize_label(lab) not in seen for lab in labels]] = unseen
+    return out
 
 
 def _top_k(keep: np.ndarray, probs: np.ndarray, top_k: int | None) -> np.ndarray:
@@ -242,7 +258,7 @@ class Predictor:
             self._relations = self._resolve(self._relation_spec, self.model.config.labels, "relation labels",
                                             self.model.encode_labels)
             self._thresholds = per_label_thresholds(self._relations.labels, self._threshold_spec,
-                                                    self.model.config.threshold)
+                                                    stored_thresholds(self._relations.labels, self.model.config))
         return self._relations
 
     @property

@@ -166,4 +166,4 @@ def sweep_threshold(
     cum = np.concatenate([[0], np.cumsum(hits)])
     curve_f1 = np.where(counts + n_gold > 0, 2 * cum[counts] / np.maximum(counts + n_gold, 1), 0.0)
     curve = [(float(g), float(f)) for g, f in zip(grid, curve_f1)]
-    return ThresholdSweep(min(max(best_thr, 0.01), 0.99), best_f1, curve)
+    return ThresholdSweep(min(max(best_thr, min(0.01, floor)), 0.99), best_f1, curve)

@@ -279,17 +279,28 @@ def summary_extra(summary: dict[str, Any]) -> dict[str, Any]:
 
 def finalize(cfg: TrainingConfig, trainer, result, tracker, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Rank 0 after training: evaluate the best model on dev (the recorded evaluation), log the
-    plots and JSON, register the model (once per MLflow run)."""
-    from glidre_core.evaluation import dev_sweep, evaluate_model
-    from glidre_core.metrics import train_fact_names
+    plots and JSON, register the model (once per MLflow run).
+
+    The evaluation is the trainer's own dev scoring (:func:`glidre_core.evaluation.evaluate_dev`
+    on the candidates of :func:`glidre_core.evaluation.dev_predictor`, the checkpoint's label
+    set) of the reloaded best checkpoint at the threshold saved with it, in the trainer's
+    precision (``bf16`` autocast): its F1 is the dev F1 the trainer recorded when it chose that
+    checkpoint, not a second number on other labels. Bit for bit so when the model is saved in
+    float32; a float16 ``save_dtype`` rounds the saved weights (and the trainer's cached frozen
+    layers are computed apart), so a few scores next to the threshold can still flip
+    (benchmarks/llm_loop.sh's fine-tuning: some 10 of 1,790 dev predictions)."""
+    from glidre_core.evaluation import dev_predictor, evaluate_dev
     from glidre_core.modeling import GLiDRE
     from glidre_core.tracking import config_hash, documents_fingerprint
 
     if not (result.best_dir / "config.json").exists():
         raise RuntimeError(f"training produced no best model in {result.best_dir}")
     best = GLiDRE.from_pretrained(result.best_dir, device=trainer.device)
-    final_eval = evaluate_model(best, trainer.dev_docs, train_facts=train_fact_names(trainer.all_train_docs), batch_size=cfg.batch_size)
-    curve = dev_sweep(best, trainer.dev_docs, None, batch_size=cfg.batch_size).curve
+    with trainer.autocast():
+        final_eval = evaluate_dev(dev_predictor(best, batch_size=cfg.batch_size), trainer.dev_docs,
+                                  train_facts=trainer.dev_train_facts())
+    curve = final_eval.pop("curve")
+    final_eval["unseen_label_threshold"] = getattr(best.config, "unseen_label_threshold", None)
     best_step = max(result.history, key=lambda r: r["dev_f1"])["step"] if result.history else None
     eval_fp = documents_fingerprint(trainer.dev_docs)
     final_eval.update({

@@ -118,6 +118,51 @@ def test_excluded_labels_never_reach_the_training_targets(tmp_path):
     assert kept == sum(1 for p in prepared for r in by_id[p.doc.doc_id].relations if r.label not in excluded)
 
 
+def test_unseen_calibration_chooses_a_threshold_for_labels_outside_training(tmp_path, small_docred):
+    """Pseudo-unseen labels, held out of training, choose the unseen-label threshold on dev; the
+    predictor then uses it for every label the model did not train on, and only for those."""
+    import pydantic
+
+    from glidre_core.inference import stored_thresholds
+    from glidre_core.modeling import GLiDRE
+    from glidre_core.training.calibration import CALIBRATION_FILE, calibration_documents
+
+    _, dev = split_train_dev(training_config(tmp_path, train={"path": small_docred}, holdout_seed=0))
+    dev_counts = Counter(r.label for d in dev for r in d.relations)
+    pseudo = [lab for lab, _ in dev_counts.most_common(2)]
+    unseen = "a label nobody trained on"
+    with pytest.raises(pydantic.ValidationError, match="not in exclude_labels"):
+        training_config(tmp_path, train={"path": small_docred}, holdout_seed=0, unseen_calibration_labels=pseudo)
+    cfg = training_config(tmp_path, train={"path": small_docred}, holdout_seed=0, exclude_labels=pseudo,
+                          unseen_calibration_labels=pseudo, epochs=1, eval_every=4)
+    trainer = Trainer(cfg)
+    assert not set(pseudo) & set(trainer.labels)
+    docs = calibration_documents(cfg, trainer.main_dev_ids)
+    assert [d.doc_id for d in docs] == [d.doc_id for d in trainer.dev_docs]
+    assert sum(len(d.relations) for d in docs) == sum(dev_counts[lab] for lab in pseudo) > 0
+    assert {r.label for d in docs for r in d.relations} <= set(pseudo)
+    result = trainer.train()
+    saved = GLiDRE.from_pretrained(result.best_dir)
+    outcome = json.loads((Path(cfg.output_dir) / CALIBRATION_FILE).read_text())
+    thr = saved.config.unseen_label_threshold
+    assert thr is not None and 0 < thr < 1 and thr == pytest.approx(outcome["threshold"])
+    assert outcome["facts"] == sum(dev_counts[lab] for lab in pseudo) and outcome["labels"] == pseudo
+    assert trainer.unseen_calibration == outcome
+    seen = trainer.labels[0]
+    assert saved.predictor(relation_labels=[seen, unseen, pseudo[0]]).thresholds.tolist() == pytest.approx(
+        [saved.config.threshold, thr, thr])
+    # an explicit threshold still wins, for every label
+    assert saved.predictor(relation_labels=[seen, unseen], threshold=0.3).thresholds.tolist() == pytest.approx([0.3, 0.3])
+    # models without the second threshold behave as before
+    plain = saved.config.model_copy(update={"unseen_label_threshold": None})
+    assert stored_thresholds([seen, unseen], plain).tolist() == pytest.approx([plain.threshold] * 2)
+    # a trained label cannot stand in for an unseen one
+    from glidre_core.training.calibration import calibrate_unseen_threshold
+
+    with pytest.raises(ValueError, match="were trained on"):
+        calibrate_unseen_threshold(saved, docs, [seen])
+
+
 def test_corpus_relation_weight_reaches_the_prepared_documents(tmp_path, small_docred):
     conll = str(SHARED_DATA / "conll04" / "conll04_dev.json")
     cfg = training_config(tmp_path, train={"path": small_docred}, holdout_seed=0, dev_holdout=5,

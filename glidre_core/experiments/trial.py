@@ -184,6 +184,9 @@ def _train_and_evaluate(exp: ExperimentConfig, cfg, trial: dict[str, Any], devic
         "labels": float(len(trainer.labels)), "steps": float(trainer.step_now()),
         "train_minutes": train_minutes, "minutes": (time.perf_counter() - start) / 60,
     }
+    if trainer.unseen_calibration is not None:
+        extra.update(dev_unseen_threshold=trainer.unseen_calibration["threshold"],
+                     dev_unseen_f1=trainer.unseen_calibration["dev_f1"])
     return final_metrics(result.history, result.best_f1, evaluation, extra), evaluation
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import posixpath
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -52,7 +51,9 @@ from glidre_core.extraction.schemas import (
     DOCUMENTS, ENTITIES, ERRORS, RESULT, SOURCE_PREDICTED, STATUS_EXTRACTED, STATUS_FAILED, STATUS_SKIPPED,
     TRIPLETS, VERIFY_STRUCT,
 )
-from glidre_core.extraction.state import OutputIndex, part_summary, read_summaries, summary_metadata
+from glidre_core.extraction.state import (  # noqa: F401  (RECOVER_CHUNK: kept importable from here)
+    RECOVER_CHUNK, OutputIndex, list_parts, part_stem, part_summary, summary_metadata, sync_index,
+)
 from glidre_core.extraction.storage import Location, ensure_dir, read_bytes, write_bytes
 
 logger = logging.getLogger(__name__)
@@ -104,45 +105,24 @@ def part_name(run_id: str, task_idx: int, index: int, doc_ids: Iterable[str]) ->
 
 
 def _list_parquet(fs: pafs.FileSystem, directory: str) -> list[str]:
-    infos = fs.get_file_info(pafs.FileSelector(directory, recursive=False, allow_not_found=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    return list_parts(fs, directory, ".parquet")
 
 
 def _stem(path: str) -> str:
-    return posixpath.basename(path)[: -len(".parquet")]
-
-
-#: Ledger footers read (and added to the index) per step of crash recovery.
-RECOVER_CHUNK = 256
+    return part_stem(path)
 
 
 def recover(layout: OutputLayout, index: OutputIndex) -> tuple[OutputIndex, int]:
     """Bring ``index`` up to date with what is committed and delete what is not.
 
-    Lists the ledger directory, drops indexed parts whose ledger is gone, reads the footers of
-    committed parts the index lacks, then lists
-    the data tables and deletes files of parts that never committed (and unreadable ledgers).
-    Cost: one listing per table (names only) plus one footer per part missing from the index.
-    Returns the index and the number of files removed.
+    :func:`~glidre_core.extraction.state.sync_index` reconciles the index with the ledger
+    (drops parts whose ledger is gone, reads the footers of committed parts it lacks); then the
+    data tables are listed and the files of parts that never committed (and unreadable ledgers)
+    are deleted. Cost: one listing per table (names only) plus one footer per part missing from
+    the index. Returns the index and the number of files removed.
     """
     fs = layout.fs
-    ledgers = _list_parquet(fs, layout.dir(LEDGER))
-    missing = index.retain({_stem(p) for p in ledgers})
-    if missing:  # never happens by itself (committed parts are not deleted): someone removed files
-        logger.warning("index: %d indexed parts have no ledger file any more; their documents will be redone",
-                       missing)
-    unknown = [p for p in ledgers if _stem(p) not in index.part_names]
-    # in chunks, so that the driver holds one chunk of summaries at a time, not one per part;
-    # threads hide object-store latency, a local disk gains nothing from more than a few
-    threads = 4 if fs.type_name == "local" else 16
-    added, bad = 0, []
-    for start in range(0, len(unknown), RECOVER_CHUNK):
-        summaries, unreadable = read_summaries(fs, unknown[start:start + RECOVER_CHUNK], threads=threads)
-        added += index.add(summaries)
-        bad += unreadable
-        del summaries
-    if added:
-        logger.info("index: added %d committed parts found in the ledger", added)
+    index, bad = sync_index(fs, layout.dir(LEDGER), index)
     committed = index.part_names
     orphans = list(bad)
     for table in DATA_TABLES:

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from glidre_core.extraction.config import ExtractConfig
@@ -40,7 +39,10 @@ from glidre_core.extraction.resources import ClusterView, ResourcePlan, plan_res
 from glidre_core.extraction.source import (
     JsonLinesDatasource, ParquetRecordsDatasource, discover_input_files, input_size, relative_source,
 )
-from glidre_core.extraction.state import OutputIndex, ResumePlan, resume_plan, system_allocator
+from glidre_core.extraction.manifest import build_manifest, new_run_id, reconciles, throughput, utc_now
+from glidre_core.extraction.state import (
+    OutputIndex, ResumePlan, check_resume_settings, open_index, resume_plan, system_allocator,
+)
 import pyarrow.fs as pafs
 
 from glidre_core.extraction.storage import Location, Storage, check_bucket, delete_tree
@@ -53,12 +55,7 @@ RESUME_KEYS = ("model", "labels", "threshold", "top_k", "max_entities", "max_tex
                "entity_labels", "entity_threshold", "coreference", "lines_per_block", "entity_recognizer", "verify")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def new_run_id() -> str:
-    return f"{_now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+_now = utc_now  # the one clock of the job (new_run_id, from the same module, stays importable here)
 
 
 class _Setup:
@@ -170,10 +167,7 @@ def verify_settings(cfg: ExtractConfig) -> dict[str, Any] | None:
 def checkpoint_index(layout: OutputLayout, index: OutputIndex, summaries: list[dict[str, Any]]) -> None:
     """Save the index with parts committed so far (the run is not marked finalized): after a
     crash, recovery then reads only the footers of parts committed since this checkpoint."""
-    added = index.add(summaries)
-    if added:
-        index.save(layout.fs, layout.loc.path)
-        logger.info("index checkpoint: %d parts (+%d)", index.parts.num_rows, added)
+    index.checkpoint(layout.fs, layout.loc.path, summaries)
 
 
 def resolve_recognizer(choice: str) -> str:
@@ -218,23 +212,12 @@ def prepare_output(layout: OutputLayout, cfg: ExtractConfig, settings: dict[str,
         raise OutputError(f"output {layout.loc.uri!r} already exists ({len(existing)} entries): "
                           "pass --resume to continue it or --overwrite to replace it")
     elif existing:
-        for key in RESUME_KEYS:
-            if key in previous and previous[key] != settings.get(key):
-                raise OutputError(
-                    f"cannot resume {layout.loc.uri!r}: it was written with {key}={previous[key]!r}, "
-                    f"this run has {key}={settings.get(key)!r} (use --overwrite to start again)"
-                )
+        check_resume_settings(layout.loc.uri, previous, settings, RESUME_KEYS)
     elif cfg.resume:
         logger.info("--resume: %s is empty, starting a fresh run", layout.loc.uri)
     if not existing:
         return OutputIndex()
-    index = OutputIndex.load(layout.fs, layout.loc.path)
-    last_run = previous.get("run_id")
-    if index is None or last_run not in index.finalized_runs:
-        logger.info("resume: run %s did not finish; checking the output's parts", last_run)
-        index, removed = recover(layout, index or OutputIndex())
-        index.save(layout.fs, layout.loc.path)
-    return index
+    return open_index(layout.fs, layout.loc.path, previous.get("run_id"), lambda index: recover(layout, index))
 
 
 def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any = None,
@@ -254,7 +237,7 @@ def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any
     cfg = setup.cfg
     plan = plan or unchecked_plan(cfg)
     resume = resume or ResumePlan()
-    files = [f for f in setup.files if setup.sources[f] not in resume.done_files]
+    files = resume.files_to_read(setup.files, setup.sources)
     kind = JsonLinesDatasource if setup.format == "jsonl" else ParquetRecordsDatasource
     source = kind(files, root=setup.input.path, filesystem=setup.input.fs, lines_per_block=cfg.lines_per_block,
                   skip={k: v for k, v in resume.skip.items()})
@@ -302,35 +285,22 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
     """
     index.add(summaries)
     index, removed = recover(layout, index)
-    units = index.unit_table()
-    done_files, _, partial = index.file_status(units)
-    overcommitted = index.overcommitted(units)
     sources = set(setup.sources.values())
-    with_units = set(units.column("source").to_pylist()) if units.num_rows else set()
-    incomplete = sorted((sources & with_units) - done_files)
+    cov = index.coverage(sources)
+    overcommitted, incomplete = cov.overcommitted, cov.incomplete
     totals = index.totals()
     ended = _now()
     extracted, failed = totals["extracted"], totals["failed"]
     processed = run_counts["extracted"] + run_counts["failed"]
     docs_read = committed_before + processed + run_counts["skipped"]
     seconds = (ended - started).total_seconds()
-    reconciled = docs_read == extracted + failed and overcommitted == 0 and not incomplete
+    reconciled = reconciles(docs_read, {"extracted": extracted, "failed": failed},
+                            {"no_duplicates": overcommitted == 0, "no_incomplete_files": not incomplete})
     index.finalized_runs.append(run_id)
     index.save(layout.fs, layout.loc.path)
     cfg = setup.cfg
-    manifest = {
-        "status": "complete" if reconciled else "incomplete",
-        "reconciled": reconciled,
-        "run_id": run_id,
-        "started_at": started.isoformat(),
-        "ended_at": ended.isoformat(),
-        "duration_s": round(seconds, 3),
-        "input": cfg.input,
-        "input_format": setup.format,
-        "input_files": len(setup.files),
-        "input_files_complete": len(sources & done_files),
-        "input_files_without_records": len(sources - with_units),
-        "input_files_incomplete": incomplete[:20],
+    body = {
+        **cov.input_fields(sources),
         "output": cfg.output,
         "model": cfg.model,
         "schema_version": OUTPUT_SCHEMA_VERSION,
@@ -355,22 +325,21 @@ def finalize(layout: OutputLayout, setup: _Setup, run_id: str, started: datetime
         "duplicate_documents": overcommitted,
         "duplicate_doc_ids": overcommitted,
         "parts": index.parts.num_rows,
-        "units": units.num_rows,
-        "units_partly_committed": sum(len(b) for b in partial.values()),
+        "units": cov.units.num_rows,
+        "units_partly_committed": sum(len(b) for b in cov.partial.values()),
         "uncommitted_files_removed": removed,
         "this_run": {"docs_extracted": run_counts["extracted"], "docs_failed": run_counts["failed"],
                      "docs_with_predicted_entities": run_counts["predicted_entities_docs"],
                      "triplets_written": run_counts["triplets"], "parts_written": run_counts["parts"]},
         "runs": index.per_run(),
-        "throughput": {
-            "docs_per_second": processed / seconds if seconds > 0 else None,
-            "steady_docs_per_second": (progress_snapshot or {}).get("steady_docs_per_second"),
-            "steady_docs": (progress_snapshot or {}).get("steady_docs"),
-            "steady_seconds": (progress_snapshot or {}).get("steady_seconds"),
-        },
-        "verify": verify_manifest(cfg, run_counts, setup.verify_info),
-        "config": cfg.model_dump(mode="json"),
     }
+    manifest = build_manifest(
+        run_id=run_id, started=started, ended=ended, reconciled=reconciled, input_uri=cfg.input,
+        input_format=setup.format, input_files=len(setup.files), body=body,
+        throughput=throughput(processed, seconds, progress_snapshot,
+                              steady_keys=("steady_docs_per_second", "steady_docs", "steady_seconds")),
+        after_throughput={"verify": verify_manifest(cfg, run_counts, setup.verify_info)},
+        config=cfg.model_dump(mode="json"))
     if not reconciled:
         logger.error(
             "output does not reconcile: %d docs read, %d extracted + %d failed in the output, %d documents "

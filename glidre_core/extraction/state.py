@@ -36,6 +36,13 @@ Why a triplet can never be written twice: every record belongs to exactly one un
 whose line is committed is never read again, and an uncommitted part's files are deleted before
 its documents are redone. :meth:`OutputIndex.overcommitted` checks the invariant in O(units):
 no unit may hold more committed documents than records.
+
+Two jobs use this machinery, each with its own data files: ``glidre extract`` (Parquet tables,
+ledger ``documents/``) and ``glidre distill`` (JSON Lines parts, ledger ``_ledger/``). Both go
+through the public functions here: :func:`new_part_summary` (the footer), :func:`sync_index` (the
+ledger half of crash recovery; each job then deletes its own uncommitted files),
+:func:`check_resume_settings`, :func:`open_index`, :func:`resume_plan`, and
+:meth:`OutputIndex.checkpoint` / :meth:`OutputIndex.coverage`.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -96,8 +103,29 @@ def system_allocator() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
+def unit_counts(result: pa.Table) -> list[list[Any]]:
+    """``[source, block, block_size, block_last, documents]`` per input unit of a part's rows.
+
+    Public because every job that commits parts through a ledger (extract, distill) needs the
+    same units in its summary: they are what :func:`resume_plan` skips by. ``result`` needs the
+    reader's ``source``, ``block``, ``block_size`` and ``block_last`` columns.
+    """
+    grouped = result.group_by(["source", "block", "block_size", "block_last"], use_threads=False).aggregate(
+        [([], "count_all")])
+    return [[s, b, z, bool(last), n] for s, b, z, last, n in zip(
+        *(grouped.column(c).to_pylist() for c in ("source", "block", "block_size", "block_last", "count_all")))]
+
+
+def new_part_summary(part: str, run_id: str, counts: dict[str, int], result: pa.Table) -> dict[str, Any]:
+    """The summary of one part from its counts (the :data:`COUNT_KEYS` it has; the others are
+    0) and its rows (for the units). Another job than extract maps its own outcomes onto the
+    count keys (e.g. distill: written documents -> ``extracted``, errors -> ``failed``)."""
+    return {"part": part, "run_id": run_id, "counts": {k: int(counts.get(k, 0)) for k in COUNT_KEYS},
+            "units": unit_counts(result)}
+
+
 def part_summary(part: str, run_id: str, result: pa.Table, tables: dict[str, pa.Table]) -> dict[str, Any]:
-    """The summary of one part: from its :data:`RESULT` rows and the tables written for it."""
+    """The summary of one extract part: from its :data:`RESULT` rows and the tables written for it."""
     status = result.column("status")
     predicted = pc.and_(pc.equal(status, STATUS_EXTRACTED), pc.equal(result.column("entity_source"), SOURCE_PREDICTED))
     counts = {
@@ -112,11 +140,7 @@ def part_summary(part: str, run_id: str, result: pa.Table, tables: dict[str, pa.
         "predicted_triplets": pc.sum(pc.if_else(predicted, result.column("num_triplets"), 0)).as_py() or 0,
         "predicted_entities": pc.sum(pc.if_else(predicted, result.column("num_entities"), 0)).as_py() or 0,
     }
-    grouped = result.group_by(["source", "block", "block_size", "block_last"], use_threads=False).aggregate(
-        [([], "count_all")])
-    units = [[s, b, z, bool(last), n] for s, b, z, last, n in zip(
-        *(grouped.column(c).to_pylist() for c in ("source", "block", "block_size", "block_last", "count_all")))]
-    return {"part": part, "run_id": run_id, "counts": counts, "units": units}
+    return new_part_summary(part, run_id, counts, result)
 
 
 def summary_metadata(summary: dict[str, Any]) -> dict[bytes, bytes]:
@@ -139,11 +163,35 @@ class ResumePlan:
     skip: dict[str, FileSkip] = field(default_factory=dict)
     committed_docs: int = 0
 
+    def files_to_read(self, files: Iterable[str], sources: dict[str, str]) -> list[str]:
+        """``files`` (input paths) less the complete ones; ``sources`` maps a path to its source
+        name (relative to the input root), the name the plan is keyed by."""
+        return [f for f in files if sources[f] not in self.done_files]
+
     def shipped_bytes(self) -> int:
         """Bytes of the part of the plan that travels to the read tasks."""
         import pickle
 
         return len(pickle.dumps(self.skip))
+
+
+@dataclass
+class Coverage:
+    """How far an output covers its input, from the index alone (O(units)): the checks that end
+    every run of a job that commits parts through a ledger (see :meth:`OutputIndex.coverage`)."""
+
+    units: pa.Table  # :meth:`OutputIndex.unit_table`
+    done_files: set[str]  # sources whose every unit is complete
+    partial: dict[str, set[int]]  # partly committed blocks per source
+    overcommitted: int  # documents committed beyond their unit's size: each is a duplicate, must be 0
+    with_units: set[str]  # sources with at least one committed record
+    incomplete: list[str]  # input sources with records but not complete (sorted): documents lost
+
+    def input_fields(self, sources: set[str]) -> dict[str, Any]:
+        """The manifest's ``input_files_*`` fields for the input ``sources``."""
+        return {"input_files_complete": len(sources & self.done_files),
+                "input_files_without_records": len(sources - self.with_units),
+                "input_files_incomplete": self.incomplete[:20]}
 
 
 class OutputIndex:
@@ -245,6 +293,14 @@ class OutputIndex:
         excess = pc.subtract(u.column("committed"), u.column("block_size"))
         return int(pc.sum(pc.max_element_wise(excess, 0)).as_py() or 0)
 
+    def coverage(self, sources: set[str]) -> Coverage:
+        """The :class:`Coverage` of the input ``sources`` (names relative to the input root)."""
+        units = self.unit_table()
+        done, _, partial = self.file_status(units)
+        with_units = set(units.column("source").to_pylist()) if units.num_rows else set()
+        return Coverage(units=units, done_files=done, partial=partial, overcommitted=self.overcommitted(units),
+                        with_units=with_units, incomplete=sorted((sources & with_units) - done))
+
     def file_status(self, units: pa.Table | None = None) -> tuple[set[str], dict[str, set[int]],
                                                                   dict[str, set[int]]]:
         """(complete files, complete blocks per other file, partly committed blocks per file).
@@ -283,6 +339,16 @@ class OutputIndex:
         for code, b in zip(codes[partly].tolist(), block[partly].tolist()):
             partial[names[code]].add(b)
         return done, dict(complete_blocks), dict(partial)
+
+    def checkpoint(self, fs: pafs.FileSystem, root: str, summaries: Iterable[dict[str, Any]]) -> int:
+        """Add the parts committed so far and save the index (the run is *not* marked finalized):
+        after a crash, recovery then reads only the footers of parts committed since. Returns
+        how many parts were new (nothing is written when none was)."""
+        added = self.add(summaries)
+        if added:
+            self.save(fs, root)
+            logger.info("index checkpoint: %d parts (+%d)", self.parts.num_rows, added)
+        return added
 
     # -- persistence -------------------------------------------------------------------------
     @staticmethod
@@ -399,3 +465,91 @@ def resume_plan(index: OutputIndex, fs: pafs.FileSystem, ledger_dir: str) -> Res
         skip[source] = FileSkip(frozenset(complete_blocks.get(source, ())), lines.get(source, {}))
     committed = int(pc.sum(units.column("committed")).as_py() or 0) if units.num_rows else 0
     return ResumePlan(done_files=done, skip=skip, committed_docs=committed)
+
+
+#: Ledger footers read (and added to the index) per step of crash recovery.
+RECOVER_CHUNK = 256
+
+
+def part_stem(path: str) -> str:
+    """The part name of a part file: its base name without the extension (``.parquet``,
+    ``.jsonl``). Every file of one part has the same stem, in every table directory."""
+    base = posixpath.basename(path)
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+def list_parts(fs: pafs.FileSystem, directory: str, suffix: str) -> list[str]:
+    """The files of ``directory`` ending with ``suffix``, sorted (one listing, names only)."""
+    infos = fs.get_file_info(pafs.FileSelector(directory, recursive=False, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+
+
+def sync_index(fs: pafs.FileSystem, ledger_dir: str, index: OutputIndex) -> tuple[OutputIndex, list[str]]:
+    """Bring ``index`` up to date with the ledger files under ``ledger_dir``: drop indexed parts
+    whose ledger is gone, add the summaries of committed parts the index lacks.
+
+    The ledger half of crash recovery, shared by the jobs that commit parts this way (each then
+    deletes the data files of parts that are not in the index: only it knows its tables).
+    Cost: one listing plus one footer per part missing from the index, read in chunks of
+    :data:`RECOVER_CHUNK` so that the driver holds one chunk of summaries at a time. Returns
+    the index and the ledger files that are unreadable (torn writes: not commits).
+    """
+    ledgers = list_parts(fs, ledger_dir, ".parquet")
+    missing = index.retain({part_stem(p) for p in ledgers})
+    if missing:  # never happens by itself (committed parts are not deleted): someone removed files
+        logger.warning("index: %d indexed parts have no ledger file any more; their documents will be redone",
+                       missing)
+    unknown = [p for p in ledgers if part_stem(p) not in index.part_names]
+    # threads hide object-store latency, a local disk gains nothing from more than a few
+    threads = 4 if fs.type_name == "local" else 16
+    added, bad = 0, []
+    for start in range(0, len(unknown), RECOVER_CHUNK):
+        summaries, unreadable = read_summaries(fs, unknown[start:start + RECOVER_CHUNK], threads=threads)
+        added += index.add(summaries)
+        bad += unreadable
+        del summaries
+    if added:
+        logger.info("index: added %d committed parts found in the ledger", added)
+    return index, bad
+
+
+def check_resume_settings(uri: str, previous: dict[str, Any], settings: dict[str, Any],
+                          keys: Iterable[str]) -> None:
+    """Refuse to resume an output written with other settings: raises :class:`OutputError`
+    naming the first setting of ``keys`` that differs (``teacher.threshold`` rather than the
+    whole ``teacher`` when the setting is a mapping), with both values.
+
+    Why: a resumed output mixes documents of two runs; if any setting that changes what is
+    written differed, the output would silently hold two kinds of results. A key absent from
+    ``previous`` (an output written before the setting existed) is not checked.
+    """
+    for key in keys:
+        if key in previous and previous[key] != settings.get(key):
+            name, old, new = _first_difference(key, previous[key], settings.get(key))
+            raise OutputError(f"cannot resume {uri!r}: it was written with {name}={old!r}, this run has "
+                              f"{name}={new!r} (use --overwrite to start again)")
+
+
+def _first_difference(name: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if old.get(k) != new.get(k):
+                return _first_difference(f"{name}.{k}", old.get(k), new.get(k))
+    return name, old, new
+
+
+def open_index(fs: pafs.FileSystem, root: str, last_run: str | None,
+               recover: Callable[[OutputIndex], tuple[OutputIndex, int]]) -> OutputIndex:
+    """The committed-units index of an existing output that is being resumed.
+
+    After a run that finished (``last_run``, the run id of ``_run.json``, is finalized in the
+    saved index) the index is read as is: O(parts + units), no listing. Otherwise the previous
+    run crashed: ``recover`` (the job's own: :func:`sync_index` plus deleting its uncommitted
+    data files) repairs it, and the repaired index is saved at once.
+    """
+    index = OutputIndex.load(fs, root)
+    if index is None or last_run not in index.finalized_runs:
+        logger.info("resume: run %s did not finish; checking the output's parts", last_run)
+        index, _removed = recover(index or OutputIndex())
+        index.save(fs, root)
+    return index

@@ -171,9 +171,20 @@ class DistillConfig(BaseModel):
     workers: WorkerConfig = Field(default_factory=WorkerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: DistillRayConfig = Field(default_factory=DistillRayConfig)
-    overwrite: bool = False
+    resume: bool = Field(False, description="continue an interrupted run of the same settings: documents already "
+                         "in documents/ or errors/ are not sent to the teacher again")
+    overwrite: bool = Field(False, description="delete an existing output first")
     progress_interval_s: float = Field(10.0, gt=0)
     stall_timeout_s: float = Field(1800.0, gt=0, description="fail with Ray's resource view when nothing finished for this long")
+    index_checkpoint_s: float = Field(
+        300.0, gt=0, description="save the committed-units index this often during a run, so that resuming after a "
+        "crash reads only the ledger footers of parts committed since (see extraction/state.py)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillConfig":
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite are mutually exclusive")
+        return self
 
 
 def load_distill_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] | None = None,

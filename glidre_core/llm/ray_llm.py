@@ -34,8 +34,10 @@ from glidre_core.llm.base import BackendError
 from glidre_core.llm.config import GenerationConfig, RayVLLMBackendConfig
 
 #: fields carried through the processor for each chunk row
+#: (``block``, ``block_size``, ``block_last``: the record's input unit, which the sink's ledger
+#: records so that ``--resume`` can skip it; see glidre_core.extraction.state)
 CHUNK_COLUMNS = ("key", "doc_id", "source", "line", "text", "chunk", "n_chunks", "chunk_start", "chunk_end",
-                 "input_error", "input_field")
+                 "input_error", "input_field", "block", "block_size", "block_last")
 
 
 def processor_config(cfg: RayVLLMBackendConfig) -> Any:
@@ -106,7 +108,8 @@ def merge_chunk_rows(rows: Sequence[dict[str, Any]], settings: Any) -> dict[str,
     rows = sorted(rows, key=lambda r: int(r.get("chunk") or 0))
     first = rows[0]
     doc = DocInput(key=first["key"], doc_id=first["doc_id"], text=first.get("text") or "", source=first["source"],
-                   line=first.get("line"), spans=[(int(r["chunk_start"]), int(r["chunk_end"])) for r in rows])
+                   line=first.get("line"), spans=[(int(r["chunk_start"]), int(r["chunk_end"])) for r in rows],
+                   block=first.get("block"), block_size=first.get("block_size"), block_last=first.get("block_last"))
     if first.get("input_error"):
         return input_error_row(doc, first.get("input_field") or "<root>", first["input_error"], settings)
     completions = []

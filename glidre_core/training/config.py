@@ -123,6 +123,12 @@ class TrainingConfig(BaseModel):
         description="relation labels removed from every training and dev document before training "
         "(the zero-shot protocol: the model never sees them, as positives or as candidates)",
     )
+    unseen_calibration_labels: list[str] = Field(
+        default_factory=list,
+        description="'pseudo-unseen' labels, also listed in exclude_labels, whose facts in the dev "
+        "documents choose the model's unseen_label_threshold after training (the threshold for "
+        "labels the model never trained on; glidre_core.training.calibration)",
+    )
     output_dir: str = "runs/train"
     seed: int = 13
 
@@ -171,6 +177,10 @@ class TrainingConfig(BaseModel):
     def _dev(self) -> "TrainingConfig":
         if self.dev is None and self.dev_holdout == 0:
             raise ValueError("a dev set is required: set 'dev' or a positive 'dev_holdout'")
+        stray = sorted(set(self.unseen_calibration_labels) - set(self.exclude_labels))
+        if stray:
+            raise ValueError(f"unseen_calibration_labels {stray} are not in exclude_labels: a label "
+                             "the model trains on cannot stand in for an unseen one")
         return self
 
 

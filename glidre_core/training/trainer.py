@@ -37,8 +37,7 @@ import torch
 from torch import nn
 
 from glidre_core.documents import Document
-from glidre_core.evaluation import entity_threshold_sweep, relation_candidates
-from glidre_core.metrics import evaluate_facts, gold_facts, sweep_threshold, train_fact_names
+from glidre_core.evaluation import dev_predictor, dev_train_facts, entity_threshold_sweep, evaluate_dev
 from glidre_core.modeling import GLiDRE, PreparedDocument
 from glidre_core.modeling.batch import ModelBatch
 from glidre_core.modeling.cache import EncoderCache
@@ -54,6 +53,7 @@ from glidre_core.training.checkpoint import (
     load_train_state,
     save_checkpoint,
 )
+from glidre_core.training.calibration import calibrate_saved_model
 from glidre_core.training.config import TrainingConfig
 from glidre_core.training.label_sampler import LabelSampler
 
@@ -224,6 +224,10 @@ class Trainer:
         seed_everything(cfg.seed)
         corpus_of: dict[str, int] = {}
         all_train, self.dev_docs = split_train_dev(cfg, corpus_of)
+        #: main-corpus dev documents: the ones unseen-label calibration reads again
+        self.main_dev_ids = [d.doc_id for d in self.dev_docs if corpus_of.get(d.doc_id, 0) == 0]
+        #: outcome of the unseen-label calibration (``unseen_calibration_labels``), after train()
+        self.unseen_calibration: dict[str, Any] | None = None
         if not all_train:
             raise ValueError(f"no usable training documents in {cfg.train.path}")
         labels = relation_labels(all_train + self.dev_docs)
@@ -336,29 +340,39 @@ class Trainer:
         """The training precision context (bf16 autocast when ``cfg.bf16``)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
+    def dev_train_facts(self) -> set[tuple[str, str, str]]:
+        """The training facts dev Ign F1 discounts (computed once)."""
+        if self._train_fact_names is None:
+            self._train_fact_names = dev_train_facts(self.model, self.all_train_docs)
+        return self._train_fact_names
+
     def dev_evaluation(self) -> dict[str, Any]:
         """Dev threshold sweep plus P/R/F1 and Ign F1 at the chosen threshold (rank 0 only).
+
+        Relations are scored by :func:`glidre_core.evaluation.evaluate_dev` on the candidates of
+        :func:`glidre_core.evaluation.dev_predictor` (the model's label set; its docstring says
+        why that set), the very call the final evaluation of the best checkpoint makes
+        (:func:`glidre_core.ray_train.finalize`): the dev F1 recorded for a checkpoint is the F1
+        that checkpoint gets, reloaded, at the threshold saved with it. The threshold is chosen
+        here when the relation heads train; a stage that does not train them keeps the stored
+        one, and is scored at it.
 
         Runs through the public inference layer (:class:`glidre_core.inference.Predictor`), so
         label and type embeddings are encoded in eval mode: with dropout on they would be
         noisy, and so would checkpoint selection and the saved thresholds.
         """
         dev = [self.prepared[d.doc_id] for d in self.dev_docs]
-        predictor = self.model.predictor(
-            relation_labels=self.labels, entity_labels=self.entity_labels or None,
+        predictor = dev_predictor(
+            self.model, entity_labels=self.entity_labels or None,
             batch_size=self.cfg.batch_size, encoder_cache=self.cache,
         )
         with self.autocast():
-            scored = relation_candidates(predictor, dev)
-        sweep = sweep_threshold(scored, gold_facts(self.dev_docs))
-        if self._train_fact_names is None:
-            self._train_fact_names = train_fact_names(self.all_train_docs)
-        kept = [f for f, s in scored if s > sweep.best_threshold]
-        at = evaluate_facts(self.dev_docs, kept, self._train_fact_names)
+            rel = evaluate_dev(predictor, self.dev_docs, prepared=dev, train_facts=self.dev_train_facts(),
+                               threshold="sweep" if self.relation_heads_trained else None)
         result = {
-            "f1": sweep.best_f1, "threshold": sweep.best_threshold, "curve": sweep.curve,
-            "precision": at["precision"], "recall": at["recall"], "ign_f1": at["ign_f1"],
-            "score": sweep.best_f1,
+            "f1": rel["f1"], "threshold": rel["threshold"], "curve": rel["curve"],
+            "precision": rel["precision"], "recall": rel["recall"], "ign_f1": rel["ign_f1"],
+            "score": rel["f1"],
         }
         if self.entity_labels:
             with self.autocast():
@@ -366,7 +380,7 @@ class Trainer:
             ent = entity_threshold_sweep(self.model, spans, self.dev_docs, predictor.entity_types)
             result.update(entity_f1=ent["f1"], entity_threshold=ent["threshold"])
             select = self.cfg.select_on or "mean"
-            result["score"] = {"relation": sweep.best_f1, "entity": ent["f1"], "mean": (sweep.best_f1 + ent["f1"]) / 2}[select]
+            result["score"] = {"relation": rel["f1"], "entity": ent["f1"], "mean": (rel["f1"] + ent["f1"]) / 2}[select]
         self.last_dev_eval = result
         return self.last_dev_eval
 
@@ -574,4 +588,9 @@ class Trainer:
                 if last:
                     stop = True
                     break
+        if self.rank == 0 and cfg.unseen_calibration_labels and (best_dir / "config.json").exists():
+            with self.autocast():
+                outcome = calibrate_saved_model(cfg, best_dir, self.main_dev_ids, device=self.device)
+            self.unseen_calibration = outcome.to_dict()
+            model.config.unseen_label_threshold = outcome.threshold
         return TrainingResult(best_dir, best_f1, best_thr, history)
