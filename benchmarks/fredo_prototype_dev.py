@@ -22,7 +22,6 @@ documents is most of the time):
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -33,12 +32,15 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+for _path in (REPO, BENCHMARKS):  # the library, and fredo_sweep when loaded by file path (tests)
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
 
+from fredo_sweep import all_pairs_dev, best_row, dev_parser, load_dev, parse_args, sweep_grid  # noqa: E402
 from glidre_core.fewshot.adapt import AdaptationRecipe  # noqa: E402
-from glidre_core.fewshot.episodes import DEV_EPISODES, dev_episodes, load_fredo  # noqa: E402
+from glidre_core.fewshot.episodes import DEV_EPISODES  # noqa: E402
 from glidre_core.fewshot.metric import EpisodeCounts, macro_scores  # noqa: E402
 
 logger = logging.getLogger("fredo_prototype_dev")
@@ -106,24 +108,17 @@ def write_json(out: dict[str, Any], path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "fredo"))
-    ap.add_argument("--split", default="cross_domain_1")
+    ap = dev_parser(__doc__)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output-json", default=None)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(ap)
     import torch
 
-    from glidre_core.fewshot.fredo import EpisodeRunner, all_pairs_counts
-    from glidre_core.model_loading import resolve_model_dir
+    from glidre_core.fewshot.fredo import EpisodeRunner
+    from glidre_core.fewshot.prototype import candidate_pairs
 
     torch.set_num_threads(args.threads)
-    model_dir = str(resolve_model_dir(args.model))
-    data = load_fredo(args.split, args.data_dir)
-    episodes = dev_episodes(data.episodes)
-    assert [e.episode_id for e in episodes] == list(range(DEV_EPISODES))
+    model_dir, data, episodes = load_dev(args.model, args.split, args.data_dir)
     types = sorted(data.label_names)
     start = time.perf_counter()
     runner = EpisodeRunner.load(model_dir, data, AdaptationRecipe(method="prototype"))
@@ -133,11 +128,8 @@ def main() -> None:
     encode_seconds = time.perf_counter() - start
     logger.info("pair vectors of %d documents in %.0fs", len(needed), encode_seconds)
 
-    table: list[dict[str, Any]] = []
-    from glidre_core.fewshot.prototype import candidate_pairs
-
-    for values in itertools.product(*GRID.values()):
-        setting = dict(zip(GRID, values))
+    def curve(setting: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+        """The setting's dev macro F1 at every margin of ``MARGINS`` (one scoring pass)."""
         adapter.recipe = AdaptationRecipe(method="prototype", margin=0.0, **setting)  # margins swept below
         pooled = np.zeros((len(MARGINS), len(types), 3), dtype=np.int64)
         for ep in episodes:
@@ -151,12 +143,10 @@ def main() -> None:
                 rows = {(str(ids[h]), str(ids[t])): p for p, (h, t) in enumerate(zip(pv.heads, pv.tails))}
                 d = protos.margins(pv.vectors, candidate_pairs(pv, doc, setting["candidates"]))
                 pooled += sweep_counts(d, rows, codes, data.gold(i, codes), types)
-        f1s = macro_f1_of(pooled, types)
-        for margin, f1 in zip(MARGINS, f1s):
-            table.append({**setting, "margin": margin, "macro_f1": f1})
-        k = int(np.argmax(f1s))
-        logger.info("%s: best dev macro F1 %.2f at margin %.2f", setting, f1s[k], MARGINS[k])
-    best = max(table, key=lambda t: t["macro_f1"])
+        return [({"margin": margin}, f1) for margin, f1 in zip(MARGINS, macro_f1_of(pooled, types))]
+
+    table = sweep_grid((dict(zip(GRID, values)) for values in itertools.product(*GRID.values())), curve, start)
+    best = best_row(table)
     recipe = AdaptationRecipe(method="prototype", **{k: best[k] for k in (*GRID, "margin")})
     # the runtime path on the same episodes: must reproduce the sweep's number
     adapter.recipe = recipe
@@ -176,9 +166,8 @@ def main() -> None:
         "best": best, "recipe": recipe.model_dump(),
         "best_runtime_check": {k: runtime[k] for k in ("macro_f1", "macro_precision", "macro_recall", "per_type")},
         "best_per_setting": per_setting,
-        "all_pairs_macro_f1": macro_scores([all_pairs_counts(data, e) for e in episodes])["macro_f1"],
-        "same_sentence_pairs_macro_f1": macro_scores([all_pairs_counts(data, e, "same_sentence")
-                                                      for e in episodes])["macro_f1"],
+        "all_pairs_macro_f1": all_pairs_dev(data),
+        "same_sentence_pairs_macro_f1": all_pairs_dev(data, "same_sentence"),
         "finetune_best_macro_f1": (json.loads(finetune.read_text())["best"]["macro_f1"]
                                    if finetune.exists() else None),
         "documents": len(needed), "encode_seconds": encode_seconds, "seconds": time.perf_counter() - start,

@@ -20,7 +20,6 @@ Episodes run as Ray tasks (``--num-cpus``), like ``glidre fewshot fredo``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import pickle
@@ -29,12 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+for _path in (REPO, BENCHMARKS):  # the library, and fredo_sweep when loaded by file path
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
 
+from fredo_sweep import all_pairs_dev, best_row, dev_parser, load_dev, parse_args, sweep_grid  # noqa: E402
 from glidre_core.fewshot.adapt import AdaptationRecipe  # noqa: E402
-from glidre_core.fewshot.episodes import DEV_EPISODES, dev_episodes, load_fredo  # noqa: E402
+from glidre_core.fewshot.episodes import DEV_EPISODES, load_fredo  # noqa: E402
 from glidre_core.fewshot.metric import count_episode, macro_scores  # noqa: E402
 
 logger = logging.getLogger("fredo_recipe_dev")
@@ -90,61 +92,46 @@ def sweep(results: list[dict[str, Any]], epoch: int) -> dict[float, float]:
     return curve
 
 
-def all_pairs_dev(data) -> float:
-    """Dev macro F1 of predicting every label for every ordered pair (no model): the floor."""
-    from glidre_core.fewshot.fredo import all_pairs_counts
-
-    return macro_scores([all_pairs_counts(data, e) for e in dev_episodes(data.episodes)])["macro_f1"]
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "fredo"))
-    ap.add_argument("--split", default="cross_domain_1")
+    ap = dev_parser(__doc__)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--output-json", default=None)
     ap.add_argument("--scores-pickle", default=None, help="also keep every trajectory's raw scores (re-sweeps)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(ap)
     import ray
 
-    from glidre_core.model_loading import resolve_model_dir
-
-    model_dir = str(resolve_model_dir(args.model))
-    data = load_fredo(args.split, args.data_dir)
-    ids = [e.episode_id for e in dev_episodes(data.episodes)]
-    assert ids == list(range(DEV_EPISODES)), ids
+    model_dir, data, episodes = load_dev(args.model, args.split, args.data_dir)
+    ids = [e.episode_id for e in episodes]
     ray.init(num_cpus=args.num_cpus, log_to_driver=False, runtime_env={"env_vars": {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     task = ray.remote(num_cpus=1)(dev_chunk)
     start = time.perf_counter()
-    trajectories = []
+    trajectories = {}  # every trajectory submitted first: they run while earlier ones are scored
     for train_name, prefixes in GRID["train"].items():
         for lr in GRID["lr"]:
             recipe = AdaptationRecipe(method="finetune", epochs=max(EPOCHS), lr=lr, train=prefixes).model_dump()
             half = len(ids) // 2
-            refs = [task.remote(model_dir, args.split, args.data_dir, recipe, part, list(EPOCHS))
-                    for part in (ids[:half], ids[half:])]
-            trajectories.append((train_name, lr, refs))
-    table = []
+            trajectories[(train_name, lr)] = [task.remote(model_dir, args.split, args.data_dir, recipe, part,
+                                                          list(EPOCHS)) for part in (ids[:half], ids[half:])]
     zero_shot_curve = None
     raw = {}
-    for train_name, lr, refs in trajectories:
-        results = sorted((r for part in ray.get(refs) for r in part), key=lambda r: r["id"])
-        raw[(train_name, lr)] = results
+
+    def curve(setting: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+        """The trajectory's dev macro F1 at every (checkpoint epoch, threshold)."""
+        nonlocal zero_shot_curve
+        key = (setting["train"], setting["lr"])
+        results = sorted((r for part in ray.get(trajectories[key]) for r in part), key=lambda r: r["id"])
+        raw[key] = results
         if args.scores_pickle:
             Path(args.scores_pickle).write_bytes(pickle.dumps(raw))
         if zero_shot_curve is None:
             zero_shot_curve = sweep(results, 0)
-        for epoch in EPOCHS:
-            for thr, f1 in sweep(results, epoch).items():
-                table.append({"train": train_name, "lr": lr, "epochs": epoch, "threshold": thr, "macro_f1": f1})
-        best = max((t for t in table if t["train"] == train_name and t["lr"] == lr), key=lambda t: t["macro_f1"])
-        logger.info("%s lr %g: best dev macro F1 %.2f (epochs %d, threshold %.2f) after %.0fs", train_name, lr,
-                    best["macro_f1"], best["epochs"], best["threshold"], time.perf_counter() - start)
+        return [({"epochs": epoch, "threshold": thr}, f1)
+                for epoch in EPOCHS for thr, f1 in sweep(results, epoch).items()]
+
+    table = sweep_grid(({"train": train_name, "lr": lr} for train_name, lr in trajectories), curve, start)
     ray.shutdown()
-    best = max(table, key=lambda t: t["macro_f1"])
+    best = best_row(table)
     zs_thr, zs_f1 = max(zero_shot_curve.items(), key=lambda kv: kv[1])
     out = {
         "protocol": f"episodes 0..{DEV_EPISODES - 1} of {args.split}; official FREDo macro F1 (percent)",
