@@ -33,7 +33,7 @@ from glidre_core.extraction.labels import (
     entity_threshold_spec, resolve_entity_labels, resolve_labels, threshold_spec,
 )
 from glidre_core.extraction.output import LEDGER, ExtractionSink, OutputLayout, recover
-from glidre_core.extraction.schemas import OUTPUT_SCHEMA_VERSION, SOURCE_PREDICTED
+from glidre_core.extraction.schemas import OUTPUT_SCHEMA_VERSION
 from glidre_core.extraction.progress import InputSize
 from glidre_core.extraction.resources import ClusterView, ResourcePlan, plan_resources, unchecked_plan
 from glidre_core.extraction.source import (
@@ -366,9 +366,8 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     Raises :class:`~glidre_core.extraction.errors.ExtractionError` subclasses for whole-run
     failures; per-document failures end up in ``errors/`` and in the manifest counts.
     """
-    from glidre_core.extraction.progress import ProgressLogger, ProgressTracker, StallError
-    from glidre_core.extraction.resources import resource_view_text
-    from glidre_core.extraction.session import JobInterrupted, ray_session
+    from glidre_core.extraction.progress import write_with_progress
+    from glidre_core.extraction.session import ray_session
 
     started = _now()
     run_id = new_run_id()
@@ -394,27 +393,11 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     if todo:
         with ray_session(cfg.ray.address, cfg.ray.num_cpus):
             plan = plan_resources(cfg, ClusterView.from_ray()) if cfg.ray.check_resources else unchecked_plan(cfg)
-            # on the driver's node, like Ray Data's own stats actors: a lost worker node must not
-            # take the counts (and the stall watchdog's input) with it (tests/test_multinode_faults.py)
-            import ray
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            tracker = ProgressTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=False)).remote()
-            ds = build_dataset(setup, resume, tracker, plan)
-            sink.progress = tracker
-            watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s, size, resource_view_text,
-                                   checkpoint=lambda summaries: checkpoint_index(layout, index, summaries),
-                                   checkpoint_interval_s=cfg.index_checkpoint_s)
-            try:
-                with watch:
-                    ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.task_cpus})
-            except StallError as exc:
-                raise StallError(f"extraction {run_id} stalled: {exc}") from None
-            except (KeyboardInterrupt, JobInterrupted):
-                logger.warning("extraction %s interrupted: committed parts stay; continue with --resume", run_id)
-                raise
-            snapshot = watch.last
+            snapshot = write_with_progress(
+                lambda tracker: build_dataset(setup, resume, tracker, plan), sink, job="extraction", run_id=run_id,
+                size=size, interval_s=cfg.progress_interval_s, stall_timeout_s=cfg.stall_timeout_s,
+                checkpoint=lambda summaries: checkpoint_index(layout, index, summaries),
+                checkpoint_interval_s=cfg.index_checkpoint_s, num_cpus=plan.task_cpus)
     else:
         logger.info("resume: every input file is already complete; nothing to run")
     manifest = finalize(layout, setup, run_id, started, sink.totals, snapshot, index, sink.summaries,

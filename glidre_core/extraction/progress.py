@@ -246,3 +246,48 @@ class ProgressLogger:
         # thread runs Python code again): it also breaks a blocking wait in the driver.
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         return True
+
+
+def write_with_progress(
+    build_dataset: Any,
+    sink: Any,
+    *,
+    job: str,
+    run_id: str,
+    size: InputSize,
+    interval_s: float,
+    stall_timeout_s: float | None,
+    checkpoint: Any,
+    checkpoint_interval_s: float,
+    num_cpus: float,
+    stall_error: type[Exception] = StallError,
+) -> dict[str, Any] | None:
+    """Run a streaming job's write under progress logging and the stall watchdog (extract and
+    distill share it): ``build_dataset(tracker)`` returns the Ray Dataset, whose rows go to
+    ``sink`` (its ``progress`` set to the tracker); ``checkpoint(summaries)`` persists the
+    committed-parts index every ``checkpoint_interval_s``. Returns the last progress snapshot.
+
+    The tracker is pinned to the driver's node, like Ray Data's own stats actors: a lost worker
+    node must not take the counts (and the watchdog's input) with it
+    (tests/test_multinode_faults.py). A stall raises ``stall_error``; an interrupt leaves the
+    committed parts for ``--resume`` and propagates."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from glidre_core.extraction.resources import resource_view_text
+    from glidre_core.extraction.session import JobInterrupted
+
+    tracker = ProgressTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)).remote()
+    sink.progress = tracker
+    ds = build_dataset(tracker)
+    watch = ProgressLogger(tracker, interval_s, stall_timeout_s, size, resource_view_text,
+                           checkpoint=checkpoint, checkpoint_interval_s=checkpoint_interval_s)
+    try:
+        with watch:
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": num_cpus})
+    except StallError as exc:
+        raise stall_error(f"{job} {run_id} stalled: {exc}") from None
+    except (KeyboardInterrupt, JobInterrupted):
+        logger.warning("%s %s interrupted: committed parts stay; continue with --resume", job, run_id)
+        raise
+    return watch.last

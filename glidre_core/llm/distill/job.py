@@ -32,9 +32,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     ``errors/`` and in the manifest counts.
     """
     from glidre_core.extraction.manifest import new_run_id, utc_now
-    from glidre_core.extraction.progress import InputSize, ProgressLogger, ProgressTracker, StallError
-    from glidre_core.extraction.resources import resource_view_text
-    from glidre_core.extraction.session import JobInterrupted, ray_session
+    from glidre_core.extraction.progress import InputSize, write_with_progress
+    from glidre_core.extraction.session import ray_session
     from glidre_core.extraction.state import ResumePlan, resume_plan
 
     started = utc_now()
@@ -56,26 +55,11 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     snapshot = None
     if todo:
         with ray_session(cfg.ray.address, cfg.ray.num_cpus):
-            import ray
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            tracker = ProgressTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=False)).remote()
-            sink.progress = tracker
-            ds = build_dataset(setup, tracker, resume)
-            watch = ProgressLogger(tracker, cfg.progress_interval_s, cfg.stall_timeout_s,
-                                   InputSize(committed_before=resume.committed_docs), resource_view_text,
-                                   checkpoint=lambda summaries: index.checkpoint(fs, root, summaries),
-                                   checkpoint_interval_s=cfg.index_checkpoint_s)
-            try:
-                with watch:
-                    ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.read_num_cpus})
-            except StallError as exc:
-                raise DistillError(f"distill {run_id} stalled: {exc}") from None
-            except (KeyboardInterrupt, JobInterrupted):
-                logger.warning("distill %s interrupted: committed parts stay; continue with --resume", run_id)
-                raise
-            snapshot = watch.last
+            snapshot = write_with_progress(
+                lambda tracker: build_dataset(setup, tracker, resume), sink, job="distill", run_id=run_id,
+                size=InputSize(committed_before=resume.committed_docs), interval_s=cfg.progress_interval_s,
+                stall_timeout_s=cfg.stall_timeout_s, checkpoint=lambda summaries: index.checkpoint(fs, root, summaries),
+                checkpoint_interval_s=cfg.index_checkpoint_s, num_cpus=cfg.read_num_cpus, stall_error=DistillError)
     else:
         logger.info("resume: every input file is already complete; nothing to send to the teacher")
     manifest = finalize(setup, sink, run_id, started, snapshot, index, resume.committed_docs)
