@@ -302,6 +302,24 @@ def test_report_gives_mean_and_sample_std_over_seeds():
     assert "| **5** | 2 (1 error) |" in md
 
 
+def test_report_select_by_marks_the_best_row_by_an_end_only_dev_metric():
+    """dev_unseen_f1 exists only at a trial's end, so Tune's metric cannot be it (a clear config
+    error, not Tune's crash mid-run); report.select_by marks the best row by it instead."""
+    with pytest.raises(Exception, match="report.select_by"):
+        experiment(metric="dev_unseen_f1")
+    with pytest.raises(Exception, match="held-out"):
+        experiment(report={"select_by": "test_f1"})
+    cfg = experiment(space={"subset.n": [1, 5]}, report={"metrics": ["test_f1"], "select_by": "dev_unseen_f1"})
+    rows = [
+        TrialRow("a_0", None, {"subset.n": 1}, 1, "done", {"best_dev_f1": 0.50, "dev_unseen_f1": 0.01, "test_f1": 0.1}),
+        TrialRow("a_1", None, {"subset.n": 5}, 1, "done", {"best_dev_f1": 0.40, "dev_unseen_f1": 0.05, "test_f1": 0.2}),
+    ]
+    report = build_report(cfg, rows, interrupted=False)
+    assert report["metric"] == "best_dev_f1" and report["selected_by"] == "dev_unseen_f1"
+    assert report["best_group"] == 1 and "dev_unseen_f1" in report["metrics"]
+    assert "best mean `dev_unseen_f1`" in markdown(report)
+
+
 def test_ranking_auc_equals_the_pairwise_definition(tiny_model):
     docs = read_documents(REDOCRED_TEST, "docred", limit=2)
     labels = sorted({r.label for d in docs for r in d.relations})[:6]

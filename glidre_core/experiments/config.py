@@ -182,10 +182,26 @@ class ReportSection(BaseModel):
     metrics: list[str] = Field(
         default_factory=lambda: ["best_dev_f1", "test_f1", "test_ign_f1", "test_precision", "test_recall"]
     )
+    select_by: str | None = Field(
+        None, description="dev metric that marks the best configuration in the table; None = the "
+        "experiment's `metric`. For dev metrics a trial only knows at its end (dev_unseen_f1: the "
+        "unseen-label calibration runs after training), which Tune's `metric` cannot be, since "
+        "Tune needs it in every report",
+    )
+
+    @field_validator("select_by")
+    @classmethod
+    def _dev_select(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(SELECTION_PREFIXES):
+            raise ValueError(f"select_by {v!r} would choose on held-out data; use a dev metric")
+        return v
 
 
 #: keys a trial reports that may choose between configurations (never held-out metrics)
 SELECTION_PREFIXES = ("dev_", "best_dev_", "train_loss")
+#: dev metrics a trial reports only at its end (the unseen-label calibration runs after
+#: training): they can mark the best row (``report.select_by``) but cannot be Tune's ``metric``
+END_ONLY_METRICS = ("dev_unseen_f1", "dev_unseen_threshold")
 
 
 class ExperimentConfig(BaseModel):
@@ -232,6 +248,9 @@ class ExperimentConfig(BaseModel):
     def _dev_metric(cls, v: str) -> str:
         if not v.startswith(SELECTION_PREFIXES):
             raise ValueError(f"metric {v!r} would choose on held-out data; use a dev metric (best_dev_f1, dev_f1, ...)")
+        if v in END_ONLY_METRICS:
+            raise ValueError(f"metric {v!r} exists only when a trial ends, and Tune needs its metric in every "
+                             "report: keep metric: best_dev_f1 and set report.select_by: " + v)
         return v
 
     @model_validator(mode="after")

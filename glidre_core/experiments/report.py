@@ -80,18 +80,19 @@ def best_group(groups: list[dict[str, Any]], metric: str, mode: str) -> int | No
 
 def build_report(cfg: ExperimentConfig, rows: list[TrialRow], **info: Any) -> dict[str, Any]:
     """The JSON report: experiment settings, counts, groups (mean ± std) and every trial."""
-    metrics = list(dict.fromkeys([cfg.metric, *cfg.report.metrics]))
+    select = cfg.report.select_by or cfg.metric
+    metrics = list(dict.fromkeys([select, cfg.metric, *cfg.report.metrics]))
     groups = group_rows(rows, metrics)
     if cfg.search == "optuna":  # proposals have no natural order: best (dev) first
         sign = -1.0 if cfg.mode == "max" else 1.0
-        groups.sort(key=lambda g: (g["metrics"][cfg.metric]["mean"] is None,
-                                   sign * (g["metrics"][cfg.metric]["mean"] or 0.0)))
-    best = best_group(groups, cfg.metric, cfg.mode)
+        groups.sort(key=lambda g: (g["metrics"][select]["mean"] is None,
+                                   sign * (g["metrics"][select]["mean"] or 0.0)))
+    best = best_group(groups, select, cfg.mode)
     return {
         "experiment": cfg.name,
         "description": cfg.description,
         "search": cfg.search, "scheduler": cfg.scheduler,
-        "metric": cfg.metric, "mode": cfg.mode,
+        "metric": cfg.metric, "selected_by": select, "mode": cfg.mode,
         "param_names": cfg.param_names(),
         "seeds": cfg.seeds,
         "metrics": metrics,
@@ -163,7 +164,7 @@ def markdown(report: dict[str, Any]) -> str:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("best_group") is not None:
-        lines += ["", f"Bold: the configuration with the best mean `{report['metric']}` (chosen on dev)."]
+        lines += ["", f"Bold: the configuration with the best mean `{report.get('selected_by', report['metric'])}` (chosen on dev)."]
     return "\n".join(lines) + "\n"
 
 
