@@ -367,6 +367,7 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
     failures; per-document failures end up in ``errors/`` and in the manifest counts.
     """
     from glidre_core.extraction.progress import write_with_progress
+    from glidre_core.extraction.resources import resource_view_text
     from glidre_core.extraction.session import ray_session
 
     started = _now()
@@ -397,7 +398,8 @@ def run_extraction(cfg: ExtractConfig) -> dict[str, Any]:
                 lambda tracker: build_dataset(setup, resume, tracker, plan), sink, job="extraction", run_id=run_id,
                 size=size, interval_s=cfg.progress_interval_s, stall_timeout_s=cfg.stall_timeout_s,
                 checkpoint=lambda summaries: checkpoint_index(layout, index, summaries),
-                checkpoint_interval_s=cfg.index_checkpoint_s, num_cpus=plan.task_cpus)
+                checkpoint_interval_s=cfg.index_checkpoint_s, num_cpus=plan.task_cpus,
+                view_text=resource_view_text)
     else:
         logger.info("resume: every input file is already complete; nothing to run")
     manifest = finalize(layout, setup, run_id, started, sink.totals, snapshot, index, sink.summaries,

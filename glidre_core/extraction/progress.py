@@ -260,12 +260,14 @@ def write_with_progress(
     checkpoint: Any,
     checkpoint_interval_s: float,
     num_cpus: float,
+    view_text: Any,
     stall_error: type[Exception] = StallError,
 ) -> dict[str, Any] | None:
     """Run a streaming job's write under progress logging and the stall watchdog (extract and
     distill share it): ``build_dataset(tracker)`` returns the Ray Dataset, whose rows go to
     ``sink`` (its ``progress`` set to the tracker); ``checkpoint(summaries)`` persists the
-    committed-parts index every ``checkpoint_interval_s``. Returns the last progress snapshot.
+    committed-parts index every ``checkpoint_interval_s``; ``view_text()`` describes the cluster's
+    resources in a stall diagnosis. Returns the last progress snapshot.
 
     The tracker is pinned to the driver's node, like Ray Data's own stats actors: a lost worker
     node must not take the counts (and the watchdog's input) with it
@@ -273,14 +275,13 @@ def write_with_progress(
     committed parts for ``--resume`` and propagates."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from glidre_core.extraction.resources import resource_view_text
     from glidre_core.extraction.session import JobInterrupted
 
     tracker = ProgressTracker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote()
     sink.progress = tracker
     ds = build_dataset(tracker)
-    watch = ProgressLogger(tracker, interval_s, stall_timeout_s, size, resource_view_text,
+    watch = ProgressLogger(tracker, interval_s, stall_timeout_s, size, view_text,
                            checkpoint=checkpoint, checkpoint_interval_s=checkpoint_interval_s)
     try:
         with watch:

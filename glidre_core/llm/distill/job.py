@@ -33,6 +33,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     """
     from glidre_core.extraction.manifest import new_run_id, utc_now
     from glidre_core.extraction.progress import InputSize, write_with_progress
+    from glidre_core.extraction.resources import resource_view_text
     from glidre_core.extraction.session import ray_session
     from glidre_core.extraction.state import ResumePlan, resume_plan
 
@@ -59,7 +60,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
                 lambda tracker: build_dataset(setup, tracker, resume), sink, job="distill", run_id=run_id,
                 size=InputSize(committed_before=resume.committed_docs), interval_s=cfg.progress_interval_s,
                 stall_timeout_s=cfg.stall_timeout_s, checkpoint=lambda summaries: index.checkpoint(fs, root, summaries),
-                checkpoint_interval_s=cfg.index_checkpoint_s, num_cpus=cfg.read_num_cpus, stall_error=DistillError)
+                checkpoint_interval_s=cfg.index_checkpoint_s, num_cpus=cfg.read_num_cpus, stall_error=DistillError,
+                view_text=resource_view_text)
     else:
         logger.info("resume: every input file is already complete; nothing to send to the teacher")
     manifest = finalize(setup, sink, run_id, started, snapshot, index, resume.committed_docs)
