@@ -54,7 +54,7 @@ def score(model_dir: str, redocred_dev, conll_dev) -> dict:
                            match=match, typed=False)
         out["redocred_dev50"][f"end_to_end_{match}_f1"] = j["f1"]
     j = evaluate_joint(model, conll_dev, relation_labels_=evaluation_labels(conll_dev, "conll04"),
-                       match="strict", typed=True)
+                       match="strict", typed=True, coreference="none")  # as `glidre evaluate` scores CoNLL04
     out["conll04_dev"] = {"entity_f1": j["entity"]["f1"], "end_to_end_strict_f1": j["f1"]}
     out["selection_score"] = (out["redocred_dev50"]["end_to_end_relaxed_f1"] + out["conll04_dev"]["end_to_end_strict_f1"]) / 2
     out["seconds"] = time.perf_counter() - t0

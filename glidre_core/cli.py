@@ -68,8 +68,11 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
               help="precision of the pair/span heads (default: the model's, 'auto' = bf16 where native)")
 @click.option("--entity-recognizer", type=click.Choice(["model", "spacy"]), default="model", show_default=True,
               help="joint: entities from the model's span head, or from spaCy (optional [spacy] extra)")
+@click.option("--coreference", type=click.Choice(["rules", "none"]), default=None,
+              help="joint: group predicted mentions into entities (default: none for conll04, whose "
+                   "entities are single mentions by definition; the model's own mode otherwise)")
 def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
-             entity_labels, match, typed, head_precision=None, entity_recognizer="model") -> None:
+             entity_labels, match, typed, head_precision=None, entity_recognizer="model", coreference=None) -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
     entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint).
 
@@ -112,9 +115,12 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         result = evaluate_entities(model, docs, types, threshold=entity_threshold)
     elif task == "joint":
         typed = (fmt == "conll04") if typed is None else typed
+        # CoNLL04 annotates mentions: two "U.S." in one sentence are two entities, and a relation is
+        # right when both argument *mentions* are (SpERT's protocol), so its mentions stay ungrouped
+        coreference = coreference or ("none" if fmt == "conll04" else None)
         result = evaluate_joint(model, docs, types, relation_labels_=evaluation_labels(docs, fmt),
                                 entity_threshold=entity_threshold, threshold=threshold, match=match, typed=typed,
-                                entity_recognizer=entity_recognizer)
+                                entity_recognizer=entity_recognizer, coreference=coreference)
     else:
         facts = train_fact_names(read_documents(train_facts, fmt)) if train_facts else None
         result = evaluate_model(model, docs, labels=evaluation_labels(docs, fmt), train_facts=facts,

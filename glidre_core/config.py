@@ -118,6 +118,10 @@ class GLiDREConfig(BaseModel):
         "endpoints", description="span vector: first/last word (GLiNER markerV0), + a width embedding, "
         "+ the mean of the span's words (see modeling/spans.py)"
     )
+    span_word_shape: bool = Field(
+        False, description="give the span head each word's shape (capitalisation, digits, punctuation: "
+        "modeling/spans.WORD_SHAPES), which uncased encoders never see"
+    )
     entity_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="span decision threshold, chosen on dev")
     entity_labels: list[str] = Field(default_factory=list, description="entity types seen in training")
     entity_type_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENTITY_TYPE_NAMES))

@@ -324,16 +324,18 @@ def evaluate_joint(
     typed: bool = False,
     batch_size: int = 8,
     entity_recognizer: str = "model",
+    coreference: str | None = None,
 ) -> dict[str, Any]:
     """End to end from raw text: ``model.extract_documents`` on the texts alone, then strict
     entity F1 and end-to-end relation F1 (entity matching rule ``match``, with types when
-    ``typed``) against the gold. Labels None = the data's own entity types / relation labels."""
+    ``typed``) against the gold. Labels None = the data's own entity types / relation labels;
+    ``coreference`` None = the model's own mode."""
     types_list = list(entity_labels) if entity_labels else data_entity_types(model, docs)
     rel_list = list(relation_labels_) if relation_labels_ else relation_labels(docs)
     start = time.perf_counter()
     results = model.extract_documents(
         docs, types_list, rel_list, entity_threshold=entity_threshold, threshold=threshold,
-        batch_size=batch_size, entity_recognizer=entity_recognizer,
+        batch_size=batch_size, entity_recognizer=entity_recognizer, coreference=coreference,
     )
     elapsed = time.perf_counter() - start
     preds = [r.document for r in results]
@@ -349,6 +351,6 @@ def evaluate_joint(
         "entity_threshold": model.config.entity_threshold if entity_threshold is None else entity_threshold,
         "threshold": model.config.threshold if threshold is None else threshold,
         "entity_labels": types_list, "relation_labels": len(rel_list),
-        "coreference": model.config.coreference, "entity_recognizer": entity_recognizer,
+        "coreference": coreference or model.config.coreference, "entity_recognizer": entity_recognizer,
     })
     return rel

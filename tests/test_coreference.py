@@ -408,3 +408,21 @@ def test_group_mentions_passes_span_scores_into_the_entity_type() -> None:
     assert [e.type for e in group_mentions(preds, words, type_names, "none").entities] == [
         "miscellaneous", "other", "location"
     ]
+
+
+def test_a_place_is_not_a_part_of_a_longer_place() -> None:
+    """Rule 6 by type (chosen on Re-DocRED dev gold mentions): parts of place names are other
+    places, so they stay apart; a person's first and last names and an organisation's suffix
+    still join, and so does a name before a legal form."""
+    text = "Pennsylvania borders Western Pennsylvania ; Caryville Dam is near Caryville ."
+    spans = [("Pennsylvania", "location"), ("Western Pennsylvania", "location"),
+             ("Caryville Dam", "location"), ("Caryville", "location")]
+    assert cluster_mentions(mentions_in(text, spans)) == [[0], [1], [2], [3]]
+    text = "The Norwegian Parliament met ; Parliament voted . Cove Lake State Park is by Cove Lake ."
+    spans = [("Norwegian Parliament", "organization"), ("Parliament", "organization"),
+             ("Cove Lake State Park", "organization"), ("Cove Lake", "organization")]
+    assert cluster_mentions(mentions_in(text, spans)) == [[0, 1], [2], [3]]
+    text = "Acme Inc. sued ; Acme lost . Rick Astley sang ; Astley and Rick smiled ."
+    spans = [("Acme Inc.", "organization"), ("Acme", "organization"), ("Rick Astley", "person"),
+             ("Astley", "person"), ("Rick", "person")]
+    assert cluster_mentions(mentions_in(text, spans)) == [[0, 1], [2, 3, 4]]

@@ -12,7 +12,9 @@ from glidre_core import GLiDRE
 from glidre_core.documents import parse_document
 from glidre_core.modeling.batch import span_grid
 from glidre_core.modeling.losses import relation_loss, span_loss
-from glidre_core.modeling.spans import SPAN_REPRESENTATIONS, SpanHead, SpanPrediction, decode_spans, enumerate_spans
+from glidre_core.modeling.spans import (
+    SPAN_REPRESENTATIONS, WORD_SHAPES, SpanHead, SpanPrediction, decode_spans, enumerate_spans, word_shapes,
+)
 from glidre_core.modeling.targets import document_span_targets, joint_loss, span_target_arrays, training_batch
 
 
@@ -368,3 +370,65 @@ def test_span_representations_start_as_the_endpoints_head_and_round_trip(tmp_pat
     torch.testing.assert_close(again.span_head.width.weight, model.span_head.width.weight.to(again.span_head.width.weight.dtype))
     with pytest.raises(ValueError, match="unknown span representation"):
         SpanHead(dim=8, expansion=2, dropout=0.0, max_width=3, representation="markerV1")
+
+
+def test_word_shapes_tell_capitalisation_that_an_uncased_encoder_loses():
+    words = ["The", "United", "Kingdom", "and", "IBM", "sold", "3", "iPhones", ".", "Apple", "A", "-"]
+    names = [WORD_SHAPES[i] for i in word_shapes(words)]
+    assert names == ["title_initial", "title", "title", "lower", "upper", "lower", "digit", "mixed", "punct",
+                     "title_initial", "letter", "punct"]
+    assert word_shapes([]).shape == (0,)
+
+
+@pytest.mark.parametrize("chunk", [5, 16384])
+def test_word_shape_terms_equal_the_per_span_reference_and_start_at_zero(chunk):
+    """The factorised shape terms (per-word start/end/boundary embeddings, in-span shares from
+    prefix sums) equal a span-by-span reference, padding included; zero-initialised, the head
+    first computes exactly what it did without them."""
+    torch.manual_seed(0)
+    width = 3
+    base = SpanHead(dim=8, expansion=2, dropout=0.0, max_width=width, chunk_size=chunk, representation="endpoints_width")
+    head = SpanHead(dim=8, expansion=2, dropout=0.0, max_width=width, chunk_size=chunk,
+                    representation="endpoints_width", word_shape=True)
+    head.load_state_dict(base.state_dict(), strict=False)
+    head.eval(), base.eval()
+    lengths = [7, 2, 5]
+    wmax = max(lengths)
+    words, types = torch.randn(len(lengths), wmax, 8), torch.randn(4, 8)
+    shapes = torch.randint(1, len(WORD_SHAPES), (len(lengths), wmax))
+    for b, n in enumerate(lengths):
+        shapes[b, n:] = 0  # padding, as collate writes it
+    starts, ends = (torch.from_numpy(a) for a in span_grid(wmax, width))
+    with torch.no_grad():
+        torch.testing.assert_close(head(words, starts, ends, types, shapes), base(words, starts, ends, types))
+        for m in (head.shape_start, head.shape_before, head.shape_end, head.shape_after, head.shape_content, head.width):
+            torch.nn.init.normal_(m.weight)
+        fast = head(words, starts, ends, types, shapes)
+        assert not torch.allclose(fast, base(words, starts, ends, types))
+        for b, n in enumerate(lengths):
+            ref = head.naive_logits(words[b, :n], torch.from_numpy(enumerate_spans(n, width)), types, shapes[b, :n])
+            torch.testing.assert_close(fast[b][ends <= n], ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="word shapes"):
+        head(words, starts, ends, types)
+
+
+def test_a_model_with_word_shapes_tells_apple_from_apple_and_round_trips(tmp_path):
+    """Through the model: collate ships the shapes, so two texts that differ only in case (the
+    same sub-words for an uncased tokenizer) get different span scores; save/load is strict."""
+    model = _span_model(span_word_shape=True, span_representation="endpoints_width")
+    for m in (model.span_head.shape_start, model.span_head.shape_end, model.span_head.shape_content):
+        torch.nn.init.normal_(m.weight)
+    types = model.encode_entity_types(["person", "organization"])
+    texts = ["they met apple in paris .", "they met Apple in Paris ."]
+    with torch.no_grad():
+        batch, _ = model.collate([model.prepare(parse_document({"doc_id": str(i), "text": t})) for i, t in enumerate(texts)])
+        assert batch.word_shapes.tolist() == [[1, 1, 1, 1, 1, 6], [1, 1, 2, 1, 2, 6]]
+        logits = model(batch, None, types).span_logits
+    assert not torch.allclose(logits[0], logits[1])
+    model.save_pretrained(tmp_path / "m")
+    again = GLiDRE.from_pretrained(tmp_path / "m")
+    assert again.config.span_word_shape
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(again.collate(batch.documents)[0], None, again.encode_entity_types(["person", "organization"])).span_logits,
+                                   logits, rtol=2e-3, atol=2e-3)

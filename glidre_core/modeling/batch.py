@@ -39,7 +39,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from glidre_core.modeling.spans import word_shapes as shapes_of
 from glidre_core.preparation import PreparedDocument
+from glidre_core.text import split_words
 
 def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple) if multiple > 1 else max(n, 1)
@@ -143,6 +145,7 @@ class ModelBatch:
     span_targets: torch.Tensor | None = None  # [B, S, T] float (training)
     span_loss_mask: torch.Tensor | None = None  # [B, S, T] float: 1/(spans of doc * supervised docs)
     span_supervised: bool = False  # some document of the batch supervises the span head
+    word_shapes: torch.Tensor | None = None  # [B, W] long: WORD_SHAPES (span heads that use them)
 
     @property
     def size(self) -> int:
@@ -342,10 +345,12 @@ def collate(
     logsumexp: bool = False,
     pair_chunk_size: int | None = None,
     extra: dict[str, np.ndarray] | None = None,
+    word_shapes: bool = False,
 ) -> tuple[ModelBatch, dict[str, torch.Tensor]]:
     """Build a :class:`ModelBatch` for ``prepared`` (one host-to-device copy).
 
-    ``extra``: more numpy arrays to ship in the same copy (training targets); they come back as
+    ``word_shapes``: also ship each word's :data:`~glidre_core.modeling.spans.WORD_SHAPES` index
+    (span heads with ``word_shape``; 0 on padding). ``extra``: more numpy arrays to ship in the same copy (training targets); they come back as
     the second return value, on the device.
     """
     if not prepared:
@@ -363,6 +368,12 @@ def collate(
     pack.add("word_mask", word_mask)
     pack.add("span_start", starts)
     pack.add("span_end", ends)
+    if word_shapes:
+        shapes = np.zeros((len(prepared), wmax), dtype=np.int64)
+        for b, p in enumerate(prepared):
+            tokens = (p.words if p.words is not None else split_words(p.doc.text)).tokens
+            shapes[b, : len(tokens)] = shapes_of(tokens)
+        pack.add("word_shapes", shapes)
     for k, v in ent_arrays.items():
         pack.add(k, v)
     for k, v in (extra or {}).items():
@@ -374,6 +385,6 @@ def collate(
         key_mask=t["key_mask"], row_positions=t["row_positions"], row_target=t["row_target"],
         col_target=t["col_target"], word_source=t["word_source"], word_mask=t["word_mask"],
         span_start=t["span_start"], span_end=t["span_end"], span_valid=span_valid, span_grid=np.stack([starts, ends], -1),
-        entities=_entity_index(t, meta),
+        entities=_entity_index(t, meta), word_shapes=t.get("word_shapes"),
     )
     return batch, {k: t[k] for k in (extra or {})}

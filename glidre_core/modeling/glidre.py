@@ -95,7 +95,8 @@ class GLiDRE(nn.Module):
         self.scorer = PairScorer(dim, config.ffn_expansion, config.dropout, config.pair_chunk_size)
         self.span_head = (
             SpanHead(dim, config.ffn_expansion, config.dropout, config.max_span_width,
-                     representation=config.span_representation) if config.span_head else None
+                     representation=config.span_representation, word_shape=config.span_word_shape)
+            if config.span_head else None
         )
         self.dropout = nn.Dropout(config.dropout)
         if config.loss == "adaptive_threshold":
@@ -165,6 +166,7 @@ class GLiDRE(nn.Module):
             prepared, device=device, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id,
             max_span_width=self.config.max_span_width, length_multiple=self.length_multiple(device),
             logsumexp=self.config.pooling == "logsumexp", pair_chunk_size=self.scorer.chunk_size, extra=extra,
+            word_shapes=self.span_head is not None and self.span_head.word_shape,
         )
 
     def entity_index(self, mention_spans: Sequence[Sequence[Sequence[tuple[int, int]]]], max_words: int) -> EntityIndex:
@@ -265,7 +267,7 @@ class GLiDRE(nn.Module):
             raise ValueError("this model has no entity (span) head")
         _, span_head, precision = self._inference_heads(encoded.words.device)
         with precision:
-            return span_head(encoded.words, batch.span_start, batch.span_end, types).float()
+            return span_head(encoded.words, batch.span_start, batch.span_end, types, batch.word_shapes).float()
 
     def forward(
         self,

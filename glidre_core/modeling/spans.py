@@ -113,6 +113,42 @@ def decode_spans(
     return out
 
 
+#: Word shapes (``GLiDREConfig.span_word_shape``). Why: the default encoders (MiniLM, MPNet) are
+#: *uncased*: their tokenizers lower-case the text, so "Apple" and "apple", "IBM" and "ibm" reach
+#: the encoder as the same sub-words. Capitalisation is the strongest single cue of a name and of
+#: where it starts and ends ("United Kingdom", not "Kingdom"), so the span head gets it back from
+#: the raw words. Index 0 is "no word" (before the first and after the last word).
+WORD_SHAPES = ("none", "lower", "title", "upper", "letter", "digit", "punct", "mixed", "title_initial")
+_SENTENCE_END = frozenset({".", "!", "?"})
+
+
+def word_shape(word: str, sentence_initial: bool = False) -> int:
+    """The :data:`WORD_SHAPES` index of ``word``; a title-case word that opens a sentence is
+    ``title_initial`` (its capital says nothing about being a name)."""
+    letters = [c for c in word if c.isalpha()]
+    if any(c.isdigit() for c in word):
+        return 5
+    if not letters:
+        return 6
+    if all(c.islower() for c in letters):
+        return 1
+    if all(c.isupper() for c in letters):
+        return 4 if len(letters) == 1 else 3
+    if letters[0].isupper():
+        return 8 if sentence_initial else 2
+    return 7
+
+
+def word_shapes(words: Sequence[str]) -> np.ndarray:
+    """``[W]`` int64 :data:`WORD_SHAPES` indices of a document's words (host side, numpy)."""
+    out = np.empty(len(words), dtype=np.int64)
+    initial = True
+    for i, w in enumerate(words):
+        out[i] = word_shape(w, initial)
+        initial = w in _SENTENCE_END
+    return out
+
+
 #: Span representations (``GLiDREConfig.span_representation``), chosen on dev by issue 11's study:
 #: "endpoints" is GLiNER's markerV0 (first and last word); "endpoints_width" adds a learned
 #: embedding of the span width; "endpoints_content_width" also adds the mean of the span's words.
@@ -130,7 +166,7 @@ class SpanHead(nn.Module):
     """
 
     def __init__(self, dim: int, expansion: int, dropout: float, max_width: int, chunk_size: int = 16384,
-                 representation: str = "endpoints"):
+                 representation: str = "endpoints", word_shape: bool = False):
         super().__init__()
         if representation not in SPAN_REPRESENTATIONS:
             raise ValueError(f"unknown span representation {representation!r}; expected one of {SPAN_REPRESENTATIONS}")
@@ -149,17 +185,42 @@ class SpanHead(nn.Module):
         self.content_proj = nn.Linear(dim, hidden, bias=False) if self.content_ffn is not None else None
         if self.content_proj is not None:
             nn.init.zeros_(self.content_proj.weight)
+        # word shapes (uncased encoders): of the first and last word, of the words just outside
+        # the span (boundaries), and the share of each shape inside it; all start at zero, so a
+        # model gains them without changing what it computed before
+        self.word_shape = word_shape
+        if word_shape:
+            k = len(WORD_SHAPES)
+            self.shape_start, self.shape_before = nn.Embedding(k, hidden), nn.Embedding(k, hidden)
+            self.shape_end, self.shape_after = nn.Embedding(k, hidden), nn.Embedding(k, hidden)
+            self.shape_content = nn.Linear(k, hidden, bias=False)
+            for m in (self.shape_start, self.shape_before, self.shape_end, self.shape_after, self.shape_content):
+                nn.init.zeros_(m.weight)
+
+    def _shape_terms(self, shapes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-word pre-activation terms of a span starting / ending at each word (``[B, W, kD]``
+        each) and the prefix sums of one-hot shapes (``[B, W+1, K]``) for the in-span shares."""
+        pad = F.pad(shapes, (1, 1))  # word i is pad[i + 1]; 0 = no word
+        start = self.shape_start(shapes) + self.shape_before(pad[:, :-2])
+        end = self.shape_end(shapes) + self.shape_after(pad[:, 2:])
+        onehot = F.one_hot(shapes, len(WORD_SHAPES)).to(dtype)
+        prefix = F.pad(onehot.cumsum(1), (0, 0, 1, 0))
+        return start.to(dtype), end.to(dtype), prefix
 
     def type_vectors(self, pooled_types: torch.Tensor) -> torch.Tensor:
         """Entity-type embeddings from the label encoder's pooled, projected type strings."""
         return self.type_ffn(pooled_types)
 
     def forward(
-        self, words: torch.Tensor, span_start: torch.Tensor, span_end: torch.Tensor, types: torch.Tensor
+        self, words: torch.Tensor, span_start: torch.Tensor, span_end: torch.Tensor, types: torch.Tensor,
+        shapes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, S, T]`` logits of the spans ``[span_start, span_end)`` (``[S]`` each, shared by
-        the batch) of every document in ``words`` (``[B, W, D]``) against ``types`` ``[T, D]``."""
+        the batch) of every document in ``words`` (``[B, W, D]``) against ``types`` ``[T, D]``;
+        ``shapes`` ``[B, W]`` are the words' :data:`WORD_SHAPES` (needed with ``word_shape``)."""
         bsz, _, dim = words.shape
+        if self.word_shape and shapes is None:
+            raise ValueError("this span head uses word shapes: collate the batch with word_shapes=True")
         if span_start.numel() == 0:
             return words.new_zeros((bsz, 0, types.shape[0]))
         first, last = self.span_ffn[0], self.span_ffn[3]
@@ -169,6 +230,10 @@ class SpanHead(nn.Module):
         if self.content_proj is not None:  # [B, W+1, kD] prefix sums of the projected words
             proj = self.content_proj(self.content_ffn(words))
             prefix = torch.cat([proj.new_zeros((bsz, 1, proj.shape[-1])), proj.cumsum(1)], 1)
+        shape_prefix = None
+        if self.word_shape:
+            s_term, e_term, shape_prefix = self._shape_terms(shapes, start.dtype)
+            start, end = start + s_term, end + e_term
         types = types.to(words.dtype)
         folded = types @ last.weight  # [T, kD]
         bias = types @ last.bias  # [T]
@@ -182,13 +247,17 @@ class SpanHead(nn.Module):
             if prefix is not None:
                 width = (en - st).to(pre.dtype).unsqueeze(-1)
                 pre = pre + (prefix.index_select(1, en) - prefix.index_select(1, st)) / width
+            if shape_prefix is not None:
+                share = (shape_prefix.index_select(1, en) - shape_prefix.index_select(1, st)) / (en - st).to(pre.dtype).unsqueeze(-1)
+                pre = pre + F.linear(share, self.shape_content.weight.to(pre.dtype))
             hidden = self.span_ffn[2](F.relu(pre))
             out.append(torch.matmul(hidden, folded.t()) + bias)
         return torch.cat(out, 1) if len(out) > 1 else out[0]
 
-    def naive_logits(self, words: torch.Tensor, spans: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    def naive_logits(self, words: torch.Tensor, spans: torch.Tensor, types: torch.Tensor,
+                     shapes: torch.Tensor | None = None) -> torch.Tensor:
         """The unfactorised reference (tests): the representation built span by span, then the FFN
-        and a dot product."""
+        and a dot product (``words`` ``[W, D]``, one document; ``shapes`` ``[W]``)."""
         s = self.start_ffn(words)[spans[:, 0]]
         e = self.end_ffn(words)[spans[:, 1] - 1]
         first = self.span_ffn[0]
@@ -199,6 +268,14 @@ class SpanHead(nn.Module):
             content = self.content_ffn(words)
             mean = torch.stack([content[a:b].mean(0) for a, b in spans.tolist()])
             pre = pre + self.content_proj(mean)
+        if self.word_shape:
+            n = words.shape[0]
+            for i, (a, b) in enumerate(spans.tolist()):
+                before = shapes[a - 1] if a > 0 else shapes.new_tensor(0)
+                after = shapes[b] if b < n else shapes.new_tensor(0)
+                share = F.one_hot(shapes[a:b], len(WORD_SHAPES)).float().mean(0)
+                pre[i] = (pre[i] + self.shape_start(shapes[a]) + self.shape_before(before) + self.shape_end(shapes[b - 1])
+                          + self.shape_after(after) + self.shape_content(share))
         hidden = self.span_ffn[3](self.span_ffn[2](F.relu(pre)))
         return hidden @ types.to(words.dtype).t()
 
