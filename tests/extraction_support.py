@@ -71,7 +71,7 @@ def base_values(model_dir: Path, **extra: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         "model": str(model_dir), **ALL_PAIRS, "batch_size": 4, "lines_per_block": 8, "docs_per_file": 8,
         "progress_interval_s": 2, "actors.num_cpus": 1,
-        "entity_recognizer": "model",  # explicit: "auto" would pick spaCy where the [spacy] extra is installed
+        "entity_recognizer": "model",  # explicit, so these tests do not depend on the rule of "auto"
     }
     values.update(extra)
     return values

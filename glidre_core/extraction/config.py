@@ -151,8 +151,8 @@ class ExtractConfig(BaseModel):
     )
     entity_recognizer: Literal["auto", "model", "spacy"] = Field(
         "auto", description="who finds entities in documents without them: the model's span head, spaCy (the "
-        "optional [spacy] extra), or auto = spaCy when installed, else the model (spaCy measured better end to "
-        "end on Re-DocRED documents, the span head on CoNLL04 sentences: see README)"
+        "optional [spacy] extra), or auto = the span head when the model has one, else spaCy when installed "
+        "(the span head measured better end to end on both benchmarks: see README)"
     )
 
     max_entities: int = Field(128, ge=1, description="documents with more entities go to errors/")

@@ -26,10 +26,13 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from glidre_core.llm.base import ChatMessage
+
+T = TypeVar("T")
 
 _EXAMPLE_TEXT = "Marie Curie was born in Warsaw . Curie later worked at the University of Paris ."
 _EXAMPLE_ANSWER = {
@@ -134,10 +137,16 @@ PROMPTS: dict[tuple[str, int], Prompt] = {
 }
 
 
+def lookup_prompt(registry: Mapping[tuple[str, int], T], prompt_id: str, version: int, kind: str = "prompt") -> T:
+    """``registry[(prompt_id, version)]``, or a ``KeyError`` that lists what is registered: the
+    one lookup of every prompt registry (extraction, verification, RHF)."""
+    try:
+        return registry[(prompt_id, version)]
+    except KeyError:
+        known = ", ".join(f"{i}@v{v}" for i, v in sorted(registry))
+        raise KeyError(f"no {kind} {prompt_id!r} version {version}; registered: {known}") from None
+
+
 def get_prompt(prompt_id: str, version: int) -> Prompt:
     """The registered prompt, or a ``KeyError`` listing the registered ones."""
-    try:
-        return PROMPTS[(prompt_id, version)]
-    except KeyError:
-        known = ", ".join(f"{i}@v{v}" for i, v in sorted(PROMPTS))
-        raise KeyError(f"no prompt {prompt_id!r} version {version}; registered: {known}") from None
+    return lookup_prompt(PROMPTS, prompt_id, version)

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from glidre_core.llm.base import ChatMessage, Completion, GenerationRequest, LLMBackend
 from glidre_core.llm.parsing import AnswerError, repair_json
-from glidre_core.llm.prompts import VersionedPrompt
+from glidre_core.llm.prompts import VersionedPrompt, lookup_prompt
 
 if TYPE_CHECKING:
     from glidre_core.documents import Document
@@ -127,11 +127,7 @@ VERIFY_PROMPTS: dict[tuple[str, int], VerifyPrompt] = {
 
 def get_verify_prompt(prompt_id: str, version: int) -> VerifyPrompt:
     """The registered prompt, or a ``KeyError`` listing the registered ones."""
-    try:
-        return VERIFY_PROMPTS[(prompt_id, version)]
-    except KeyError:
-        known = ", ".join(f"{i}@v{v}" for i, v in sorted(VERIFY_PROMPTS))
-        raise KeyError(f"no verify prompt {prompt_id!r} version {version}; registered: {known}") from None
+    return lookup_prompt(VERIFY_PROMPTS, prompt_id, version, "verify prompt")
 
 
 # -- context ------------------------------------------------------------------------------------

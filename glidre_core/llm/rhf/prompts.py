@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from glidre_core.llm.base import ChatMessage
-from glidre_core.llm.prompts import VersionedPrompt
+from glidre_core.llm.prompts import VersionedPrompt, lookup_prompt
 
 Step = Literal["relations", "heads", "tails"]
 STEPS: tuple[Step, ...] = ("relations", "heads", "tails")
@@ -113,8 +113,4 @@ RHF_PROMPTS: dict[tuple[str, int], RHFPrompt] = {
 
 def get_rhf_prompt(prompt_id: str, version: int) -> RHFPrompt:
     """The registered prompt set, or a ``KeyError`` listing the registered ones."""
-    try:
-        return RHF_PROMPTS[(prompt_id, version)]
-    except KeyError:
-        known = ", ".join(f"{i}@v{v}" for i, v in sorted(RHF_PROMPTS))
-        raise KeyError(f"no RHF prompt {prompt_id!r} version {version}; registered: {known}") from None
+    return lookup_prompt(RHF_PROMPTS, prompt_id, version, "RHF prompt")
