@@ -10,6 +10,6 @@ ARMS=("$@"); [ ${#ARMS[@]} -gt 0 ] || ARMS=(endpoints_content_width endpoints en
 for arm in "${ARMS[@]}"; do
   echo "[span_study] $(date -u +%FT%TZ) arm $arm" >&2
   .venv/bin/glidre train --config configs/default_model_joint.yaml \
-    --set model.span_representation="$arm" --set output_dir="runs/span_study/$arm"
+    --set model.span_representation="$arm" --set model.span_word_shape=false --set output_dir="runs/span_study/$arm"
 done
 $PY benchmarks/span_study_report.py --runs runs/span_study --output-json benchmarks/results/span_study.json

@@ -177,8 +177,8 @@ class Predictor:
             head, one encoder pass) or "spacy" (:mod:`glidre_core.spacy_ner`, the optional spaCy
             extra; its mentions are mapped onto the entity types and grouped by the same
             coreference rules, then scored by the relation path like given entities). Measured
-            (``benchmarks/spacy_baseline.py``): spaCy wins end to end on Re-DocRED documents, the
-            span head on CoNLL04 sentences.
+            (``benchmarks/spacy_baseline.py``): the default model's span head (with word shapes)
+            wins end to end on both CoNLL04 and Re-DocRED; spaCy serves relation-only models.
         candidate_band: ``(below, above)`` margins, in probability, around each label's threshold:
             what :meth:`band_candidates` (and the ``*_with_candidates`` methods) return.
     """
