@@ -350,7 +350,8 @@ def cluster_mentions(
         return [
             other
             for other, long in enumerate(feats)
-            if _types_compatible(name_type[short.key], name_type[long.key])
+            if long.key  # a pure-punctuation mention has no name (and no name type)
+            and _types_compatible(name_type[short.key], name_type[long.key])
             and _is_partial_of(short, long, name_type[short.key] or name_type[long.key])
         ]
 

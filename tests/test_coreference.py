@@ -426,3 +426,11 @@ def test_a_place_is_not_a_part_of_a_longer_place() -> None:
     spans = [("Acme Inc.", "organization"), ("Acme", "organization"), ("Rick Astley", "person"),
              ("Astley", "person"), ("Rick", "person")]
     assert cluster_mentions(mentions_in(text, spans)) == [[0, 1], [2, 3, 4]]
+
+
+def test_a_punctuation_mention_next_to_names_is_left_alone() -> None:
+    """A mention with no name (pure punctuation, what a low threshold lets through) is never
+    merged and does not break the partial-name rule's type lookup."""
+    text = "Marie Curie , Curie ."
+    spans = [("Marie Curie", "person"), (",", "person"), ("Curie", "person"), (".", None)]
+    assert cluster_mentions(mentions_in(text, spans)) == [[0, 2], [1], [3]]
