@@ -96,6 +96,11 @@ class GLiDREConfig(BaseModel):
 
     # Which encoder layers were trained; the lower ones are frozen (and cacheable in training).
     trainable_encoder_layers: int | None = Field(None, description="None = all layers trainable")
+    # Why: the word-piece embeddings are 30k x D parameters (23 MB in fp16 for MiniLM); training
+    # them with all layers would more than double the stored delta for little gain, so a model
+    # may train every layer and still keep the embeddings (and the delta) at the base's.
+    freeze_embeddings: bool = Field(False, description="keep the encoder's embeddings frozen even when "
+                                    "every layer is trainable (lower frozen layers always freeze them)")
     train_label_encoder: bool = False
     # The label side's map from sentence embeddings to the pair space (issue 12.4, zero-shot).
     # ffn: FFN(x), the paper's head. residual: x + FFN(x) with the FFN's last layer starting at

@@ -213,3 +213,21 @@ def test_minilm_delta_save_and_round_trip(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="sha256"):
         GLiDRE.from_pretrained(tmp_path / "m")
+
+
+def test_freeze_embeddings_keeps_them_out_of_training(tmp_path):
+    """``freeze_embeddings``: every layer trains, the word-piece embeddings do not; since the
+    saved delta holds only tensors that differ from the base encoder, they then stay out of it
+    (for MiniLM they are 23 MB in fp16, more than the rest of the default model)."""
+    from conftest import tiny_config
+
+    free = GLiDRE(tiny_config(trainable_encoder_layers=None))
+    frozen = GLiDRE(tiny_config(trainable_encoder_layers=None, freeze_embeddings=True))
+    assert any(p.requires_grad for p in free.encoder.model.embeddings.parameters())
+    assert not any(p.requires_grad for p in frozen.encoder.model.embeddings.parameters())
+    assert all(p.requires_grad for layer in frozen.encoder.model.encoder.layer for p in layer.parameters())
+    emb = {id(p) for p in frozen.encoder.model.embeddings.parameters()}
+    assert not emb & {id(p) for p in frozen.encoder_parameters()}
+    assert {id(p) for p in free.encoder.model.embeddings.parameters()} <= {id(p) for p in free.encoder_parameters()}
+    frozen.save_pretrained(tmp_path / "m")
+    assert GLiDRE.from_pretrained(tmp_path / "m").config.freeze_embeddings

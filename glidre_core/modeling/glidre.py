@@ -116,6 +116,10 @@ class GLiDRE(nn.Module):
     def _freeze_lower_layers(self) -> None:
         split = self.frozen_split
         if split == 0:
+            if self.config.freeze_embeddings:
+                if not self.encoder.bert_like:
+                    raise ValueError("freeze_embeddings needs a BERT-like encoder")
+                self.encoder.model.embeddings.requires_grad_(False)
             return
         if not self.encoder.bert_like:
             raise ValueError("trainable_encoder_layers needs a BERT-like encoder")
