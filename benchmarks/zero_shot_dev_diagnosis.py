@@ -10,7 +10,15 @@ only those labels as candidates and ask, for the (pair, label) probabilities:
   scores on its mean;
 * how well the label is chosen *given* a related pair: top-1 accuracy among the pairs that hold
   a fact, against chance, and the ROC AUC within those pairs;
-* the ROC AUC over all candidates (what the zero-shot protocol reports on test).
+* the ROC AUC over all candidates (what the zero-shot protocol reports on test);
+* *neighbour transfer*: an unseen label scored from the probabilities of the trained labels
+  nearest to it in the label encoder's sentence-embedding space (softmax over the top ``k``
+  cosine similarities at temperature ``tau``), alone or as a geometric mean with the label's own
+  probability. Trained labels carry calibrated scores and co-occur with unseen ones (a "country"
+  pair often also holds "located in the administrative territorial entity"), which the model's own
+  score for a label it never saw cannot know. The grid is reported; the rule is chosen here, on
+  dev, and only then applied to test (``GLiDREConfig.unseen_label_transfer``,
+  :mod:`glidre_core.modeling.label_transfer`).
 
 Only dev documents and pseudo-unseen labels are read: nothing here looks at the test types.
 
@@ -33,6 +41,7 @@ import torch
 from glidre_core.experiments import load_experiment_config
 from glidre_core.experiments.config import build_training_config, expand_trials, load_base
 from glidre_core.modeling import GLiDRE
+from glidre_core.modeling.label_transfer import neighbour_weights
 from glidre_core.training.calibration import calibration_documents
 from glidre_core.training.trainer import split_train_dev
 
@@ -81,18 +90,22 @@ def main() -> None:
     labels = list(cfg.unseen_calibration_labels)
     model = GLiDRE.from_pretrained(args.model)
     index = {lab: i for i, lab in enumerate(labels)}
-    probs, hits = [], []
-    for sc in model.predictor(relation_labels=labels, batch_size=4).score_relations(docs):
+    norm = model.config.normalize_label
+    held = {norm(lab) for lab in cfg.exclude_labels}
+    seen = [lab for lab in model.config.labels if norm(lab) not in held]
+    probs, seen_probs, hits = [], [], []
+    for sc in model.predictor(relation_labels=labels + seen, batch_size=4).score_relations(docs):
         ids = sc.prepared.entity_ids
         pair_of = {(ids[h], ids[t]): p for p, (h, t) in enumerate(zip(sc.heads.tolist(), sc.tails.tolist()))}
-        y = np.zeros(sc.probs.shape, dtype=bool)
+        y = np.zeros((sc.probs.shape[0], len(labels)), dtype=bool)
         for r in sc.prepared.doc.relations:
             p = pair_of.get((r.head, r.tail))
             if p is not None:
                 y[p, index[r.label]] = True
-        probs.append(sc.probs.astype(np.float64))
+        probs.append(sc.probs[:, : len(labels)].astype(np.float64))
+        seen_probs.append(sc.probs[:, len(labels):].astype(np.float64))
         hits.append(y)
-    P, Y = np.concatenate(probs), np.concatenate(hits)
+    P, Y, S = np.concatenate(probs), np.concatenate(hits), np.concatenate(seen_probs)
     gold = sum(len(d.relations) for d in docs)
     related = Y.any(1)
     top = P.argmax(1)
@@ -106,6 +119,17 @@ def main() -> None:
         "per_label_standardised_top_label": best_f1(np.where(top_mask, z, -1e9).ravel(), Y.ravel(), gold),
         "pair_centred": best_f1((P - P.mean(1, keepdims=True)).ravel(), Y.ravel(), gold),
     }
+    with torch.no_grad():
+        sim = model.label_sentence_vectors(labels) @ model.label_sentence_vectors(seen).T  # [U, S] cosines
+    neighbours: dict[str, Any] = {}
+    for k in (1, 3, 5, 10):
+        for tau in (0.02, 0.05, 0.1):
+            knn = S @ neighbour_weights(sim, k, tau).numpy().astype(np.float64).T  # [pairs, U]
+            neighbours[f"neighbours_k{k}_tau{tau}"] = best_f1(knn.ravel(), Y.ravel(), gold)
+            neighbours[f"geomean_k{k}_tau{tau}"] = best_f1(np.sqrt(knn * P).ravel(), Y.ravel(), gold)
+    sim = sim.numpy()
+    rules["neighbours"] = max(neighbours.values(), key=lambda r: r["f1"])
+    nearest = {lab: [seen[j] for j in np.argsort(-sim[i])[:3]] for i, lab in enumerate(labels)}
     chance = float((Y[related].sum(1) / len(labels)).mean()) if related.any() else float("nan")
     result: dict[str, Any] = {
         "command": "python benchmarks/zero_shot_dev_diagnosis.py " + " ".join(
@@ -127,6 +151,10 @@ def main() -> None:
             "auc_within_related_pairs": rank_auc(P[related].ravel(), Y[related].ravel()),
         },
         "auc_all_candidates": rank_auc(P.ravel(), Y.ravel()),
+        "seen_labels": len(seen),
+        "neighbour_rules": neighbours,
+        "best_neighbour_rule": max(neighbours, key=lambda n: neighbours[n]["f1"]),
+        "nearest_seen_labels": nearest,
         "stored_unseen_label_threshold": model.config.unseen_label_threshold,
         "seconds": time.perf_counter() - start,
     }

@@ -74,6 +74,16 @@ class GLiDREConfig(BaseModel):
         description="decision threshold for relation labels outside `labels`, chosen on dev "
         "pseudo-unseen labels; None = `threshold` for every label",
     )
+    # Neighbour transfer (glidre_core.label_transfer): a label outside ``labels`` is scored from
+    # the probabilities of the trained labels nearest to it in the label encoder's sentence-
+    # embedding space (softmax over the top ``unseen_label_neighbours`` cosine similarities at
+    # ``unseen_label_temperature``), alone ("neighbours") or as a geometric mean with its own
+    # probability ("geomean"). Trained labels are calibrated and co-occur with unseen ones; the
+    # model's own score for a string it never trained on is neither. Chosen on dev pseudo-unseen
+    # labels (benchmarks/zero_shot_dev_diagnosis.py); "none" keeps the model's own score.
+    unseen_label_transfer: Literal["none", "neighbours", "geomean"] = "none"
+    unseen_label_neighbours: int = Field(5, ge=1, description="trained labels an unseen label borrows from")
+    unseen_label_temperature: float = Field(0.1, gt=0.0, description="softmax temperature over their cosine similarities")
 
     max_length: int = Field(512, ge=16, description="encoder window in sub-words, specials included")
     window_overlap: int = Field(128, ge=0, description="sub-words shared by consecutive windows")

@@ -36,6 +36,7 @@ import torch
 from glidre_core.documents import Document, Entity, Relation, parse_document
 from glidre_core.modeling.entities import ExtractionResult, decode_document_spans, entity_rows, group_mentions
 from glidre_core.modeling.label_encoder import LabelEmbeddings
+from glidre_core.modeling.label_transfer import LabelTransfer, plan_transfer
 from glidre_core.preparation import PreparedDocument
 from glidre_core.rows import CandidateRow, EntityRow, TripletRow
 
@@ -220,6 +221,8 @@ class Predictor:
         self.batch_size = batch_size
         self.encoder_cache = encoder_cache
         self._relations: LabelEmbeddings | None = None
+        self._scored: LabelEmbeddings | None = None  # the relations, plus trained labels unseen ones borrow from
+        self._transfer: LabelTransfer | None = None
         self._types: LabelEmbeddings | None = None
         self._thresholds = self._entity_thresholds = np.zeros(0, dtype=np.float32)
         # a recognizer object (a configured SpacyRecognizer, e.g. one mapping variant in a
@@ -255,8 +258,14 @@ class Predictor:
     def relations(self) -> LabelEmbeddings:
         """The relation labels and their embeddings (encoded once, in eval mode)."""
         if self._relations is None:
-            self._relations = self._resolve(self._relation_spec, self.model.config.labels, "relation labels",
-                                            self.model.encode_labels)
+            relations = self._resolve(self._relation_spec, self.model.config.labels, "relation labels",
+                                      self.model.encode_labels)
+            with self.inference():
+                self._transfer = plan_transfer(self.model, relations)
+            self._scored = relations if self._transfer is None else LabelEmbeddings(
+                list(relations.labels) + list(self._transfer.extra.labels if self._transfer.extra else []),
+                self._transfer.vectors(relations))
+            self._relations = relations
             self._thresholds = per_label_thresholds(self._relations.labels, self._threshold_spec,
                                                     stored_thresholds(self._relations.labels, self.model.config))
         return self._relations
@@ -338,10 +347,21 @@ class Predictor:
         return self.encoder_cache.attach(batch) if self.encoder_cache is not None else batch
 
     # -- scores ---------------------------------------------------------------------------------
+    @property
+    def scored_labels(self) -> LabelEmbeddings:
+        """What pairs are scored against: :attr:`relations`, followed by the trained labels that
+        unseen ones borrow from when the model transfers scores (``unseen_label_transfer``,
+        :mod:`glidre_core.modeling.label_transfer`); :meth:`_relation_probs` maps back to
+        :attr:`relations`."""
+        _ = self.relations
+        assert self._scored is not None
+        return self._scored
+
     def _relation_probs(self, logits: torch.Tensor, th: torch.Tensor | None) -> torch.Tensor:
         if th is not None:
             logits = logits - th.unsqueeze(-1)
-        return torch.sigmoid(logits)
+        probs = torch.sigmoid(logits)
+        return probs if self._transfer is None else self._transfer.apply(probs)
 
     def _split_relations(self, prepared: Sequence[PreparedDocument], batch: "ModelBatch", probs: np.ndarray) -> list[RelationScores]:
         out, start = [], 0
@@ -364,7 +384,7 @@ class Predictor:
     def score_relations(self, items: Iterable[Document | PreparedDocument]) -> list[RelationScores]:
         """Relation probabilities of every ordered entity pair of each document (given
         entities), in input order."""
-        labels = self.relations
+        labels = self.scored_labels
 
         def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[RelationScores]:
             res = self.model(batch, labels)
@@ -466,7 +486,7 @@ class Predictor:
     def _extract(self, items: Iterable[Document | PreparedDocument | str], candidates: bool) -> list[BandDecoded]:
         if self.entity_recognizer == "spacy":
             return self._extract_with_spacy(items, candidates)
-        types, labels = self.entity_types, self.relations
+        types, labels = self.entity_types, self.scored_labels
         ent_thr, type_names = self.entity_thresholds, list(types.labels)
 
         def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[BandDecoded]:

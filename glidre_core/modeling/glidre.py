@@ -188,6 +188,13 @@ class GLiDRE(nn.Module):
             raise ValueError("relation labels must be distinct (after casing normalisation)")
         return LabelEmbeddings(list(labels), self.label_encoder(norm))
 
+    def label_sentence_vectors(self, labels: Sequence[str]) -> torch.Tensor:
+        """``[R, H]`` unit-length sentence embeddings of the label strings (the label encoder's
+        pooled output, before the model's label map): the space in which labels are compared with
+        each other (:mod:`.label_transfer`), which the label map learns nothing about."""
+        pooled = self.label_encoder.pooled([self.config.normalize_label(lab) for lab in labels])
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
     def label_anchor_penalty(self, labels: Sequence[str]) -> torch.Tensor:
         """The label map's distance from the sentence-embedding space (training regulariser,
         ``config.label_anchor_weight``; :meth:`LabelEncoder.anchor_penalty`)."""
