@@ -14,7 +14,11 @@ for m in strict relaxed; do
   $G evaluate --task joint --model "$MODEL" --data $D/redocred/test_revised.json --format docred --match $m \
     --output-json "${P}_redocred_joint_${m}.json"
 done
-$G evaluate --task ner --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --output-json "${P}_conll04_ner.json"
-$G evaluate --task joint --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --output-json "${P}_conll04_joint.json"
+# CoNLL04 mentions over the corpus tokens (the default for conll04, SpERT's unit), and character-exact
+for task in ner joint; do
+  $G evaluate --task $task --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --output-json "${P}_conll04_${task}.json"
+  $G evaluate --task $task --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 --spans chars \
+    --output-json "${P}_conll04_${task}_chars.json"
+done
 $G evaluate --model "$MODEL" --data $D/conll04/conll04_test.json --format conll04 \
   --output-json "${P}_conll04_relation_given_entities.json"

@@ -71,8 +71,13 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
 @click.option("--coreference", type=click.Choice(["rules", "none"]), default=None,
               help="joint: group predicted mentions into entities (default: none for conll04, whose "
                    "entities are single mentions by definition; the model's own mode otherwise)")
+@click.option("--spans", type=click.Choice(["chars", "tokens"]), default=None,
+              help="ner/joint: compare mentions character-exact, or over the corpus tokens (predicted mentions "
+                   "widened to whole whitespace-delimited tokens; default: tokens for conll04, SpERT's unit, "
+                   "chars otherwise)")
 def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
-             entity_labels, match, typed, head_precision=None, entity_recognizer="model", coreference=None) -> None:
+             entity_labels, match, typed, head_precision=None, entity_recognizer="model", coreference=None,
+             spans=None) -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
     entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint).
 
@@ -111,8 +116,11 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
     types = [t.strip() for t in entity_labels.split(",") if t.strip()] if entity_labels else None
     if task != "relation" and model.span_head is None and not (task == "joint" and entity_recognizer == "spacy"):
         raise click.UsageError(f"--task {task} needs a model with an entity (span) head; {model_ref} has none")
+    # CoNLL04 systems predict over the corpus tokens: "Dallas." (a glued sentence-final period) is
+    # one token there, and our words split it (glidre_core/joint_metrics.py, "Token-level spans")
+    spans = spans or ("tokens" if fmt == "conll04" else "chars")
     if task == "ner":
-        result = evaluate_entities(model, docs, types, threshold=entity_threshold)
+        result = evaluate_entities(model, docs, types, threshold=entity_threshold, spans=spans)
     elif task == "joint":
         typed = (fmt == "conll04") if typed is None else typed
         # CoNLL04 annotates mentions: two "U.S." in one sentence are two entities, and a relation is
@@ -120,7 +128,7 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         coreference = coreference or ("none" if fmt == "conll04" else None)
         result = evaluate_joint(model, docs, types, relation_labels_=evaluation_labels(docs, fmt),
                                 entity_threshold=entity_threshold, threshold=threshold, match=match, typed=typed,
-                                entity_recognizer=entity_recognizer, coreference=coreference)
+                                entity_recognizer=entity_recognizer, coreference=coreference, spans=spans)
     else:
         facts = train_fact_names(read_documents(train_facts, fmt)) if train_facts else None
         result = evaluate_model(model, docs, labels=evaluation_labels(docs, fmt), train_facts=facts,

@@ -15,7 +15,7 @@ import numpy as np
 
 from glidre_core.documents import Document, Entity, Mention
 from glidre_core.inference import Predictor, SpanScores
-from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, mention_units, type_key
+from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, mention_units, snap_to_tokens, type_key
 from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep, train_fact_names
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
 from glidre_core.modeling.entities import decode_document_spans
@@ -23,6 +23,10 @@ from glidre_core.preparation import PreparedDocument
 from glidre_core.readers import load_rel_info, relation_labels
 
 logger = logging.getLogger(__name__)
+
+SpanUnit = Literal["chars", "tokens"]
+"""How predicted mentions are compared with gold ones: character-exact, or over the corpus's
+whitespace-delimited tokens (:func:`glidre_core.joint_metrics.snap_to_tokens`)."""
 
 
 def relation_candidates(
@@ -293,21 +297,23 @@ def evaluate_entities(
     entity_labels: Sequence[str] | None = None,
     threshold: float | None = None,
     batch_size: int = 8,
+    spans: SpanUnit = "chars",
 ) -> dict[str, Any]:
     """Strict (span and type) mention-level entity recognition on ``docs``; ``entity_labels``
-    None = the data's own types."""
+    None = the data's own types; ``spans="tokens"`` compares over the corpus tokens
+    (:func:`glidre_core.joint_metrics.snap_to_tokens`)."""
     types_list = list(entity_labels) if entity_labels else data_entity_types(model, docs)
     start = time.perf_counter()
     predictor = model.predictor(entity_labels=types_list, entity_threshold=threshold, batch_size=batch_size)
     scored = predictor.score_spans(docs)
     preds = entity_predictions(scored, predictor.entity_types, predictor.entity_thresholds)
     elapsed = time.perf_counter() - start
-    result = entity_scores(docs, preds, type_name=model.config.entity_label)
+    result = entity_scores(docs, snap_to_tokens(preds) if spans == "tokens" else preds, type_name=model.config.entity_label)
     result.update({
         "task": "ner", "docs": len(docs), "seconds": elapsed,
         "docs_per_second": len(docs) / elapsed if elapsed else 0.0,
         "entity_threshold": model.config.entity_threshold if threshold is None else threshold,
-        "entity_labels": types_list,
+        "entity_labels": types_list, "spans": spans,
     })
     return result
 
@@ -324,11 +330,13 @@ def evaluate_joint(
     batch_size: int = 8,
     entity_recognizer: str = "model",
     coreference: str | None = None,
+    spans: SpanUnit = "chars",
 ) -> dict[str, Any]:
     """End to end from raw text: ``model.extract_documents`` on the texts alone, then strict
     entity F1 and end-to-end relation F1 (entity matching rule ``match``, with types when
     ``typed``) against the gold. Labels None = the data's own entity types / relation labels;
-    ``coreference`` None = the model's own mode."""
+    ``coreference`` None = the model's own mode; ``spans="tokens"`` compares mentions over the
+    corpus tokens (:func:`glidre_core.joint_metrics.snap_to_tokens`)."""
     types_list = list(entity_labels) if entity_labels else data_entity_types(model, docs)
     rel_list = list(relation_labels_) if relation_labels_ else relation_labels(docs)
     start = time.perf_counter()
@@ -338,6 +346,8 @@ def evaluate_joint(
     )
     elapsed = time.perf_counter() - start
     preds = [r.document for r in results]
+    if spans == "tokens":
+        preds = snap_to_tokens(preds)
     ner = entity_scores(docs, preds, type_name=model.config.entity_label)
     rel = end_to_end_relation_scores(
         docs, preds, match=match, typed=typed, type_name=model.config.entity_label,
@@ -351,5 +361,6 @@ def evaluate_joint(
         "threshold": model.config.threshold if threshold is None else threshold,
         "entity_labels": types_list, "relation_labels": len(rel_list),
         "coreference": coreference or model.config.coreference, "entity_recognizer": entity_recognizer,
+        "spans": spans,
     })
     return rel

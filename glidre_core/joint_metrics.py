@@ -58,6 +58,17 @@ End-to-end relations (:func:`end_to_end_relation_scores`)
 
     With ``strict`` matching, if several gold entities have the same span set, the first one of
     the right type (``typed=True``) or simply the first one is used.
+
+Token-level spans (:func:`snap_to_tokens`)
+    Pre-tokenised corpora (CoNLL04, DocRED) annotate *tokens*; our readers join them with single
+    spaces, and the model predicts spans over its own words, which split punctuation off. A
+    corpus token such as ``"Dallas."`` (a sentence-final period glued to the name, as the corpus
+    tokenised it) is then an entity the model can only predict as ``"Dallas"``. SpERT and the
+    other CoNLL04 systems predict over the corpus tokens, so they cannot make that error. Scoring
+    over tokens widens each predicted mention to the whitespace-delimited tokens it touches
+    before the comparison; the gold spans are tokens already. ``glidre evaluate`` does this for
+    ``--format conll04`` (``--spans tokens``), which is the comparable protocol there, and reports
+    the character-exact scores too (``chars``).
 """
 
 from __future__ import annotations
@@ -154,6 +165,27 @@ def entity_scores(
         Counter(u[3] for u in g_units), Counter(u[3] for u in p_units), Counter(u[3] for u in tp_units)
     )
     return result
+
+
+def snap_to_tokens(docs: Sequence[Document]) -> list[Document]:
+    """``docs`` with every mention widened to whole whitespace-delimited tokens of its text
+    (a mention that already starts and ends at whitespace or a text edge is unchanged)."""
+    out = []
+    for doc in docs:
+        text = doc.text
+        entities = []
+        for e in doc.entities:
+            mentions = []
+            for m in e.mentions:
+                start, end = m.start, m.end
+                while start > 0 and not text[start - 1].isspace():
+                    start -= 1
+                while end < len(text) and not text[end].isspace():
+                    end += 1
+                mentions.append(m if (start, end) == (m.start, m.end) else m.model_copy(update={"start": start, "end": end}))
+            entities.append(e.model_copy(update={"mentions": mentions}))
+        out.append(doc.model_copy(update={"entities": entities}))
+    return out
 
 
 def _spans(e: Entity) -> frozenset[tuple[int, int]]:

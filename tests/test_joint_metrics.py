@@ -10,7 +10,7 @@ import re
 import pytest
 
 from glidre_core import DocumentError, parse_document
-from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, match_entities
+from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, match_entities, snap_to_tokens
 
 
 def _doc(doc_id, text, entities, relations=()):
@@ -302,3 +302,63 @@ def test_label_normalisation():
     res = end_to_end_relation_scores([gold], [pred], normalize_label=norm)
     _check(res, 1, 1, 1)
     assert list(res["per_relation"]) == ["live in"]
+
+
+# ----------------------------------------------------------------------------- token-level spans
+
+TEXT_TOK = "Smith of Acme-Corp lives in Dallas."  # corpus tokens: Smith|of|Acme-Corp|lives|in|Dallas.
+
+
+def test_snap_to_tokens_widens_partial_tokens_only():
+    pred = _doc("t", TEXT_TOK, {"p": ("Peop", ["Smith"]), "o": ("Org", ["Acme"]), "l": ("Loc", [(28, 34)])})
+    snapped = snap_to_tokens([pred])[0]
+    spans = {e.id: [(m.start, m.end) for m in e.mentions] for e in snapped.entities}
+    assert TEXT_TOK[slice(*spans["p"][0])] == "Smith"          # already whole: unchanged
+    assert TEXT_TOK[slice(*spans["o"][0])] == "Acme-Corp"      # inside a hyphenated token
+    assert TEXT_TOK[slice(*spans["l"][0])] == "Dallas."        # the glued period
+    assert pred.entities[2].mentions[0].end == 34              # the input is not modified
+
+
+def test_token_level_scores_count_the_glued_period_as_right():
+    gold = _doc("t", TEXT_TOK, {"p": ("Peop", ["Smith"]), "l": ("Loc", ["Dallas."])}, [("p", "Live_In", "l")])
+    pred = _doc("t", TEXT_TOK, {"a": ("Peop", ["Smith"]), "b": ("Loc", [(28, 34)])}, [("a", "Live_In", "b")])
+    # characters: "Dallas" != "Dallas.": 1 of 2 mentions (tp 1, pred 2, gold 2), no relation right
+    _check(entity_scores([gold], [pred]), 1, 2, 2)
+    _check(end_to_end_relation_scores([gold], [pred], typed=True), 0, 1, 1)
+    # tokens: both mentions and the relation are right
+    _check(entity_scores([gold], snap_to_tokens([pred])), 2, 2, 2)
+    _check(end_to_end_relation_scores([gold], snap_to_tokens([pred]), typed=True), 1, 1, 1)
+
+
+def test_evaluate_cli_scores_conll04_over_tokens_by_default(tmp_path):
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from conftest import tiny_config
+    from glidre_core import GLiDRE
+    from glidre_core.cli import main
+
+    torch.manual_seed(0)
+    GLiDRE(tiny_config(span_head=True, entity_labels=["person", "location"])).save_pretrained(tmp_path / "m")
+    data = tmp_path / "c.json"
+    data.write_text(json.dumps([
+        {"tokens": ["Smith", "lives", "in", "Dallas."], "tags": ["U-Peop", "O", "O", "U-Loc"],
+         "relations": [{"head": 0, "tail": 1, "type": "Live_In"}], "orig_id": 1},
+        {"tokens": ["Jones", "visited", "Acme-Corp", "in", "Paris", "."], "tags": ["U-Peop", "O", "U-Org", "O", "U-Loc", "O"],
+         "relations": [], "orig_id": 2},
+    ]))
+    out = {}
+    for spans in (None, "chars"):
+        path = tmp_path / f"{spans}.json"
+        args = ["evaluate", "--task", "ner", "--model", str(tmp_path / "m"), "--data", str(data), "--format", "conll04",
+                "--entity-threshold", "0.01", "--output-json", str(path)] + (["--spans", spans] if spans else [])
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        out[spans] = json.loads(path.read_text())
+    assert out[None]["spans"] == "tokens" and out["chars"]["spans"] == "chars"
+    # widened to corpus tokens, predictions can only gain true positives (and merge duplicates)
+    assert out[None]["tp"] >= out["chars"]["tp"]
+    assert out[None]["n_pred"] <= out["chars"]["n_pred"]
+    assert out[None]["n_gold"] == out["chars"]["n_gold"] == 5
