@@ -7,7 +7,10 @@ the Ray Data ``Extractor`` and the MLflow pyfunc all run inference through a
 * the relation-label and entity-type embeddings (encoded in eval mode, without gradients: label
   embeddings computed in train mode would carry dropout noise);
 * the per-label decision thresholds, the coreference mode, ``top_k`` and flat/nested decoding;
-* eval mode and ``no_grad`` around every call, restoring the model's mode afterwards.
+* eval mode and ``no_grad`` around every call, restoring the model's mode afterwards;
+* for labels the model never trained on, when its config asks for it
+  (``unseen_label_transfer``), the trained labels they borrow scores from: scored alongside,
+  and mapped back inside the batch (:mod:`glidre_core.modeling.label_transfer`).
 
 Documents are batched by similar size (sorted by entity count, then length, and returned in
 input order), so padding stays small; each batch is one :meth:`GLiDRE.forward` and **one** copy

@@ -238,18 +238,35 @@ def test_invalid_experiment_configs_name_the_field(overrides, message):
         experiment(**overrides)
 
 
-def test_shipped_experiment_configs_validate_and_build_their_trials(monkeypatch):
+def test_shipped_experiment_configs_validate_and_build_their_trials(monkeypatch, tmp_path, tiny_model):
     """Every config in configs/experiments passes the driver's pre-flight: each trial's training
-    config validates and its data files exist (what run_experiment checks before starting Ray)."""
+    config validates and its data files exist (what run_experiment checks before starting Ray).
+
+    An arm may start from a model another documented command trains first (``init_from:
+    runs/...``), which a fresh clone does not have: there the pre-flight must refuse with an
+    error naming that path, and the rest of the config is then validated with a saved tiny model
+    standing in for it."""
     from glidre_core.experiments.config import load_base, resolve_paths
     from glidre_core.experiments.runner import _resolved_experiment, build_scheduler, build_search, validate_trials
 
     if not (REPO.parent / "shared" / "data").is_dir():
         pytest.skip("the configs name ../shared/data, which is not beside this checkout")
     monkeypatch.chdir(REPO)  # config paths are relative to the working directory
+    stand_in = tmp_path / "stand_in"
+    tiny_model.save_pretrained(stand_in)
     for path in sorted((REPO / "configs" / "experiments").glob("*.yaml")):
         cfg = _resolved_experiment(load_experiment_config(path), str(REPO))
         base = resolve_paths(load_base(cfg), REPO)
+        missing = {
+            arm: str(o["init_from"]) for arm, o in cfg.arms.items()
+            if o.get("init_from") and o["init_from"] != "default" and not (REPO / o["init_from"]).exists()
+        }
+        if missing:
+            with pytest.raises(ExperimentConfigError, match="no config.json") as info:
+                validate_trials(cfg, base, str(REPO))
+            assert any(Path(m).name in str(info.value) for m in missing.values()), path.name
+            arms = {a: ({**o, "init_from": str(stand_in)} if a in missing else o) for a, o in cfg.arms.items()}
+            cfg = cfg.model_copy(update={"arms": arms})
         assert validate_trials(cfg, base, str(REPO)) >= 1, path.name
         if cfg.search != "optuna":
             trials = expand_trials(cfg)
