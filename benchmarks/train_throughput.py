@@ -33,12 +33,10 @@ Results: ``benchmarks/results/train_throughput.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import logging
 import os
-import platform
 import shlex
 import statistics
 import sys

@@ -146,7 +146,7 @@ def test_two_actors_on_two_cpus_complete_or_refuse_fast(tmp_path):
     # count processed documents while committed is still 0, with an estimated total
     lines = [ln for ln in ok.stderr.splitlines() if "progress:" in ln]
     assert [ln for ln in lines if "committed 0" in ln and " 0 docs processed" not in ln], "\n".join(lines)
-    assert any(f"of ~" in ln and "ETA" in ln for ln in lines), "\n".join(lines)
+    assert any("of ~" in ln and "ETA" in ln for ln in lines), "\n".join(lines)
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["docs_read"] == len(records) and manifest["reconciled"]
 

@@ -23,7 +23,7 @@ import logging
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from ray.data.block import Block
@@ -32,6 +32,9 @@ from ray.data.datasource.file_based_datasource import FileBasedDatasource
 from glidre_core.extraction.errors import InputError
 from glidre_core.extraction.schemas import RECORD
 from glidre_core.extraction.storage import Location, list_files
+
+if TYPE_CHECKING:
+    from glidre_core.extraction.progress import InputSize
 
 logger = logging.getLogger(__name__)
 

@@ -398,11 +398,11 @@ def _read_table(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
             table = pq.ParquetFile(f).read(use_threads=False)
         else:
             table = pa.ipc.open_file(f).read_all()
-    for field in schema:  # an index written before a count was added: that count is 0 there
-        if field.name not in table.column_names:
-            if not pa.types.is_integer(field.type):
-                raise ValueError(f"{path} lacks column {field.name!r}")
-            table = table.append_column(field, pa.array([0] * table.num_rows, field.type))
+    for col in schema:  # an index written before a count was added: that count is 0 there
+        if col.name not in table.column_names:
+            if not pa.types.is_integer(col.type):
+                raise ValueError(f"{path} lacks column {col.name!r}")
+            table = table.append_column(col, pa.array([0] * table.num_rows, col.type))
     return table.select(schema.names).cast(schema)
 
 

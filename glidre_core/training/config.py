@@ -72,6 +72,16 @@ class PretrainingSection(BaseModel):
     negative_sampling: Literal["uniform", "frequency"] = "uniform"
 
 
+class LabelPhrasingsSection(BaseModel):
+    """Label augmentation (:mod:`glidre_core.training.label_phrasings`): in training, each label
+    of a batch is encoded under one of its phrasings with ``probability``; targets, dev
+    evaluation and the saved model keep the canonical names."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(..., description="a named set ('docred') or a JSON / YAML file {label: [phrasing, ...]}")
+    probability: float = Field(0.5, ge=0.0, le=1.0, description="chance that a label is replaced in a batch")
+
+
 class SubsetSection(BaseModel):
     """The low-resource protocol's training subset: ``n`` documents of the training pool that is
     left after the dev hold-out (``train`` only; ``extra_train`` corpora are kept whole).
@@ -128,6 +138,9 @@ class TrainingConfig(BaseModel):
         description="'pseudo-unseen' labels, also listed in exclude_labels, whose facts in the dev "
         "documents choose the model's unseen_label_threshold after training (the threshold for "
         "labels the model never trained on; glidre_core.training.calibration)",
+    )
+    label_phrasings: LabelPhrasingsSection | None = Field(
+        None, description="train on several phrasings of each label (label augmentation); None = the names only",
     )
     output_dir: str = "runs/train"
     seed: int = 13

@@ -55,6 +55,7 @@ from glidre_core.training.checkpoint import (
 )
 from glidre_core.training.calibration import calibrate_saved_model
 from glidre_core.training.config import TrainingConfig
+from glidre_core.training.label_phrasings import LabelPhraser, load_label_phrasings
 from glidre_core.training.label_sampler import LabelSampler
 
 logger = logging.getLogger(__name__)
@@ -274,6 +275,20 @@ class Trainer:
                 labels, pt.negatives_per_batch, pt.max_labels_per_batch,
                 seed=cfg.seed + 7919 * rank, weighting=pt.negative_sampling, counts=counts,
             )
+        self.phraser: LabelPhraser | None = None
+        if cfg.label_phrasings is not None:
+            self.phraser = LabelPhraser(
+                load_label_phrasings(cfg.label_phrasings.source), cfg.label_phrasings.probability,
+                seed=cfg.seed, rank=rank, normalize=model_cfg.normalize_label,
+            )
+            covered = self.phraser.covered(labels)
+            if not covered:
+                raise ValueError(
+                    f"label_phrasings {cfg.label_phrasings.source!r} has phrasings for none of the "
+                    f"{len(labels)} training labels (e.g. {labels[:3]})"
+                )
+            logger.info("label phrasings: %d of %d training labels have phrasings (p=%.2f)",
+                        len(covered), len(labels), cfg.label_phrasings.probability)
         self.prepared: dict[str, PreparedDocument] = {}
         # only rank 0 evaluates, so only rank 0 prepares (and caches) the dev documents
         for d in self.train_docs + (self.dev_docs if rank == 0 else []):
@@ -512,13 +527,16 @@ class Trainer:
                 # a stage that trains the relation heads alone)
                 span_types = (self.entity_labels or None) if self.span_head_trained else None
                 batch = training_batch(model, docs, rel_labels, span_types)
+                # targets follow label positions; only the strings the labels are encoded under change
+                enc_labels = (self.phraser.draw(rel_labels, micro)
+                              if self.phraser is not None and rel_labels is not None else rel_labels)
                 if self.cache is not None:
                     batch = self.cache.attach(batch)
                 sync = (micro + 1) % cfg.grad_accum == 0
                 no_sync = net.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
                 with no_sync:
                     with self.autocast():
-                        loss = net(batch, rel_labels, span_types) / cfg.grad_accum
+                        loss = net(batch, enc_labels, span_types) / cfg.grad_accum
                     loss.backward()
                 # kept on the device: reading a loss back every step would stall a GPU
                 running.append(loss.detach() * cfg.grad_accum)
