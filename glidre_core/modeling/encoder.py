@@ -95,6 +95,14 @@ class DocumentEncoder(nn.Module):
             )
 
     @property
+    def layered(self) -> bool:
+        """Whether the encoder exposes ``embeddings`` and ``encoder.layer`` (BERT, MPNet, ...), so
+        its embeddings and lower layers can be frozen. Layer *caching* and the hand-run last
+        layer need more (:attr:`bert_like`)."""
+        m = self.model
+        return hasattr(m, "embeddings") and hasattr(getattr(m, "encoder", None), "layer")
+
+    @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 

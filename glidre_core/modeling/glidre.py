@@ -117,12 +117,12 @@ class GLiDRE(nn.Module):
         split = self.frozen_split
         if split == 0:
             if self.config.freeze_embeddings:
-                if not self.encoder.bert_like:
-                    raise ValueError("freeze_embeddings needs a BERT-like encoder")
+                if not self.encoder.layered:
+                    raise ValueError("freeze_embeddings needs an encoder with `embeddings` and `encoder.layer`")
                 self.encoder.model.embeddings.requires_grad_(False)
             return
-        if not self.encoder.bert_like:
-            raise ValueError("trainable_encoder_layers needs a BERT-like encoder")
+        if not self.encoder.layered:
+            raise ValueError("trainable_encoder_layers needs an encoder with `embeddings` and `encoder.layer`")
         m = self.encoder.model
         m.embeddings.requires_grad_(False)
         for layer in m.encoder.layer[:split]:

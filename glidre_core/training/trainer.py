@@ -311,7 +311,11 @@ class Trainer:
         if cfg.cache_frozen_layers and encoder_frozen:
             self.cache = EncoderCache(self.model, self.prepared, "encoded", cfg.batch_size)
         elif cfg.cache_frozen_layers and self.model.frozen_split > 0:
-            self.cache = EncoderCache(self.model, self.prepared, "lower", cfg.batch_size)
+            if self.model.encoder.bert_like:
+                self.cache = EncoderCache(self.model, self.prepared, "lower", cfg.batch_size)
+            else:  # the lower layers are frozen but run in every step (the generic encoder path)
+                logger.warning("cache_frozen_layers: %s is not BERT-like, so its frozen lower layers "
+                               "cannot be cached; they run in every step", type(self.model.encoder.model).__name__)
         self.last_dev_eval: dict[str, Any] | None = None
         self._train_fact_names: set[tuple[str, str, str]] | None = None
         self._live: dict[str, Any] = {}
