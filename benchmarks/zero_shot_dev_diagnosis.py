@@ -39,11 +39,9 @@ import numpy as np
 import torch
 
 from glidre_core.experiments import load_experiment_config
-from glidre_core.experiments.config import build_training_config, expand_trials, load_base
+from glidre_core.experiments.heldout import pseudo_unseen_dev
 from glidre_core.modeling import GLiDRE
 from glidre_core.modeling.label_transfer import neighbour_weights
-from glidre_core.training.calibration import calibration_documents
-from glidre_core.training.trainer import split_train_dev
 
 logger = logging.getLogger("zero_shot_dev_diagnosis")
 
@@ -81,12 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     exp = load_experiment_config(args.experiment)
-    # the first trial's training config: the split and the held-out labels are the same in all
-    cfg = build_training_config(load_base(exp), exp, expand_trials(exp)[0], Path.cwd(), "unused")
-    if not cfg.unseen_calibration_labels:
-        raise SystemExit(f"{args.experiment} holds out no pseudo-unseen labels (unseen_calibration_labels)")
-    _, dev = split_train_dev(cfg)
-    docs = calibration_documents(cfg, [d.doc_id for d in dev])
+    cfg, _, docs = pseudo_unseen_dev(exp)
     labels = list(cfg.unseen_calibration_labels)
     model = GLiDRE.from_pretrained(args.model)
     index = {lab: i for i, lab in enumerate(labels)}

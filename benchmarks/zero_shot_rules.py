@@ -35,13 +35,10 @@ import torch
 
 from glidre_core.documents import Document
 from glidre_core.experiments import load_experiment_config
-from glidre_core.experiments.config import build_training_config, expand_trials, load_base
-from glidre_core.experiments.heldout import restrict_labels
+from glidre_core.experiments.heldout import pseudo_unseen_dev, restrict_labels
 from glidre_core.metrics import gold_facts
 from glidre_core.modeling import GLiDRE
 from glidre_core.readers import read_documents
-from glidre_core.training.calibration import calibration_documents
-from glidre_core.training.trainer import split_train_dev
 
 logger = logging.getLogger("zero_shot_rules")
 
@@ -87,11 +84,12 @@ def best_threshold(c: dict[str, np.ndarray], keep: np.ndarray) -> tuple[float, f
     if not y.any():
         return 0.5, 0.0
     order = np.argsort(-p, kind="stable")
-    tp = np.cumsum(y[order])
+    s, tp = p[order], np.cumsum(y[order])
     n = np.arange(1, len(order) + 1)
     f1 = 2 * tp / (n + int(c["gold"]))
+    f1 = np.where(np.append(s[1:] < s[:-1], True), f1, -1.0)  # a threshold cannot split tied scores
     i = int(f1.argmax())
-    return float(p[order][i]), float(f1[i])
+    return float(s[i]), float(f1[i])
 
 
 def score(c: dict[str, np.ndarray], keep: np.ndarray, tau: float) -> dict[str, float]:
@@ -112,9 +110,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     exp = load_experiment_config(args.experiment)
-    cfg = build_training_config(load_base(exp), exp, expand_trials(exp)[0], Path.cwd(), "unused")
-    _, dev = split_train_dev(cfg)
-    dev_docs = calibration_documents(cfg, [d.doc_id for d in dev])
+    cfg, _, dev_docs = pseudo_unseen_dev(exp)
     pseudo = list(dict.fromkeys(cfg.unseen_calibration_labels))
     unseen = list(dict.fromkeys(exp.evaluate.restrict_labels or []))
     if not unseen or not pseudo:

@@ -25,11 +25,9 @@ from typing import Any
 import torch
 
 from glidre_core.experiments import load_experiment_config
-from glidre_core.experiments.config import build_training_config, expand_trials, load_base
-from glidre_core.experiments.heldout import evaluate_held_out
+from glidre_core.experiments.heldout import evaluate_held_out, pseudo_unseen_dev
 from glidre_core.modeling import GLiDRE
-from glidre_core.training.calibration import calibrate_unseen_threshold, calibration_documents
-from glidre_core.training.trainer import split_train_dev
+from glidre_core.training.calibration import calibrate_unseen_threshold
 
 logger = logging.getLogger("zero_shot_transfer")
 
@@ -53,9 +51,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     exp = load_experiment_config(args.experiment)
-    cfg = build_training_config(load_base(exp), exp, expand_trials(exp)[0], Path.cwd(), "unused")
-    train, dev = split_train_dev(cfg)
-    cal_docs = calibration_documents(cfg, [d.doc_id for d in dev])
+    cfg, train, cal_docs = pseudo_unseen_dev(exp)
     model = GLiDRE.from_pretrained(args.model)
     results = []
     for text in args.rule:

@@ -422,3 +422,28 @@ def test_experiment_runs_on_tune_stops_on_budget_and_resumes(ray_session, mlflow
 
     third = run_experiment(cfg)  # a finished experiment: nothing runs, the report is rewritten
     assert third.restored and not third.interrupted and third.report["trials"]["done"] == 2
+
+
+def test_pseudo_unseen_dev_is_the_trials_hold_out_with_only_pseudo_unseen_facts(tmp_path, small_docred):
+    """The zero-shot benchmarks choose every rule on this set: the first trial's dev hold-out, its
+    facts restricted to the pseudo-unseen labels (which training never sees)."""
+    from glidre_core.experiments.heldout import pseudo_unseen_dev
+
+    _, dev = split_train_dev(training_config(tmp_path, train={"path": small_docred}, holdout_seed=0))
+    counts = Counter(r.label for d in dev for r in d.relations)
+    pseudo = [lab for lab, _ in counts.most_common(2)]
+    model = tiny_config(trainable_encoder_layers=1, encoder_config=NO_DROPOUT, label_encoder_config=NO_DROPOUT).model_dump()
+    overrides = {"model": model, "train": {"path": small_docred, "format": "docred"}, "dev_holdout": 5,
+                 "holdout_seed": 0, "batch_size": 2, "exclude_labels": pseudo, "unseen_calibration_labels": pseudo}
+    exp = ExperimentConfig.model_validate(
+        {"name": "zs", "overrides": overrides, "evaluate": {"data": {"path": small_docred, "format": "docred"}}})
+    cfg, train, docs = pseudo_unseen_dev(exp)
+    assert cfg.unseen_calibration_labels == pseudo
+    assert [d.doc_id for d in docs] == [d.doc_id for d in dev]
+    assert not {d.doc_id for d in train} & {d.doc_id for d in docs}
+    assert sum(len(d.relations) for d in docs) == sum(counts[lab] for lab in pseudo) > 0
+    assert {r.label for d in docs for r in d.relations} <= set(pseudo)
+    plain = {k: v for k, v in overrides.items() if k not in ("exclude_labels", "unseen_calibration_labels")}
+    with pytest.raises(ValueError, match="no pseudo-unseen labels"):
+        pseudo_unseen_dev(ExperimentConfig.model_validate(
+            {"name": "plain", "overrides": plain, "evaluate": {"data": {"path": small_docred, "format": "docred"}}}))

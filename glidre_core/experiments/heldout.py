@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from glidre_core.modeling import GLiDRE
 from glidre_core.readers import read_documents, relation_labels
 
 from glidre_core.experiments.config import EvaluateSection
+
+if TYPE_CHECKING:
+    from glidre_core.experiments.config import ExperimentConfig
+    from glidre_core.training.config import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +102,23 @@ def evaluate_held_out(
         result["ranking"] = ranking_auc(predictor, docs)
         result["auc"] = result["ranking"]["auc"]
     return result
+
+
+def pseudo_unseen_dev(exp: "ExperimentConfig") -> tuple["TrainingConfig", list[Document], list[Document]]:
+    """``(training config, training documents, dev documents)`` of ``exp``'s first trial, the
+    dev hold-out with only its pseudo-unseen facts (``unseen_calibration_labels``): what every
+    zero-shot rule is chosen on.
+
+    Why the first trial: the split, the held-out labels and the hold-out seed are the same in
+    every trial of a zero-shot experiment, so any trial's config names the same documents."""
+    from pathlib import Path
+
+    from glidre_core.experiments.config import build_training_config, expand_trials, load_base
+    from glidre_core.training.calibration import calibration_documents
+    from glidre_core.training.trainer import split_train_dev
+
+    cfg = build_training_config(load_base(exp), exp, expand_trials(exp)[0], Path.cwd(), "unused")
+    if not cfg.unseen_calibration_labels:
+        raise ValueError(f"experiment {exp.name!r} holds out no pseudo-unseen labels (unseen_calibration_labels)")
+    train, dev = split_train_dev(cfg)
+    return cfg, train, calibration_documents(cfg, [d.doc_id for d in dev])
