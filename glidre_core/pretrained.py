@@ -17,12 +17,13 @@ import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 if TYPE_CHECKING:  # torch and transformers load lazily: tokenizer-only workers never need them
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Encoders that exist offline, inside pip packages: name -> (package, sub-directory).
 OFFLINE_ENCODERS: dict[str, tuple[str, str]] = {
@@ -165,6 +166,19 @@ def load_subword_tokenizer(name: str | None) -> Any:
     return load_tokenizer(name)
 
 
+def _sdpa_or_eager(what: str, build: Callable[[str], T]) -> T:
+    """``build("sdpa")``, or ``build("eager")`` for architectures transformers has no SDPA path
+    for (MPNet, whose attention adds a relative position bias); DocumentEncoder then takes its
+    generic, non-BERT path, which needs eager attention anyway."""
+    try:
+        return build("sdpa")
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        logger.info("%s has no SDPA attention in transformers: loading it with eager attention", what)
+        return build("eager")
+
+
 def load_encoder(name: str | None, config: dict[str, Any] | None = None) -> "PreTrainedModel":
     """Load a named/local encoder strictly and offline, or build a random one from ``config``."""
     import torch
@@ -174,29 +188,11 @@ def load_encoder(name: str | None, config: dict[str, Any] | None = None) -> "Pre
         if config is None:
             raise ValueError("an encoder needs a name or a config dict")
         cfg = AutoConfig.for_model(**config)
-        try:
-            return AutoModel.from_config(cfg, attn_implementation="sdpa")
-        except ValueError as exc:  # no SDPA path for this architecture (MPNet): eager, as below
-            if "scaled_dot_product_attention" not in str(exc):
-                raise
-            return AutoModel.from_config(cfg, attn_implementation="eager")
+        return _sdpa_or_eager("random encoder", lambda attn: AutoModel.from_config(cfg, attn_implementation=attn))
     path = resolve_encoder_path(name)
-    try:
-        model, info = AutoModel.from_pretrained(
-            str(path), local_files_only=True, attn_implementation="sdpa", output_loading_info=True,
-            dtype=torch.float32,
-        )
-    except ValueError as exc:
-        # Architectures without an SDPA path in transformers (MPNet, whose attention adds a
-        # relative position bias) load with eager attention; DocumentEncoder then takes its
-        # generic, non-BERT path.
-        if "scaled_dot_product_attention" not in str(exc):
-            raise
-        logger.info("encoder %r has no SDPA attention in transformers: loading it with eager attention", name)
-        model, info = AutoModel.from_pretrained(
-            str(path), local_files_only=True, attn_implementation="eager", output_loading_info=True,
-            dtype=torch.float32,
-        )
+    model, info = _sdpa_or_eager(name, lambda attn: AutoModel.from_pretrained(
+        str(path), local_files_only=True, attn_implementation=attn, output_loading_info=True, dtype=torch.float32,
+    ))
     missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
     if missing or info.get("mismatched_keys"):
         raise ValueError(f"encoder {name!r}: weights do not match its config: missing={missing[:5]}")
