@@ -301,7 +301,13 @@ def finalize(cfg: TrainingConfig, trainer, result, tracker, meta: dict[str, Any]
                                   train_facts=trainer.dev_train_facts())
     curve = final_eval.pop("curve")
     final_eval["unseen_label_threshold"] = getattr(best.config, "unseen_label_threshold", None)
-    best_step = max(result.history, key=lambda r: r["dev_f1"])["step"] if result.history else None
+    if not result.history:
+        best_step = None
+    elif cfg.refit is not None:  # a refit keeps its last weights (RefitSection)
+        best_step = result.history[-1]["step"]
+        final_eval["dev_seen_in_training"] = True
+    else:
+        best_step = max(result.history, key=lambda r: r["dev_f1"])["step"]
     eval_fp = documents_fingerprint(trainer.dev_docs)
     final_eval.update({
         "eval_data": {"name": eval_data_name(cfg), "fingerprint": eval_fp, "docs": len(trainer.dev_docs)},

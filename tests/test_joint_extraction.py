@@ -154,3 +154,34 @@ def test_checkpoint_without_span_head_still_loads_and_predicts(tmp_path):
     assert {(r["head_id"], r["tail_id"]) for r in rows} == {("a", "b"), ("b", "a")}
     with pytest.raises(ValueError, match="no entity \\(span\\) head"):
         model.extract("Marie Curie lived in Paris.")
+
+
+def test_refit_trains_on_dev_too_keeps_the_last_weights_and_the_given_thresholds(tmp_path):
+    """SpERT's protocol (RefitSection): dev joins training, nothing is chosen on it."""
+    from glidre_core.training.trainer import split_train_dev
+
+    cfg = training_config(tmp_path, epochs=4, refit={"threshold": 0.41, "entity_threshold": 0.33})
+    train, dev = split_train_dev(cfg)
+    assert {d.doc_id for d in dev} <= {d.doc_id for d in train}
+    assert len(train) == len(corpus())
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    result = trainer.train()
+    history = result.history
+    # an evaluation every eval_every steps still runs, but only the last weights are kept
+    assert len(history) == 2 and history[-1]["step"] == trainer.total_steps()
+    assert [r.get("saved", False) for r in history] == [False, True]
+    assert all(r["dev_seen_in_training"] for r in history)
+    assert all(r["dev_threshold"] == pytest.approx(0.41) for r in history)  # no sweep on seen data
+    saved = GLiDRE.from_pretrained(result.best_dir)
+    assert saved.config.threshold == pytest.approx(0.41)
+    assert saved.config.entity_threshold == pytest.approx(0.33)
+    final = trainer.model.state_dict()
+    assert all(torch.equal(v.float(), final[k].float()) for k, v in saved.state_dict().items())
+
+
+def test_refit_config_needs_a_dev_file_and_an_entity_threshold_with_a_span_head(tmp_path):
+    with pytest.raises(ValueError, match="refit.entity_threshold"):
+        training_config(tmp_path, refit={"threshold": 0.5})
+    with pytest.raises(ValueError, match="set 'dev'"):
+        training_config(tmp_path, dev=None, refit={"threshold": 0.5, "entity_threshold": 0.5})

@@ -97,6 +97,24 @@ class SubsetSection(BaseModel):
     seed: int = Field(0, description="seed of the subset shuffle (independent of the training seed)")
 
 
+class RefitSection(BaseModel):
+    """Refit on train + dev with choices already made on dev (SpERT's CoNLL04 protocol).
+
+    A first run, trained on ``train`` and chosen on ``dev``, fixes the recipe: the epoch count and
+    the decision thresholds (its saved ``threshold`` and ``entity_threshold``). The refit run then
+    trains that recipe on ``train`` + ``dev`` (+ ``extra_dev``): more labelled data, no test data.
+    Because its dev documents are training documents, dev can choose nothing in the refit: no
+    threshold sweep (the thresholds below are used as given), no checkpoint selection (the
+    weights after the last step are kept), and the dev scores it logs are scores on seen data,
+    recorded as such (``dev_seen_in_training``), never a held-out result."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(..., gt=0.0, lt=1.0, description="relation threshold the dev-chosen run saved")
+    entity_threshold: float | None = Field(
+        None, gt=0.0, lt=1.0, description="entity threshold the dev-chosen run saved (a span head needs it)",
+    )
+
+
 class TrainingConfig(BaseModel):
     """Everything a training run needs. The test set never appears here: dev data chooses."""
 
@@ -138,6 +156,10 @@ class TrainingConfig(BaseModel):
         description="'pseudo-unseen' labels, also listed in exclude_labels, whose facts in the dev "
         "documents choose the model's unseen_label_threshold after training (the threshold for "
         "labels the model never trained on; glidre_core.training.calibration)",
+    )
+    refit: RefitSection | None = Field(
+        None, description="train on train + dev with the thresholds of a dev-chosen run and keep the last "
+        "weights (SpERT's protocol); None = choose the checkpoint and thresholds on dev",
     )
     label_phrasings: LabelPhrasingsSection | None = Field(
         None, description="train on several phrasings of each label (label augmentation); None = the names only",
@@ -190,6 +212,13 @@ class TrainingConfig(BaseModel):
     def _dev(self) -> "TrainingConfig":
         if self.dev is None and self.dev_holdout == 0:
             raise ValueError("a dev set is required: set 'dev' or a positive 'dev_holdout'")
+        if self.refit is not None:
+            if self.dev is None:
+                raise ValueError("refit trains on train + dev: set 'dev' to the dev file the thresholds were chosen on")
+            if self.model.span_head and self.refit.entity_threshold is None:
+                raise ValueError("refit with a span head needs refit.entity_threshold (the dev-chosen run's)")
+            if self.unseen_calibration_labels:
+                raise ValueError("refit cannot calibrate unseen labels: its dev documents are training documents")
         stray = sorted(set(self.unseen_calibration_labels) - set(self.exclude_labels))
         if stray:
             raise ValueError(f"unseen_calibration_labels {stray} are not in exclude_labels: a label "

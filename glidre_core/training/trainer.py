@@ -108,7 +108,8 @@ def split_train_dev(
 ) -> tuple[list[Document], list[Document]]:
     """Train and dev documents. Without a dev file, the last ``dev_holdout`` docs of a seeded
     shuffle (``holdout_seed``, else ``seed``) of the training file are held out; ``subset`` then
-    keeps n documents of what is left. ``exclude_labels`` are removed from every document.
+    keeps n documents of what is left. ``exclude_labels`` are removed from every document. With
+    ``refit`` the dev documents are appended to the training documents too.
     ``corpus_of`` (filled if given) maps each doc id to its corpus: 0 for ``train``/``dev``, i+1
     for ``extra_train[i]``/``extra_dev[i]``."""
     corpus_of = {} if corpus_of is None else corpus_of
@@ -146,6 +147,10 @@ def split_train_dev(
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"document ids repeat across the training/dev corpora: {dup}")
+    if cfg.refit is not None:
+        # the refit protocol (RefitSection): dev joins training; it is still returned as dev so
+        # that the run logs how well the final weights fit it, flagged as seen data
+        train = train + dev
     return train, dev
 
 
@@ -248,6 +253,10 @@ class Trainer:
             if not self.entity_labels:
                 raise ValueError("span_head is on but no training entity has a type")
             update["entity_labels"] = self.entity_labels
+        if cfg.refit is not None:
+            update["threshold"] = cfg.refit.threshold
+            if cfg.refit.entity_threshold is not None:
+                update["entity_threshold"] = cfg.refit.entity_threshold
         model_cfg = cfg.model.model_copy(update=update)
         self.model = GLiDRE(model_cfg).to(self.device)
         if cfg.init_from:
@@ -386,8 +395,9 @@ class Trainer:
             batch_size=self.cfg.batch_size, encoder_cache=self.cache,
         )
         with self.autocast():
+            sweep = self.relation_heads_trained and self.cfg.refit is None
             rel = evaluate_dev(predictor, self.dev_docs, prepared=dev, train_facts=self.dev_train_facts(),
-                               threshold="sweep" if self.relation_heads_trained else None)
+                               threshold="sweep" if sweep else None)
         result = {
             "f1": rel["f1"], "threshold": rel["threshold"], "curve": rel["curve"],
             "precision": rel["precision"], "recall": rel["recall"], "ign_f1": rel["ign_f1"],
@@ -396,7 +406,9 @@ class Trainer:
         if self.entity_labels:
             with self.autocast():
                 spans = predictor.score_spans(dev)
-            ent = entity_threshold_sweep(self.model, spans, self.dev_docs, predictor.entity_types)
+            # a refit scores at its given entity threshold: its dev data cannot choose one
+            grid = {} if self.cfg.refit is None else {"grid": [self.model.config.entity_threshold]}
+            ent = entity_threshold_sweep(self.model, spans, self.dev_docs, predictor.entity_types, **grid)
             result.update(entity_f1=ent["f1"], entity_threshold=ent["threshold"])
             select = self.cfg.select_on or "mean"
             result["score"] = {"relation": rel["f1"], "entity": ent["f1"], "mean": (rel["f1"] + ent["f1"]) / 2}[select]
@@ -587,7 +599,10 @@ class Trainer:
                         if "entity_f1" in dev:
                             record.update(dev_relation_f1=dev["f1"], dev_entity_f1=dev["entity_f1"],
                                           dev_entity_threshold=dev["entity_threshold"])
-                        if f1 > best_f1:
+                        if self.cfg.refit is not None:
+                            record["dev_seen_in_training"] = True
+                        # a refit keeps its last weights: dev is training data there, so cannot choose
+                        if (last if self.cfg.refit is not None else f1 > best_f1):
                             best_f1, best_thr = f1, (thr if self.relation_heads_trained else model.config.threshold)
                             if self.relation_heads_trained:
                                 # a stage that trains the span head alone keeps the relation
