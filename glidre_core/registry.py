@@ -124,7 +124,14 @@ def register_model(
 
 
 def evaluation_tags(final_eval: dict[str, Any], data_name: str, fingerprint: str) -> dict[str, str]:
-    """Version tags recording an evaluation (what promotion compares)."""
+    """Version tags recording an evaluation (what promotion compares).
+
+    An evaluation on documents the model trained on (``dev_seen_in_training``, a refit run) is
+    recorded under its own data name and fingerprint (``seen:`` prefix), so promotion never
+    compares it with a held-out evaluation of the same documents: it would win by having
+    memorised them."""
+    if final_eval.get("dev_seen_in_training"):
+        data_name, fingerprint = f"{data_name} (seen in training)", f"seen:{fingerprint}"
     tags = {f"{EVAL_TAG}{k}": repr(float(final_eval[k])) for k in ("f1", "ign_f1", "precision", "recall") if k in final_eval}
     tags[f"{EVAL_TAG}threshold"] = repr(float(final_eval.get("threshold", 0.0)))
     tags[f"{EVAL_TAG}docs"] = str(final_eval.get("docs", ""))

@@ -26,7 +26,8 @@ NAME = "glidre-promotion-test"
 
 @pytest.fixture(scope="module")
 def registered(mlflow_uri, tmp_path_factory) -> dict[str, str]:
-    """Versions: weak (F1 0), strong (F1 > 0), weak2 (F1 0), other_data (different documents)."""
+    """Versions: weak (F1 0), strong (F1 > 0), weak2 (F1 0), other_data (different documents),
+    seen (F1 > 0 on the same documents, but flagged as seen in training: a refit run)."""
     from glidre_core import registry
 
     docs = read_documents(REDOCRED_DEV, "docred", limit=4)
@@ -43,6 +44,10 @@ def registered(mlflow_uri, tmp_path_factory) -> dict[str, str]:
         tags = registry.evaluation_tags(ev, f"redocred dev first {len(data)}", documents_fingerprint(data))
         versions[key] = str(registry.register_model(handle, model_dir, NAME, tags=tags).version)
         versions[key + "_f1"] = ev["f1"]
+    # a refit's evaluation: the same documents, but the model trained on them
+    ev = {**evaluate_model(model, docs, threshold=0.01), "dev_seen_in_training": True}
+    tags = registry.evaluation_tags(ev, f"redocred dev first {len(docs)}", documents_fingerprint(docs))
+    versions["seen"] = str(registry.register_model(handle, model_dir, NAME, tags=tags).version)
     assert versions["strong_f1"] > 0 and versions["weak_f1"] == 0 == versions["weak2_f1"]
     return versions
 
@@ -108,6 +113,16 @@ def test_different_evaluation_data_is_refused_even_when_forced(registered, mlflo
         assert not d.promote and not d.same_data
         assert "different documents" in d.explanation and "not comparable" in d.explanation
     assert holder(mlflow_uri, "d-data") == v["weak"]
+
+
+def test_an_evaluation_on_training_documents_never_competes_with_a_held_out_one(registered, mlflow_uri):
+    """A refit run's dev documents are training documents: its higher F1 there proves nothing."""
+    v = registered
+    promote(NAME, v["weak"], alias="d-seen", tracking_uri=mlflow_uri)
+    d = promote(NAME, v["seen"], alias="d-seen", force=True, reason="try", tracking_uri=mlflow_uri)
+    assert not d.promote and not d.same_data
+    assert "seen in training" in d.explanation and "not comparable" in d.explanation
+    assert holder(mlflow_uri, "d-seen") == v["weak"]
 
 
 def test_dry_run_changes_nothing(registered, mlflow_uri):
