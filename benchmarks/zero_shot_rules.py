@@ -10,6 +10,14 @@ score. A user who names new types still has the model's trained types, so they c
 * ``+ top1``: and ``u`` is the pair's best unseen label (a pair rarely holds two);
 * ``+ compete m``: and ``P(u|p) >= m * max_s P(s|p)`` over the trained labels ``s``.
 
+The opposite idea, added after ``compete`` failed: the trained labels as a *relatedness* signal.
+In Re-DocRED dev, 62% of the facts of the 18 unseen types sit on an ordered entity pair that also
+holds a trained-type fact, against 6% of all ordered pairs (a data count, no model), so a pair the
+model relates under some trained label is ten times likelier to hold an unseen-type fact:
+
+* ``+ gate g``: and ``max_s P(s|p) >= g`` (the pair is related under a trained label);
+* ``score = related``: rank by ``P(u|p) * max_s P(s|p)`` instead of ``P(u|p)``, one threshold.
+
 Every rule's ``tau`` and ``m`` are chosen on the dev hold-out's pseudo-unseen facts (labels that
 training also held out), then applied once to Re-DocRED test restricted to the 18 unseen types.
 No choice reads a test document or a test type.
@@ -43,6 +51,14 @@ from glidre_core.readers import read_documents
 logger = logging.getLogger("zero_shot_rules")
 
 MARGINS = (None, 0.25, 0.5, 1.0, 2.0)
+GATES = (0.05, 0.1, 0.2, 0.3, 0.5)
+#: (top1, compete margin, relatedness gate, score) for every rule; the score is "prob" = P(u|p) or
+#: "related" = P(u|p) * max_s P(s|p)
+RULES = (
+    [(top1, margin, None, "prob") for top1, margin in itertools.product((False, True), MARGINS)]
+    + [(top1, None, gate, "prob") for top1, gate in itertools.product((False, True), GATES)]
+    + [(top1, None, None, "related") for top1 in (False, True)]
+)
 
 
 def candidates(model: GLiDRE, docs: Sequence[Document], unseen: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
@@ -53,7 +69,7 @@ def candidates(model: GLiDRE, docs: Sequence[Document], unseen: Sequence[str], b
     u = len(unseen)
     gold = gold_facts(docs)
     predictor = model.predictor(relation_labels=labels, batch_size=batch_size)
-    probs, ratio, top1, hit = [], [], [], []
+    probs, related, top1, hit = [], [], [], []
     for sc in predictor.score_relations(docs):
         if len(sc.heads) == 0:
             continue
@@ -61,26 +77,30 @@ def candidates(model: GLiDRE, docs: Sequence[Document], unseen: Sequence[str], b
         pu, ps = sc.probs[:, :u], sc.probs[:, u:]
         best_seen = ps.max(1, keepdims=True) if ps.shape[1] else np.zeros((len(pu), 1), np.float32)
         probs.append(pu.reshape(-1))
-        ratio.append((pu / np.maximum(best_seen, 1e-12)).reshape(-1))
+        related.append(np.broadcast_to(best_seen, pu.shape).reshape(-1))
         top1.append((pu >= pu.max(1, keepdims=True)).reshape(-1))
         hit.append(np.array([(doc_id, ids[h], lab, ids[t]) in gold
                              for h, t in zip(sc.heads.tolist(), sc.tails.tolist()) for lab in unseen]))
-    return {"prob": np.concatenate(probs), "ratio": np.concatenate(ratio), "top1": np.concatenate(top1),
+    prob, rel = np.concatenate(probs), np.concatenate(related)
+    return {"prob": prob, "related": prob * rel, "best_seen": rel,
+            "ratio": prob / np.maximum(rel, 1e-12), "top1": np.concatenate(top1),
             "hit": np.concatenate(hit), "gold": np.array(len({f for f in gold if f[2] in set(unseen)}))}
 
 
-def keep_mask(c: dict[str, np.ndarray], top1: bool, margin: float | None) -> np.ndarray:
+def keep_mask(c: dict[str, np.ndarray], top1: bool, margin: float | None, gate: float | None = None) -> np.ndarray:
     keep = np.ones(len(c["prob"]), dtype=bool)
     if top1:
         keep &= c["top1"]
     if margin is not None:
         keep &= c["ratio"] >= margin
+    if gate is not None:
+        keep &= c["best_seen"] >= gate
     return keep
 
 
-def best_threshold(c: dict[str, np.ndarray], keep: np.ndarray) -> tuple[float, float]:
-    """(tau, F1) maximising F1 over every threshold, among the kept candidates."""
-    p, y = c["prob"][keep], c["hit"][keep]
+def best_threshold(c: dict[str, np.ndarray], keep: np.ndarray, by: str = "prob") -> tuple[float, float]:
+    """(tau, F1) maximising F1 over every threshold of score ``by``, among the kept candidates."""
+    p, y = c[by][keep], c["hit"][keep]
     if not y.any():
         return 0.5, 0.0
     order = np.argsort(-p, kind="stable")
@@ -92,8 +112,8 @@ def best_threshold(c: dict[str, np.ndarray], keep: np.ndarray) -> tuple[float, f
     return float(s[i]), float(f1[i])
 
 
-def score(c: dict[str, np.ndarray], keep: np.ndarray, tau: float) -> dict[str, float]:
-    pred = keep & (c["prob"] >= tau)
+def score(c: dict[str, np.ndarray], keep: np.ndarray, tau: float, by: str = "prob") -> dict[str, float]:
+    pred = keep & (c[by] >= tau)
     tp, n, g = int((pred & c["hit"]).sum()), int(pred.sum()), int(c["gold"])
     prec, rec = tp / n if n else 0.0, tp / g if g else 0.0
     return {"f1": 2 * prec * rec / (prec + rec) if tp else 0.0, "precision": prec, "recall": rec, "predicted": n, "tp": tp}
@@ -123,10 +143,10 @@ def main() -> None:
     dev_c = candidates(model, dev_docs, pseudo, cfg.batch_size)
     test_c = candidates(model, test_docs, unseen, cfg.batch_size)
     rows: list[dict[str, Any]] = []
-    for top1, margin in itertools.product((False, True), MARGINS):
-        tau, dev_f1 = best_threshold(dev_c, keep_mask(dev_c, top1, margin))
-        test = score(test_c, keep_mask(test_c, top1, margin), tau)
-        rows.append({"top1": top1, "margin": margin, "tau": tau, "dev_f1": dev_f1,
+    for top1, margin, gate, by in RULES:
+        tau, dev_f1 = best_threshold(dev_c, keep_mask(dev_c, top1, margin, gate), by)
+        test = score(test_c, keep_mask(test_c, top1, margin, gate), tau, by)
+        rows.append({"top1": top1, "margin": margin, "gate": gate, "score": by, "tau": tau, "dev_f1": dev_f1,
                      **{f"test_{k}": v for k, v in test.items()}})
         logger.info("%s", rows[-1])
     chosen = max(rows, key=lambda r: r["dev_f1"])

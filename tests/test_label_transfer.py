@@ -111,3 +111,27 @@ def test_joint_extraction_applies_the_transfer():
     ref = plain.extract(TEXT, relation_labels=[nearest], **kw)["relations"]
     assert got and len(got) == len(ref)
     assert sorted(r["score"] for r in got) == pytest.approx(sorted(r["score"] for r in ref), rel=1e-5)
+
+
+def test_zero_shot_rules_keep_and_threshold_by_the_chosen_score():
+    """benchmarks/zero_shot_rules.py: the gate keeps only candidates whose pair a trained label
+    relates, and the threshold sweep ranks by the rule's score (P(u|p), or P(u|p) * related)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "zero_shot_rules.py"
+    spec = importlib.util.spec_from_file_location("zero_shot_rules", path)
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    prob = np.array([0.9, 0.8, 0.6, 0.3])
+    best_seen = np.array([0.01, 0.02, 0.9, 0.7])  # the two likeliest are on unrelated pairs
+    hit = np.array([False, False, True, True])
+    c = {"prob": prob, "best_seen": best_seen, "related": prob * best_seen, "ratio": prob / best_seen,
+         "top1": np.ones(4, bool), "hit": hit, "gold": np.array(2)}
+    assert rules.keep_mask(c, False, None, 0.5).tolist() == [False, False, True, True]
+    tau, f1 = rules.best_threshold(c, rules.keep_mask(c, False, None))
+    assert tau == pytest.approx(0.3) and f1 == pytest.approx(2 * 2 / (4 + 2))  # by P(u|p): all four
+    tau, f1 = rules.best_threshold(c, rules.keep_mask(c, False, None), "related")
+    assert f1 == pytest.approx(1.0) and tau == pytest.approx(0.21)
+    assert rules.score(c, rules.keep_mask(c, False, None), tau, "related")["tp"] == 2
+    assert {r[3] for r in rules.RULES} == {"prob", "related"}
