@@ -185,3 +185,16 @@ def test_refit_config_needs_a_dev_file_and_an_entity_threshold_with_a_span_head(
         training_config(tmp_path, refit={"threshold": 0.5})
     with pytest.raises(ValueError, match="set 'dev'"):
         training_config(tmp_path, dev=None, refit={"threshold": 0.5, "entity_threshold": 0.5})
+
+
+def test_refit_reads_the_thresholds_from_the_dev_chosen_model(tmp_path):
+    chosen = GLiDRE(tiny_config(span_head=True, max_span_width=3, threshold=0.37, entity_threshold=0.29))
+    chosen_dir = str(chosen.save_pretrained(tmp_path / "chosen"))
+    cfg = training_config(tmp_path, refit={"from_model": chosen_dir})
+    assert (cfg.refit.threshold, cfg.refit.entity_threshold) == (pytest.approx(0.37), pytest.approx(0.29))
+    with pytest.raises(ValueError, match="not both"):
+        training_config(tmp_path, refit={"from_model": chosen_dir, "threshold": 0.5})
+    with pytest.raises(ValueError, match="no saved model"):
+        training_config(tmp_path, refit={"from_model": str(tmp_path / "nowhere")})
+    with pytest.raises(ValueError, match="refit needs threshold"):
+        training_config(tmp_path, refit={"entity_threshold": 0.5})

@@ -109,10 +109,30 @@ class RefitSection(BaseModel):
     recorded as such (``dev_seen_in_training``), never a held-out result."""
 
     model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(..., gt=0.0, lt=1.0, description="relation threshold the dev-chosen run saved")
+    from_model: str | None = Field(
+        None, description="the dev-chosen run's saved model directory: its thresholds are read from its "
+        "config.json (give this or the thresholds, not both)",
+    )
+    threshold: float | None = Field(None, gt=0.0, lt=1.0, description="relation threshold the dev-chosen run saved")
     entity_threshold: float | None = Field(
         None, gt=0.0, lt=1.0, description="entity threshold the dev-chosen run saved (a span head needs it)",
     )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "RefitSection":
+        """Copying two numbers by hand is where a refit goes wrong, so ``from_model`` reads them
+        from the dev-chosen model itself; giving both sources is refused as ambiguous."""
+        if self.from_model is not None:
+            if self.threshold is not None or self.entity_threshold is not None:
+                raise ValueError("refit: give from_model or the thresholds, not both")
+            if not (Path(self.from_model) / "config.json").is_file():
+                raise ValueError(f"refit.from_model: no saved model (config.json) in {self.from_model!r}")
+            chosen = GLiDREConfig.load(self.from_model)
+            self.threshold = chosen.threshold
+            self.entity_threshold = chosen.entity_threshold if chosen.span_head else None
+        elif self.threshold is None:
+            raise ValueError("refit needs threshold (or from_model, the dev-chosen run's saved model)")
+        return self
 
 
 class TrainingConfig(BaseModel):
