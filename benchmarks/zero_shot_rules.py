@@ -11,8 +11,8 @@ score. A user who names new types still has the model's trained types, so they c
 * ``+ compete m``: and ``P(u|p) >= m * max_s P(s|p)`` over the trained labels ``s``.
 
 The opposite idea, added after ``compete`` failed: the trained labels as a *relatedness* signal.
-In Re-DocRED dev (a data count, no model; trained types = all but the 36 that
-``zero_shot_calibrate.yaml`` holds out), 61% of the facts of the 18 unseen types sit on an ordered
+In Re-DocRED dev (a data count, no model, ``benchmarks/unseen_pair_overlap.py``; trained types =
+all but the 36 that ``zero_shot_calibrate.yaml`` holds out), 61% of the facts of the 18 unseen types sit on an ordered
 entity pair that also holds a trained-type fact, against 5.3% of all ordered pairs; for the 18
 pseudo-unseen types it is 23%. So a pair that holds a trained relation is 4 to 11 times likelier
 to hold an unseen-type fact, and the model's trained labels can say which pairs those are:

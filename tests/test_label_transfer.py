@@ -135,3 +135,23 @@ def test_zero_shot_rules_keep_and_threshold_by_the_chosen_score():
     assert f1 == pytest.approx(1.0) and tau == pytest.approx(0.21)
     assert rules.score(c, rules.keep_mask(c, False, None), tau, "related")["tp"] == 2
     assert {r[3] for r in rules.RULES} == {"prob", "related"}
+
+
+def test_unseen_pair_overlap_counts_facts_on_pairs_that_hold_a_trained_fact():
+    import importlib.util
+    from pathlib import Path
+
+    from glidre_core.documents import parse_document
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "unseen_pair_overlap.py"
+    spec = importlib.util.spec_from_file_location("unseen_pair_overlap", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = "A B C ."
+    doc = parse_document({"doc_id": "d", "text": text, "entities": [
+        {"id": e, "type": "X", "mentions": [{"start": i * 2, "end": i * 2 + 1}]} for i, e in enumerate("abc")],
+        "relations": [{"head": "a", "label": "country", "tail": "b"}, {"head": "a", "label": "located in", "tail": "b"},
+                      {"head": "b", "label": "country", "tail": "c"}, {"head": "c", "label": "mother", "tail": "a"}]})
+    got = mod.overlap([doc], held_out={"country", "mother"}, types={"country"})
+    assert got["facts"] == 2 and got["share_on_a_trained_pair"] == 0.5  # (a, b) holds "located in"
+    assert got["ordered_pairs"] == 6 and got["share_of_pairs_with_a_trained_fact"] == pytest.approx(1 / 6)
