@@ -5,7 +5,9 @@ Protocol (README, "Few-shot: FREDo and adding a relation type"), the same as
 
 * dev episodes = ids 0..49 of ``cross_domain_1`` (``glidre_core.fewshot.episodes.DEV_EPISODES``);
   reported samples leave ids < 50 out, in both cross-domain splits;
-* the grid: NOTA rule x prototype/label mix x single-label, each with ``margin`` swept over
+* the grid: candidate rule (every pair, same sentence, same sentence within ``max_gap`` words) x
+  direction rule x centering x positive rule x NOTA rule x prototype/label mix x single-label, each with
+  ``margin`` swept over
   ``MARGINS`` (the decision ``s_t - s_nota > margin`` is monotone in the margin, so one scoring
   pass per grid point gives every margin); every point is scored with the official FREDo macro
   F1 over the 50 dev episodes (per-type counts pooled over episodes, as :mod:`.metric`);
@@ -47,12 +49,16 @@ logger = logging.getLogger("fredo_prototype_dev")
 
 GRID = {
     "candidates": ("all", "same_sentence"),
+    "max_gap": (None, 1, 2, 3, 4, 6),  # words between the closest same-sentence mentions (8, 12: worse, first grid)
+    "direction": ("any", "support"),
     "center": (False, True),
     "positive": ("mean", "nearest"),
     "nota": ("mean", "nearest", "none"),
     "prototype_mix": (1.0, 0.75, 0.5),
     "single_label": (False, True),
 }
+#: the no-model floor is also reported for these gaps
+GAP_BASELINES = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15)
 MARGINS = tuple(round(-0.5 + 0.02 * i, 2) for i in range(71))  # -0.50 .. 0.90
 
 
@@ -100,7 +106,7 @@ def curves(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_json(out: dict[str, Any], path: str) -> None:
-    """``out`` as JSON, one line per table row (the table is 144 rows of 71 numbers)."""
+    """``out`` as JSON, one line per table row (the table is 1,008 rows of 71 numbers)."""
     table = out.pop("table")
     text = json.dumps(out, indent=1)[:-2]
     rows = ",\n  ".join(json.dumps(r) for r in table)
@@ -115,7 +121,7 @@ def main() -> None:
     import torch
 
     from glidre_core.fewshot.fredo import EpisodeRunner
-    from glidre_core.fewshot.prototype import candidate_pairs
+    from glidre_core.fewshot.prototype import candidate_pairs, pair_orders
 
     torch.set_num_threads(args.threads)
     model_dir, data, episodes = load_dev(args.model, args.split, args.data_dir)
@@ -127,6 +133,22 @@ def main() -> None:
     adapter.pair_vectors([data.documents[i] for i in needed])
     encode_seconds = time.perf_counter() - start
     logger.info("pair vectors of %d documents in %.0fs", len(needed), encode_seconds)
+
+    masks: dict[tuple[int, str, int | None], np.ndarray] = {}
+    orders: dict[int, np.ndarray] = {}
+
+    def mask(i: int, rule: str, max_gap: int | None) -> np.ndarray:
+        """Query document ``i``'s candidate pairs (the library's rule), computed once."""
+        if (i, rule, max_gap) not in masks:
+            masks[i, rule, max_gap] = candidate_pairs(adapter.pair_vectors([data.documents[i]])[0],
+                                                      data.documents[i], rule, max_gap)
+        return masks[i, rule, max_gap]
+
+    def order(i: int) -> np.ndarray:
+        """Query document ``i``'s pair text orders, computed once."""
+        if i not in orders:
+            orders[i] = pair_orders(adapter.pair_vectors([data.documents[i]])[0], data.documents[i])
+        return orders[i]
 
     def curve(setting: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
         """The setting's dev macro F1 at every margin of ``MARGINS`` (one scoring pass)."""
@@ -141,11 +163,13 @@ def main() -> None:
                 pv = adapter.pair_vectors([doc])[0]
                 ids = pv.prepared.entity_ids
                 rows = {(str(ids[h]), str(ids[t])): p for p, (h, t) in enumerate(zip(pv.heads, pv.tails))}
-                d = protos.margins(pv.vectors, candidate_pairs(pv, doc, setting["candidates"]))
+                d = protos.margins(pv.vectors, mask(i, setting["candidates"], setting["max_gap"]), order(i))
                 pooled += sweep_counts(d, rows, codes, data.gold(i, codes), types)
         return [({"margin": margin}, f1) for margin, f1 in zip(MARGINS, macro_f1_of(pooled, types))]
 
-    table = sweep_grid((dict(zip(GRID, values)) for values in itertools.product(*GRID.values())), curve, start)
+    settings = (dict(zip(GRID, values)) for values in itertools.product(*GRID.values()))
+    valid = (s for s in settings if s["max_gap"] is None or s["candidates"] == "same_sentence")
+    table = sweep_grid(valid, curve, start)
     best = best_row(table)
     recipe = AdaptationRecipe(method="prototype", **{k: best[k] for k in (*GRID, "margin")})
     # the runtime path on the same episodes: must reproduce the sweep's number
@@ -168,6 +192,9 @@ def main() -> None:
         "best_per_setting": per_setting,
         "all_pairs_macro_f1": all_pairs_dev(data),
         "same_sentence_pairs_macro_f1": all_pairs_dev(data, "same_sentence"),
+        "same_sentence_gap_pairs_macro_f1": {g: all_pairs_dev(data, "same_sentence", g) for g in GAP_BASELINES},
+        "same_sentence_gap_support_direction_pairs_macro_f1": {
+            g: all_pairs_dev(data, "same_sentence", g, "support") for g in GAP_BASELINES},
         "finetune_best_macro_f1": (json.loads(finetune.read_text())["best"]["macro_f1"]
                                    if finetune.exists() else None),
         "documents": len(needed), "encode_seconds": encode_seconds, "seconds": time.perf_counter() - start,

@@ -84,9 +84,11 @@ def best_row(table: list[dict[str, Any]]) -> dict[str, Any]:
     return max(table, key=lambda t: t["macro_f1"])
 
 
-def all_pairs_dev(data: FredoData, candidates: str = "all") -> float:
+def all_pairs_dev(data: FredoData, candidates: str = "all", max_gap: int | None = None,
+                  direction: str = "any") -> float:
     """Dev macro F1 of predicting every label for every ordered pair (no model; ``candidates``
     as :func:`glidre_core.fewshot.fredo.all_pairs_counts`): the floor."""
     from glidre_core.fewshot.fredo import all_pairs_counts
 
-    return macro_scores([all_pairs_counts(data, e, candidates) for e in dev_episodes(data.episodes)])["macro_f1"]
+    return macro_scores([all_pairs_counts(data, e, candidates, max_gap, direction)
+                         for e in dev_episodes(data.episodes)])["macro_f1"]

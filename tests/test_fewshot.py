@@ -333,7 +333,7 @@ def _pairs(ids: list[str], vectors: list[list[float]]):
 
 #: the prototype method without its dev-chosen options (mean prototype and mean NOTA, all pairs, no centering)
 NEUTRAL = dict(method="prototype", candidates="all", center=False, positive="mean", nota="mean", margin=0.0,
-               prototype_mix=1.0, single_label=False)
+               prototype_mix=1.0, single_label=False, direction="any")
 
 
 def test_prototypes_on_a_hand_made_case():
@@ -427,13 +427,17 @@ def test_prototype_candidates_centering_and_nearest_positive():
 def test_prototype_recipe_validation():
     # the default is the dev-chosen prototype recipe; fine-tuning keeps its own defaults
     d = AdaptationRecipe()
-    assert (d.method, d.candidates, d.center, d.positive, d.nota, d.prototype_mix, d.single_label, d.margin,
-            d.threshold) == ("prototype", "same_sentence", True, "nearest", "none", 0.5, True, 0.16, 0.5)
+    assert (d.method, d.candidates, d.max_gap, d.direction, d.center, d.positive, d.nota, d.prototype_mix,
+            d.single_label, d.margin, d.threshold) == (
+        "prototype", "same_sentence", 2, "support", True, "mean", "none", 0.5, False, 0.0, 0.5)
     f = AdaptationRecipe(method="finetune")
     assert (f.epochs, f.lr, f.train, f.threshold) == (10, 1e-4, ["label_encoder.ffn."], 0.25)
     r = AdaptationRecipe(method="prototype", margin=0.1)
     assert r.threshold == 0.5 and AdaptationRecipe(**r.model_dump()) == r  # round trip (Ray tasks)
     assert AdaptationRecipe(method="prototype", threshold=0.3).threshold == 0.3
+    # every pair: the default gap goes with the default rule; None switches the gap off
+    assert AdaptationRecipe(candidates="all").max_gap is None
+    assert AdaptationRecipe(max_gap=None).max_gap is None
     for bad, match in [
         ({"method": "nearest"}, "method"),
         ({"method": "prototype", "prototype_mix": 1.5}, "prototype_mix"),
@@ -446,19 +450,23 @@ def test_prototype_recipe_validation():
         ({"method": "finetune", "nota": "nearest"}, "do not apply"),
         ({"epochs": 3}, r"\['epochs'\] do not apply to method='prototype'"),
         ({"method": "prototype", "threshold": None}, "needs a threshold"),
+        ({"method": "prototype", "candidates": "all", "max_gap": 2}, "max_gap needs"),
+        ({"method": "prototype", "max_gap": -1}, "max_gap"),
+        ({"method": "finetune", "max_gap": 3}, r"\['max_gap'\] do not apply"),
     ]:
         with pytest.raises(ValueError, match=match):
             AdaptationRecipe(**bad)
 
 
-def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_path):
-    from glidre_core.fewshot.prototype import candidate_pairs
+@pytest.mark.parametrize("max_gap", [None, 1])
+def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_path, max_gap):
+    from glidre_core.fewshot.prototype import candidate_pairs, pair_orders
     from glidre_core.fewshot.workflow import adapt_to_documents
 
     data = load_fredo("cross_domain_3", fredo_dir)
     model = GLiDRE.from_pretrained(tiny_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    recipe = AdaptationRecipe(method="prototype", nota="none", margin=0.2)
+    recipe = AdaptationRecipe(method="prototype", nota="none", margin=0.2, max_gap=max_gap)
     runner = EpisodeRunner(HeadAdapter(model, recipe), data)
     ep = data.episodes[DEV_EPISODES]
     res = runner.run(ep, zero_shot=False)
@@ -470,7 +478,9 @@ def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_
     expected = []
     for i in ep.query:
         pv = runner.adapter.pair_vectors([data.documents[i]])[0]
-        p, r = (protos.margins(pv.vectors, candidate_pairs(pv, data.documents[i], recipe.candidates)) > 0).nonzero()
+        mask = candidate_pairs(pv, data.documents[i], recipe.candidates, recipe.max_gap)
+        assert mask.sum() == (8 if max_gap is None else 4)  # see the same-sentence baseline test
+        p, r = (protos.margins(pv.vectors, mask, pair_orders(pv, data.documents[i])) > 0).nonzero()
         ids = pv.prepared.entity_ids
         expected.append([(int(ids[pv.heads[a]]), int(ids[pv.tails[a]]), ep.labeled_relations[b]) for a, b in zip(p, r)])
     assert res.counts["adapted"].counts == count_episode(expected, [data.gold(i, ep.labeled_relations)
@@ -488,13 +498,21 @@ def test_fredo_cli_runs_the_prototype_method(fredo_dir, tiny_dir, tmp_path):
     res = CliRunner().invoke(main, [
         "fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir), "--data-dir", str(fredo_dir),
         "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--no-zero-shot", "--set", "margin=0.1",
-        "--output-json", str(out)])
+        "--set", "max_gap=null", "--set", "direction=any", "--output-json", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["recipe"]["method"] == "prototype" and result["recipe"]["margin"] == 0.1
+    assert result["recipe"]["max_gap"] is None
     assert result["thresholds"]["adapted"] == 0.5 and all(e["loss"] is None for e in result["per_episode"])
     assert result["recipe"]["candidates"] == "same_sentence"  # the default method and its options
-    assert 0 <= result["same_sentence_pairs_macro_f1"] <= 100
+    assert 0 <= result["same_sentence_pairs_macro_f1"] <= 100 and "recipe_candidate_pairs_macro_f1" not in result
+    gap = CliRunner().invoke(main, [
+        "fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir), "--data-dir", str(fredo_dir),
+        "--episodes", "3", "--seed", "1", "--num-cpus", "0", "--no-zero-shot", "--set", "max_gap=1",
+        "--output-json", str(out)])
+    assert gap.exit_code == 0, gap.output
+    result = json.loads(out.read_text())
+    assert result["recipe"]["max_gap"] == 1 and 0 <= result["recipe_candidate_pairs_macro_f1"] <= 100
     bad = CliRunner().invoke(main, ["fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir),
                                     "--data-dir", str(fredo_dir), "--set", "epochs=3"])
     assert bad.exit_code != 0 and "epochs" in bad.output
@@ -539,3 +557,128 @@ def test_the_same_sentence_baseline_predicts_every_label_for_same_sentence_pairs
     assert all(fn == 0 for _, _, fn in all_pairs_counts(data, ep, "same_sentence").counts.values())
     with pytest.raises(ValueError, match="candidate rule"):
         all_pairs_counts(data, ep, "window")
+    # words between mentions: sentence 0 "The method uses parser and tagger ." -> method-parser 1,
+    # parser-tagger 1, method-tagger 3; sentence 1 "A lexicon is part of system ..." -> 3
+    for gap, pairs in ((0, 0), (1, 4), (2, 4), (3, 8), (40, 8)):
+        counts = all_pairs_counts(data, ep, "same_sentence", gap).counts
+        assert sum(tp + fp for tp, fp, _ in counts.values()) == pairs * len(ep.labeled_relations) * len(ep.query)
+    # support directions: every tiny document writes USED-FOR tail first (parser -> method), PART-OF and
+    # COMPARE head first, so each label keeps one of the two orders of each pair: 4 of the 8, and no
+    # gold fact is lost
+    directed = all_pairs_counts(data, ep, "same_sentence", None, "support").counts
+    assert sum(tp + fp for tp, fp, _ in directed.values()) == 4 * len(ep.labeled_relations) * len(ep.query)
+    assert all(fn == 0 for _, _, fn in directed.values())
+    with pytest.raises(ValueError, match="direction"):
+        all_pairs_counts(data, ep, "same_sentence", None, "backwards")
+
+
+def test_word_gap_candidates_on_a_hand_made_document():
+    from glidre_core.documents import Document, Entity, Mention
+    from glidre_core.fewshot.candidates import entity_candidates, mention_geometry, word_gaps
+
+    # sentence 0: "Alpha uses Beta and the Gamma ." ; sentence 1: "Delta , Alpha !"
+    text = "Alpha uses Beta and the Gamma . Delta , Alpha !"
+    spans = {"a": [(0, 5, 0), (40, 45, 1)], "b": [(11, 15, 0)], "g": [(24, 29, 0)], "d": [(32, 37, 1)]}
+    doc = Document(doc_id="h", text=text, entities=[
+        Entity(id=k, mentions=[Mention(start=s, end=e, sent_id=i) for s, e, i in v]) for k, v in spans.items()])
+    gaps = word_gaps(doc)
+    inf = np.inf
+    # alpha-beta 1 ("uses"), alpha-gamma 4, beta-gamma 2, alpha-delta 1 (",", second Alpha mention)
+    np.testing.assert_array_equal(gaps, [[inf, 1, 4, 1], [1, inf, 2, inf], [4, 2, inf, inf], [1, inf, inf, inf]])
+    assert entity_candidates(doc, "same_sentence").sum() == 8
+    # text order of the closest mentions: Alpha before Beta; Delta before the second Alpha
+    order = mention_geometry(doc)[1]
+    assert order[0, 1] == 1 and order[1, 0] == -1 and order[0, 3] == -1 and order[3, 0] == 1
+    assert order[1, 3] == 0 and (np.diag(order) == 0).all() and (order == -order.T).all()
+    assert entity_candidates(doc, "same_sentence", 1).nonzero()[0].tolist() == [0, 0, 1, 3]
+    assert entity_candidates(doc, "same_sentence", 1).nonzero()[1].tolist() == [1, 3, 0, 0]
+    assert entity_candidates(doc, "all").sum() == 12 and not entity_candidates(doc, "all").diagonal().any()
+    # overlapping or touching mentions are 0 apart
+    touching = Document(doc_id="t", text="New York City", entities=[
+        Entity(id="x", mentions=[Mention(start=0, end=8, sent_id=0)]),
+        Entity(id="y", mentions=[Mention(start=4, end=13, sent_id=0)])])
+    assert word_gaps(touching)[0, 1] == 0 and entity_candidates(touching, "same_sentence", 0).sum() == 2
+    with pytest.raises(ValueError, match="max_gap needs"):
+        entity_candidates(doc, "all", 2)
+    with pytest.raises(ValueError, match="candidate rule"):
+        entity_candidates(doc, "window")
+    no_ids = Document(doc_id="n", text=text, entities=[Entity(id="a", mentions=[Mention(start=0, end=5)])])
+    with pytest.raises(ValueError, match="document 'n': entity 'a'.*sent_id"):
+        word_gaps(no_ids)
+
+
+def test_paired_bootstrap_difference_is_zero_for_identical_arms_and_signed():
+    from glidre_core.fewshot.metric import paired_bootstrap_difference
+
+    rng = np.random.default_rng(1)
+    eps = [EpisodeCounts({"A": [int(rng.integers(0, 4)), int(rng.integers(0, 6)), int(rng.integers(0, 3))],
+                          "B": [int(rng.integers(0, 2)), int(rng.integers(0, 6)), int(rng.integers(0, 3))]})
+           for _ in range(40)]
+    same = paired_bootstrap_difference(eps, eps, resamples=500)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0
+    # a worse arm: every true positive of A turned into a false negative
+    worse = [EpisodeCounts({**e.counts, "A": [0, e.counts["A"][1], e.counts["A"][0] + e.counts["A"][2]]})
+             for e in eps]
+    d = paired_bootstrap_difference(eps, worse, resamples=500)
+    assert d["difference"] > 0 and 0 < d["low"] <= d["difference"] <= d["high"]
+    with pytest.raises(ValueError, match="same"):
+        paired_bootstrap_difference(eps, eps[:-1])
+
+
+def test_fredo_compare_scores_the_baselines_on_the_result_episodes(fredo_dir, tiny_dir, tmp_path):
+    import importlib.util
+
+    from glidre_core.cli import main
+
+    out = tmp_path / "fredo.json"
+    res = CliRunner().invoke(main, [
+        "fewshot", "fredo", "--split", "cross_domain_1", "--model", str(tiny_dir), "--data-dir", str(fredo_dir),
+        "--episodes", "4", "--seed", "2", "--num-cpus", "0", "--no-zero-shot", "--output-json", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fredo_compare.py"
+    spec = importlib.util.spec_from_file_location("fredo_compare", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_rule("same_sentence:2") == ("same_sentence", 2, "any")
+    assert mod.parse_rule("all") == ("all", None, "any")
+    assert mod.parse_rule("same_sentence:1:support") == ("same_sentence", 1, "support")
+    cmp = mod.compare(result, fredo_dir, ["same_sentence", "same_sentence:2", "same_sentence:2:support", "all"],
+                      resamples=300)
+    entry = cmp["subsets"]["all"]
+    assert entry["episodes"] == 4 and entry["macro_f1"] == pytest.approx(result["macro_f1"])
+    assert entry["baselines"]["same_sentence"]["macro_f1"] == pytest.approx(result["same_sentence_pairs_macro_f1"])
+    assert entry["baselines"]["all"]["macro_f1"] == pytest.approx(result["all_pairs_macro_f1"])
+    assert entry["baselines"]["same_sentence:2:support"]["macro_f1"] == pytest.approx(
+        result["recipe_candidate_pairs_macro_f1"])  # the default recipe's rules without its pair vectors
+    diff = entry["baselines"]["all"]["result_minus_baseline"]
+    assert diff["difference"] == pytest.approx(result["macro_f1"] - result["all_pairs_macro_f1"])
+    assert diff["low"] <= diff["high"]
+    assert cmp["subsets"]["ids >= 50"]["episodes"] == 4  # samples never hold the dev slice
+    with pytest.raises(ValueError, match="zero_shot"):
+        mod.compare(result, fredo_dir, ["all"], mode="zero_shot")
+
+
+def test_prototype_direction_rule_keeps_the_text_orders_the_support_shows():
+    from glidre_core.documents import Document, Entity, Mention, Relation
+    from glidre_core.fewshot.prototype import NOT_A_CANDIDATE, Prototypes, pair_orders
+
+    # "A B C" in one sentence; "a" annotated on (0,1) and (1,2): head first both times; "b" never
+    support = _pairs(["e0", "e1", "e2"], [[1, 0, 0]] * 6)
+    doc = Document(doc_id="s", text="A B C", relations=[
+        Relation(head="e0", label="a", tail="e1"), Relation(head="e1", label="a", tail="e2")], entities=[
+        Entity(id=f"e{i}", mentions=[Mention(start=2 * i, end=2 * i + 1, sent_id=0)]) for i in range(3)])
+    assert pair_orders(support, doc).tolist() == [1, 1, -1, 1, -1, -1]  # (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
+    labels = np.array([[1, 0, 0], [1, 0, 0]], dtype=np.float32)
+    recipe = dict(NEUTRAL, nota="none", margin=-1.0)
+    p = Prototypes.from_support([(support, doc)], ["a", "b"], labels,
+                                AdaptationRecipe(**{**recipe, "direction": "support"}))
+    assert p.directions.tolist() == [[True, False], [True, True]]
+    q = np.ones((3, 3), dtype=np.float32)
+    m = p.margins(q, orders=np.array([1, -1, 0]))
+    assert m[1, 0] == NOT_A_CANDIDATE and (m[[0, 2], 0] > 0).all() and (m[:, 1] > 0).all()
+    with pytest.raises(ValueError, match="orders"):
+        p.margins(q)
+    # "any" ignores the orders
+    anyway = Prototypes.from_support([(support, doc)], ["a", "b"], labels, AdaptationRecipe(**recipe))
+    assert (anyway.margins(q, orders=np.array([1, -1, 0])) > 0).all()

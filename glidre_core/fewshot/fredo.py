@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from glidre_core.documents import Document, Relation
 from glidre_core.fewshot.adapt import AdaptationRecipe
+from glidre_core.fewshot.candidates import direction_allows, entity_candidates, mention_geometry, support_directions
 from glidre_core.fewshot.episodes import (
     CONTAMINATED_SPLITS, DEFAULT_DATA_DIR, DEV_EPISODES, Episode, FredoData, FredoSplit, load_fredo, sample_episodes,
 )
@@ -224,24 +226,33 @@ def _execute(cfg: FredoConfig, model_dir: str, episodes: list[Episode]) -> list[
     return sorted(results, key=lambda r: r.episode_id)
 
 
-def all_pairs_counts(data: FredoData, episode: Episode, candidates: str = "all") -> EpisodeCounts:
+def all_pairs_counts(data: FredoData, episode: Episode, candidates: str = "all",
+                     max_gap: int | None = None, direction: str = "any") -> EpisodeCounts:
     """Counts of the trivial baseline that predicts every label for every ordered pair of
     distinct entities of each query document (``candidates="all"``: the floor a model must
-    beat), or for every pair whose entities share a sentence (``"same_sentence"``: the floor of
-    the prototype recipe, which scores only those pairs)."""
+    beat), or for every pair that the prototype recipe's candidate rule scores
+    (``"same_sentence"``, optionally with ``max_gap``; :mod:`glidre_core.fewshot.candidates`).
+    With ``direction="support"``, a label is predicted only in the text orders its support
+    facts show, as the prototype recipe's rule. So a recipe is compared with the same rules
+    without its pair vectors."""
     codes = episode.labeled_relations
+    allowed = np.ones((len(codes), 2), dtype=bool)
+    if direction == "support":
+        positives = []
+        for i in episode.support:
+            order = mention_geometry(data.documents[i])[1]
+            positives += [(codes.index(c), int(order[h, t])) for h, t, c in data.gold(i, codes) if h != t]
+        allowed = support_directions(len(codes), positives)
+    elif direction != "any":
+        raise ValueError(f"unknown direction rule {direction!r}")
     preds, gold = [], []
     for i in episode.query:
         doc = data.documents[i]
-        n = len(doc.entities)
-        if candidates == "same_sentence":
-            sents = [{m.sent_id for m in e.mentions} for e in doc.entities]
-            keep = lambda h, t: bool(sents[h] & sents[t])  # noqa: E731
-        elif candidates == "all":
-            keep = lambda h, t: True  # noqa: E731
-        else:
-            raise ValueError(f"unknown candidate rule {candidates!r}")
-        preds.append([(h, t, c) for h in range(n) for t in range(n) if h != t and keep(h, t) for c in codes])
+        h_idx, t_idx = entity_candidates(doc, candidates, max_gap).nonzero()
+        ok = direction_allows(allowed, mention_geometry(doc)[1][h_idx, t_idx]) if direction == "support" \
+            else np.ones((len(h_idx), len(codes)), dtype=bool)
+        preds.append([(int(h), int(t), c) for p, (h, t) in enumerate(zip(h_idx, t_idx))
+                      for r, c in enumerate(codes) if ok[p, r]])
         gold.append(data.gold(i, codes))
     return count_episode(preds, gold)
 
@@ -310,6 +321,12 @@ def run_fredo(cfg: FredoConfig) -> dict[str, Any]:
     if all(m.sent_id is not None for d in data.documents for e in d.entities for m in e.mentions):
         out["same_sentence_pairs_macro_f1"] = macro_scores(
             [all_pairs_counts(data, by_id[r.episode_id], "same_sentence") for r in results])["macro_f1"]
+        rec = cfg.recipe
+        if cfg.adapted and rec.method == "prototype" and (rec.max_gap is not None or rec.direction != "any"):
+            # the floor of this recipe: every label for exactly the pairs (and text orders) it scores
+            out["recipe_candidate_pairs_macro_f1"] = macro_scores(
+                [all_pairs_counts(data, by_id[r.episode_id], rec.candidates, rec.max_gap, rec.direction)
+                 for r in results])["macro_f1"]
     if cfg.zero_shot:
         out["zero_shot_macro_f1"] = out["zero_shot"]["macro_f1"]
         out["zero_shot_macro_f1_ci95"] = [out["zero_shot"]["ci95"]["low"], out["zero_shot"]["ci95"]["high"]]

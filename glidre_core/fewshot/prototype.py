@@ -7,10 +7,11 @@ FREDo's TPN baseline, Popovic & Färber, 2022):
 1. **Pair vectors.** Every ordered entity pair of a document gets the model's pair vector ``r``
    (:meth:`glidre_core.inference.Predictor.pair_representations`: the pair FFN's output, whose
    dot product with a label embedding is the model's relation logit). The model is not changed.
-2. **Candidates** (``candidates``). ``same_sentence``: only pairs whose entities have a mention in
-   a common sentence are scored (mentions need ``sent_id``; DocRED-format data has them); the
-   others get probability 0 and are left out of the support's NOTA pairs and mean. ``all``:
-   every ordered pair.
+2. **Candidates** (``candidates``, ``max_gap``; :mod:`glidre_core.fewshot.candidates`).
+   ``same_sentence``: only pairs whose entities have a mention in a common sentence are scored
+   (mentions need ``sent_id``; DocRED-format data has them), and with ``max_gap`` only those with
+   two such mentions at most that many words apart; the others get probability 0 and are left
+   out of the support's NOTA pairs and mean. ``all``: every ordered pair.
 3. **Support vectors.** Per relation type, the annotated (head, tail) pairs of that type are its
    positives; candidate pairs with no relation of the episode are NOTA ("none of the above").
    With ``center``, the mean vector of the support's candidate and positive pairs is subtracted
@@ -22,7 +23,10 @@ FREDo's TPN baseline, Popovic & Färber, 2022):
 5. **NOTA score** ``s_nota``: ``mean`` = the cosine with the normalised mean of the NOTA vectors;
    ``nearest`` = the largest cosine with any NOTA vector; ``none`` = 0 (the margin is then an
    absolute threshold on ``s_t``).
-6. **Decision.** The pair has type ``t`` when ``s_t > s_nota + margin``: the probability reported
+6. **Direction** (``direction="support"``): a type is predicted only on pairs in a text order
+   (head first or tail first) that its support positives show; a type whose positives show
+   both, or none, keeps both. SciERC's CONJUNCTION and COMPARE facts mostly run in text order.
+7. **Decision.** The pair has type ``t`` when ``s_t > s_nota + margin``: the probability reported
    is ``sigmoid((s_t - s_nota - margin) / temperature)``, decided at the recipe's threshold (0.5 by
    default for this method, i.e. exactly the margin rule). ``single_label`` keeps at most the
    best type per pair.
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from glidre_core.documents import Document
+from glidre_core.fewshot.candidates import direction_allows, entity_candidates, mention_geometry, support_directions
 
 if TYPE_CHECKING:
     from glidre_core.fewshot.adapt import AdaptationRecipe
@@ -76,23 +81,23 @@ def pair_targets(pairs: "PairVectors", doc: Document, labels: Sequence[str]) -> 
     return out
 
 
-def candidate_pairs(pairs: "PairVectors", doc: Document, rule: str) -> np.ndarray:
-    """``[P]`` booleans: the pairs that ``rule`` lets be scored (``all``, or ``same_sentence``:
-    the two entities have mentions in a common sentence, by the mentions' ``sent_id``)."""
-    if rule == "all":
-        return np.ones(len(pairs.heads), dtype=bool)
-    if rule != "same_sentence":
-        raise ValueError(f"unknown candidate rule {rule!r}")
-    sentences: dict[str, set[int]] = {}
-    for ent in doc.entities:
-        ids = {m.sent_id for m in ent.mentions}
-        if None in ids:
-            raise ValueError(f"document {doc.doc_id!r}: entity {ent.id!r} has a mention without sent_id; "
-                             "candidates='same_sentence' needs sentence ids (use candidates=all)")
-        sentences[ent.id] = ids  # type: ignore[assignment]
+def candidate_pairs(pairs: "PairVectors", doc: Document, rule: str, max_gap: int | None = None) -> np.ndarray:
+    """``[P]`` booleans: the pairs of ``pairs`` that ``rule`` (and ``max_gap``) let be scored
+    (:func:`glidre_core.fewshot.candidates.entity_candidates`)."""
+    allowed = entity_candidates(doc, rule, max_gap)
+    index = {ent.id: i for i, ent in enumerate(doc.entities)}
     ids = pairs.prepared.entity_ids
-    return np.array([bool(sentences[ids[h]] & sentences[ids[t]]) for h, t in zip(pairs.heads, pairs.tails)],
+    return np.array([bool(allowed[index[ids[h]], index[ids[t]]]) for h, t in zip(pairs.heads, pairs.tails)],
                     dtype=bool)
+
+
+def pair_orders(pairs: "PairVectors", doc: Document) -> np.ndarray:
+    """``[P]`` int8: +1 when the pair's head comes first in the text (by their closest
+    same-sentence mentions), -1 when the tail does, 0 when they share no sentence."""
+    order = mention_geometry(doc)[1]
+    index = {ent.id: i for i, ent in enumerate(doc.entities)}
+    ids = pairs.prepared.entity_ids
+    return np.array([order[index[ids[h]], index[ids[t]]] for h, t in zip(pairs.heads, pairs.tails)], dtype=np.int8)
 
 
 @dataclass
@@ -114,6 +119,10 @@ class Prototypes:
     temperature: float = 0.05
     single_label: bool = False
     candidates: str = "all"
+    max_gap: int | None = None
+    direction: str = "any"
+    #: [R, 2] booleans: type r may be predicted on head-first (column 0) / tail-first (column 1) pairs
+    directions: np.ndarray | None = None
 
     @classmethod
     def from_support(cls, support: Sequence[tuple["PairVectors", Document]], labels: Sequence[str],
@@ -122,17 +131,21 @@ class Prototypes:
         A type without a positive pair gets its label embedding as its only example."""
         labels = list(labels)
         dim = np.asarray(label_vectors).shape[-1]
-        vecs, targets, keep = [], [], []
+        vecs, targets, keep, orders = [], [], [], []
         for pv, doc in support:
             if not len(pv.heads):
                 continue
             tgt = pair_targets(pv, doc, labels)
             vecs.append(np.asarray(pv.vectors, dtype=np.float32))
             targets.append(tgt)
-            keep.append(candidate_pairs(pv, doc, recipe.candidates) | tgt.any(1))  # positives always count
+            keep.append(candidate_pairs(pv, doc, recipe.candidates, recipe.max_gap) | tgt.any(1))  # positives always count
+            orders.append(pair_orders(pv, doc) if recipe.direction == "support" else np.zeros(len(tgt), np.int8))
         raw = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
         tgt = np.concatenate(targets) if targets else np.zeros((0, len(labels)), bool)
         kept = np.concatenate(keep) if keep else np.zeros(0, bool)
+        order = np.concatenate(orders) if orders else np.zeros(0, np.int8)
+        p_idx, r_idx = tgt.nonzero()
+        directions = support_directions(len(labels), [(int(r), int(order[p])) for p, r in zip(p_idx, r_idx)])
         raw, tgt = raw[kept], tgt[kept]
         mu = raw.mean(0) if recipe.center and len(raw) else np.zeros(dim, np.float32)
         allv = unit(raw - mu)
@@ -146,7 +159,8 @@ class Prototypes:
         return cls(labels, np.stack(protos) if protos else np.zeros((0, dim), np.float32), examples, lab,
                    allv[~tgt.any(1)], mu.astype(np.float32), counts, mix=recipe.prototype_mix,
                    positive_rule=recipe.positive, nota_rule=recipe.nota, margin=recipe.margin,
-                   temperature=recipe.temperature, single_label=recipe.single_label, candidates=recipe.candidates)
+                   temperature=recipe.temperature, single_label=recipe.single_label, candidates=recipe.candidates,
+                   max_gap=recipe.max_gap, direction=recipe.direction, directions=directions)
 
     def _unit(self, vectors: np.ndarray) -> np.ndarray:
         return unit(np.asarray(vectors, dtype=np.float32) - self.center)
@@ -173,11 +187,19 @@ class Prototypes:
             return (v @ self.nota.T).max(1)
         raise ValueError(f"unknown NOTA rule {self.nota_rule!r}")
 
-    def margins(self, vectors: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+    def margins(self, vectors: np.ndarray, candidates: np.ndarray | None = None,
+                orders: np.ndarray | None = None) -> np.ndarray:
         """``[P, R]`` ``s_t - s_nota - margin``: positive = the pair has the type. With
-        ``single_label``, every type but the best of each pair is pushed below 0; pairs outside
-        ``candidates`` (``[P]`` booleans, None = all) get :data:`NOT_A_CANDIDATE`."""
+        ``direction="support"`` and the pairs' text ``orders`` (``[P]``, :func:`pair_orders`), a
+        type is ruled out (:data:`NOT_A_CANDIDATE`) on pairs whose order its support positives
+        never show. With ``single_label``, every type but the best remaining one of each pair is
+        pushed below 0; pairs outside ``candidates`` (``[P]`` booleans, None = all) get
+        :data:`NOT_A_CANDIDATE`."""
         d = self.type_scores(vectors) - self.nota_scores(vectors)[:, None] - self.margin
+        if self.direction == "support" and self.directions is not None:
+            if orders is None:
+                raise ValueError("direction='support' needs the query pairs' text orders (pair_orders)")
+            d = np.where(direction_allows(self.directions, orders), d, NOT_A_CANDIDATE)
         if self.single_label and d.size:
             best = d.argmax(1)
             rest = np.ones_like(d, dtype=bool)
@@ -187,9 +209,10 @@ class Prototypes:
             d = np.where(np.asarray(candidates, dtype=bool)[:, None], d, NOT_A_CANDIDATE)
         return d.astype(np.float32)
 
-    def probabilities(self, vectors: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+    def probabilities(self, vectors: np.ndarray, candidates: np.ndarray | None = None,
+                      orders: np.ndarray | None = None) -> np.ndarray:
         """``[P, R]`` ``sigmoid(margins / temperature)`` (0.5 = on the decision boundary)."""
-        z = np.clip(self.margins(vectors, candidates) / self.temperature, -80, 80)
+        z = np.clip(self.margins(vectors, candidates, orders) / self.temperature, -80, 80)
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
@@ -211,6 +234,8 @@ class PrototypePredictor:
 
         out = []
         for pv, doc in zip(self._pair_vectors(docs), docs):
-            mask = candidate_pairs(pv, doc, self.prototypes.candidates)
-            out.append(RelationScores(pv.prepared, pv.heads, pv.tails, self.prototypes.probabilities(pv.vectors, mask)))
+            p = self.prototypes
+            mask = candidate_pairs(pv, doc, p.candidates, p.max_gap)
+            orders = pair_orders(pv, doc) if p.direction == "support" else None
+            out.append(RelationScores(pv.prepared, pv.heads, pv.tails, p.probabilities(pv.vectors, mask, orders)))
         return out

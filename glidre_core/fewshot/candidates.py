@@ -1,0 +1,106 @@
+"""Which ordered entity pairs of a document a few-shot method scores.
+
+Few-shot document-level relation extraction on a new domain has almost no signal to tell the
+related pairs from the rest, and the official FREDo metric counts every false positive. So
+where the relation can hold is decided by rules on the given mentions, before any model score:
+
+* ``all``: every ordered pair of distinct entities;
+* ``same_sentence``: the two entities have mentions in a common sentence (by ``sent_id``).
+  SciERC annotates relations within sentences (98% of FREDo's cross-domain facts);
+* ``same_sentence`` with ``max_gap=g``: and two of those mentions are at most ``g`` words apart
+  (the words of the text strictly between them; 0 = adjacent or overlapping). In SciERC a
+  relation's arguments are usually close ("a system **for** categorizing unknown words").
+
+:func:`mention_geometry` also gives each pair's text order (does the head's closest mention come
+first?), which the prototype method's ``direction="support"`` rule reads.
+
+These rules read only the document's text and mention offsets, which every method that is given
+the entities also has. The values the FREDo recipe uses were chosen on its dev slice
+(``benchmarks/fredo_prototype_dev.py``). One function serves the prototype method and the
+no-model baselines of :mod:`glidre_core.fewshot.fredo`, so that a baseline and a method with the
+same rule score exactly the same pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from glidre_core.documents import Document
+
+#: the candidate rules (``AdaptationRecipe.candidates``)
+RULES: tuple[str, ...] = ("all", "same_sentence")
+
+
+def mention_geometry(doc: Document) -> tuple[np.ndarray, np.ndarray]:
+    """``(gaps, order)``, both ``[n, n]`` over entity indices: ``gaps[i, j]`` is the fewest words
+    between a mention of entity ``i`` and a mention of entity ``j`` in a common sentence (``inf``
+    when they share no sentence, and on the diagonal); ``order[i, j]`` is +1 when, in that closest
+    pair of mentions, ``i``'s comes first, -1 when ``j``'s does, 0 without a common sentence.
+
+    Words are the whitespace-separated pieces of ``doc.text`` strictly between the two mentions;
+    overlapping or touching mentions are 0 apart (ties in distance go to the first pair found).
+    Raises when a mention has no ``sent_id``."""
+    n = len(doc.entities)
+    gaps = np.full((n, n), np.inf)
+    order = np.zeros((n, n), dtype=np.int8)
+    by_sentence: dict[int, list[tuple[int, int, int]]] = {}
+    for i, ent in enumerate(doc.entities):
+        for m in ent.mentions:
+            if m.sent_id is None:
+                raise ValueError(f"document {doc.doc_id!r}: entity {ent.id!r} has a mention without sent_id; "
+                                 "same-sentence candidates need sentence ids (use candidates=all)")
+            by_sentence.setdefault(m.sent_id, []).append((m.start, m.end, i))
+    for mentions in by_sentence.values():
+        for a_start, a_end, i in mentions:
+            for b_start, b_end, j in mentions:
+                if i == j:
+                    continue
+                first = a_start < b_start or (a_start == b_start and a_end <= b_end)
+                lo, hi = (a_end, b_start) if first else (b_end, a_start)
+                gap = len(doc.text[lo:hi].split()) if hi > lo else 0
+                if gap < gaps[i, j]:
+                    gaps[i, j] = gaps[j, i] = gap
+                    order[i, j], order[j, i] = (1, -1) if first else (-1, 1)
+    return gaps, order
+
+
+def word_gaps(doc: Document) -> np.ndarray:
+    """The ``gaps`` of :func:`mention_geometry`."""
+    return mention_geometry(doc)[0]
+
+
+def entity_candidates(doc: Document, rule: str, max_gap: int | None = None) -> np.ndarray:
+    """``[n, n]`` booleans over entity indices of ``doc``: ordered pair ``(i, j)`` is scored
+    under ``rule`` (see the module docstring); the diagonal is always False."""
+    if rule not in RULES:
+        raise ValueError(f"unknown candidate rule {rule!r}; expected one of {RULES}")
+    if max_gap is not None and rule != "same_sentence":
+        raise ValueError("max_gap needs candidates='same_sentence' (the gap is counted within a sentence)")
+    n = len(doc.entities)
+    if rule == "all":
+        return ~np.eye(n, dtype=bool)
+    gaps = word_gaps(doc)
+    keep = np.isfinite(gaps)
+    return keep & (gaps <= max_gap) if max_gap is not None else keep
+
+
+def support_directions(n_labels: int, positives: list[tuple[int, int]]) -> np.ndarray:
+    """``[R, 2]`` booleans: label ``r`` may hold on head-first pairs (column 0) / tail-first
+    pairs (column 1), from the support's ``(label index, text order)`` positives (orders as
+    :func:`mention_geometry`; 0 = no common sentence, ignored). A label shows only the orders
+    of its positives; one without an ordered positive keeps both (nothing to learn from)."""
+    out = np.ones((n_labels, 2), dtype=bool)
+    seen: dict[int, set[int]] = {}
+    for r, o in positives:
+        if o:
+            seen.setdefault(r, set()).add(int(np.sign(o)))
+    for r, orders in seen.items():
+        out[r] = [1 in orders, -1 in orders]
+    return out
+
+
+def direction_allows(directions: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """``[P, R]`` booleans: the pairs of text ``orders`` (``[P]``) that each label's
+    ``directions`` (``[R, 2]``, :func:`support_directions`) allow; unordered pairs (0) pass."""
+    o = np.asarray(orders)[:, None]
+    return np.where(o > 0, directions[None, :, 0], np.where(o < 0, directions[None, :, 1], True))
