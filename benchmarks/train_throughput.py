@@ -85,7 +85,8 @@ def benchmark_config(args: argparse.Namespace, output_dir: Path):
     if args.batch_size is not None:
         update["batch_size"] = args.batch_size
     if args.bf16 != "config":
-        update["bf16"] = args.bf16 == "on"
+        # "on" measures bf16 autocast even where it is emulated (the trainer alone would fall back to fp32)
+        update["bf16"] = update["force_bf16"] = args.bf16 == "on"
     if args.threads is not None:
         update["threads"] = args.threads
     if args.no_cache:
@@ -240,7 +241,7 @@ def markdown(res: dict[str, Any]) -> str:
         "# GLiDRE training throughput",
         "",
         f"Command: `{res['command']}` (niceness {m['niceness']})  ",
-        f"Config: `{c['path']}` (batch {c['batch_size']}, bf16 {c['bf16']}, trainable encoder layers "
+        f"Config: `{c['path']}` (batch {c['batch_size']}, bf16 {c['bf16']}, precision run {c.get('precision', 'n/a')}, trainable encoder layers "
         f"{c['trainable_encoder_layers']}, frozen layers cached {c['cache_frozen_layers']}, grad accum "
         f"{c['grad_accum']}), {c['train_docs']} training docs  ",
         f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}; {flags}), device {dev}, torch threads "
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (repeatable)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=None, help="documents per step (default: the config's)")
-    p.add_argument("--bf16", choices=["config", "on", "off"], default="config", help="bf16 autocast (default: the config's)")
+    p.add_argument("--bf16", choices=["config", "on", "off"], default="config",
+                   help="bf16 autocast: on forces it even where emulated; config = the trainer's rule (default)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
     p.add_argument("--no-cache", action="store_true", help="do not cache the frozen lower layers")
     p.add_argument("--docs", type=int, default=16, help="training documents (the timed batches)")
@@ -318,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_s = time.perf_counter() - t0
         res["machine"] = machine_info(device)
         res["config"] = {
-            "path": args.config, "batch_size": cfg.batch_size, "bf16": cfg.bf16, "grad_accum": cfg.grad_accum,
+            "path": args.config, "batch_size": cfg.batch_size, "bf16": cfg.bf16, "precision": trainer.precision,
+            "grad_accum": cfg.grad_accum,
             "cache_frozen_layers": cfg.cache_frozen_layers, "cache_mode": getattr(trainer.cache, "mode", None),
             "trainable_encoder_layers": cfg.model.trainable_encoder_layers, "threads": cfg.threads,
             "train_docs": len(trainer.train_docs), "labels": len(trainer.labels),

@@ -201,7 +201,11 @@ class TrainingConfig(BaseModel):
     weight_decay: float = 0.01
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = 10.0
-    bf16: bool = False
+    bf16: bool = Field(False, description=(
+        "bf16 autocast where the device runs bf16 natively (bf16-capable GPU, CPU with AVX512-BF16/AMX); "
+        "elsewhere fp32 with a warning, since emulated bf16 is about 13x slower (force_bf16 overrides)"))
+    force_bf16: bool = Field(False, description="bf16 autocast even where it is emulated (only to reproduce a "
+                             "bf16 run on hardware without bf16 units; slow)")
     cache_frozen_layers: bool = True
     eval_every: int = Field(200, ge=1, description="optimizer steps between dev evaluations")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default)")

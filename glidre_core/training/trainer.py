@@ -5,7 +5,7 @@ Why it is shaped this way, for two CPU cores:
 * Frozen lower encoder layers are run **once** per document and their outputs cached
   (``cache_frozen_layers``); each step then runs only the trainable top layers and the heads.
 * The label encoder is frozen by default, so each label string is encoded once for the whole run.
-* bf16 autocast is optional (this CPU has bf16 units).
+* bf16 autocast is optional, and only where the hardware runs bf16 natively (:attr:`Trainer.precision`).
 
 Model selection uses dev data only: every ``eval_every`` steps the dev set is scored, the decision
 threshold is swept, and the best checkpoint is saved together with its threshold.
@@ -41,6 +41,7 @@ from glidre_core.evaluation import dev_predictor, dev_train_facts, entity_thresh
 from glidre_core.modeling import GLiDRE, PreparedDocument
 from glidre_core.modeling.batch import ModelBatch
 from glidre_core.modeling.cache import EncoderCache
+from glidre_core.modeling.precision import native_bf16
 from glidre_core.modeling.targets import joint_loss, training_batch
 from glidre_core.readers import read_documents, relation_labels
 from glidre_core.training.checkpoint import (
@@ -227,6 +228,10 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.bf16 and not cfg.force_bf16 and not native_bf16(self.device):
+            logger.warning("bf16: true, but %s has no native bf16 (AVX512-BF16/AMX or a bf16 GPU): training in "
+                           "fp32, which is about 13x faster here than emulated bf16 (force_bf16: true to override)",
+                           self.device)
         seed_everything(cfg.seed)
         corpus_of: dict[str, int] = {}
         all_train, self.dev_docs = split_train_dev(cfg, corpus_of)
@@ -364,9 +369,20 @@ class Trainer:
         total = per_epoch * self.epochs_to_run()
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
+    @property
+    def precision(self) -> str:
+        """``"bf16"`` or ``"fp32"``: what :meth:`autocast` runs. ``cfg.bf16`` asks for bf16's
+        speed, so it is granted only where bf16 is native (``modeling.precision.native_bf16``);
+        on other hardware emulated bf16 would be about 13x slower than fp32. ``cfg.force_bf16``
+        turns autocast on anyway. Every dev record carries the value, since fp32 and bf16 runs
+        of one config differ slightly in their numbers."""
+        if self.cfg.force_bf16 or (self.cfg.bf16 and native_bf16(self.device)):
+            return "bf16"
+        return "fp32"
+
     def autocast(self) -> torch.autocast:
-        """The training precision context (bf16 autocast when ``cfg.bf16``)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        """The training precision context (bf16 autocast when :attr:`precision` is bf16)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def dev_train_facts(self) -> set[tuple[str, str, str]]:
         """The training facts dev Ign F1 discounts (computed once)."""
@@ -599,6 +615,7 @@ class Trainer:
                         if "entity_f1" in dev:
                             record.update(dev_relation_f1=dev["f1"], dev_entity_f1=dev["entity_f1"],
                                           dev_entity_threshold=dev["entity_threshold"])
+                        record["precision"] = self.precision
                         if self.cfg.refit is not None:
                             record["dev_seen_in_training"] = True
                         # a refit keeps its last weights: dev is training data there, so cannot choose
