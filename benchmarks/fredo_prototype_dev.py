@@ -20,6 +20,7 @@ from :meth:`HeadAdapter.prototypes`. Runs in one process (the model's encoder pa
 documents is most of the time):
 
     nice -n 15 .venv/bin/python benchmarks/fredo_prototype_dev.py --output-json benchmarks/results/fredo_prototype_dev.json
+    .venv/bin/python benchmarks/fredo_prototype_dev.py --baselines-only --output-json benchmarks/results/fredo_dev_baselines.json
 """
 
 from __future__ import annotations
@@ -113,11 +114,37 @@ def write_json(out: dict[str, Any], path: str) -> None:
     Path(path).write_text(f'{text},\n "table": [\n  {rows}\n ]\n}}\n')
 
 
+def dev_baselines(split: str, data_dir: str) -> dict[str, Any]:
+    """The dev slice's no-model floors: every label of the episode for every pair a candidate
+    rule lets through (``glidre_core.fewshot.fredo.all_pairs_counts``), per rule."""
+    from glidre_core.fewshot.episodes import load_fredo
+
+    data = load_fredo(split, data_dir)
+    return {
+        "protocol": f"episodes 0..{DEV_EPISODES - 1} of {split}; official FREDo macro F1 (percent); no model: every "
+                    "label for every pair the rule keeps",
+        "all_pairs_macro_f1": all_pairs_dev(data),
+        "same_sentence_pairs_macro_f1": all_pairs_dev(data, "same_sentence"),
+        "same_sentence_support_direction_pairs_macro_f1": all_pairs_dev(data, "same_sentence", None, "support"),
+        "same_sentence_gap_pairs_macro_f1": {g: all_pairs_dev(data, "same_sentence", g) for g in GAP_BASELINES},
+        "same_sentence_gap_support_direction_pairs_macro_f1": {
+            g: all_pairs_dev(data, "same_sentence", g, "support") for g in GAP_BASELINES},
+    }
+
+
 def main() -> None:
     ap = dev_parser(__doc__)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output-json", default=None)
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="only the no-model baselines of the dev slice (seconds; no model, no grid)")
     args = parse_args(ap)
+    if args.baselines_only:
+        out = dev_baselines(args.split, args.data_dir)
+        logger.info("%s", json.dumps(out))
+        if args.output_json:
+            Path(args.output_json).write_text(json.dumps(out, indent=1) + "\n")
+        return
     import torch
 
     from glidre_core.fewshot.fredo import EpisodeRunner
@@ -190,11 +217,7 @@ def main() -> None:
         "best": best, "recipe": recipe.model_dump(),
         "best_runtime_check": {k: runtime[k] for k in ("macro_f1", "macro_precision", "macro_recall", "per_type")},
         "best_per_setting": per_setting,
-        "all_pairs_macro_f1": all_pairs_dev(data),
-        "same_sentence_pairs_macro_f1": all_pairs_dev(data, "same_sentence"),
-        "same_sentence_gap_pairs_macro_f1": {g: all_pairs_dev(data, "same_sentence", g) for g in GAP_BASELINES},
-        "same_sentence_gap_support_direction_pairs_macro_f1": {
-            g: all_pairs_dev(data, "same_sentence", g, "support") for g in GAP_BASELINES},
+        **{k: v for k, v in dev_baselines(args.split, args.data_dir).items() if k != "protocol"},
         "finetune_best_macro_f1": (json.loads(finetune.read_text())["best"]["macro_f1"]
                                    if finetune.exists() else None),
         "documents": len(needed), "encode_seconds": encode_seconds, "seconds": time.perf_counter() - start,

@@ -682,3 +682,18 @@ def test_prototype_direction_rule_keeps_the_text_orders_the_support_shows():
     # "any" ignores the orders
     anyway = Prototypes.from_support([(support, doc)], ["a", "b"], labels, AdaptationRecipe(**recipe))
     assert (anyway.margins(q, orders=np.array([1, -1, 0])) > 0).all()
+
+
+def test_the_dev_baselines_script_mode(fredo_dir):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fredo_prototype_dev.py"
+    spec = importlib.util.spec_from_file_location("fredo_prototype_dev", path)
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    out = dev.dev_baselines("cross_domain_1", str(fredo_dir))
+    # the tiny documents' mentions are at most 3 words apart: from gap 3 on, the gap rule is the sentence rule
+    assert out["same_sentence_gap_pairs_macro_f1"][3] == out["same_sentence_pairs_macro_f1"]
+    assert out["same_sentence_gap_pairs_macro_f1"][0] == 0  # no two mentions touch
+    assert out["same_sentence_support_direction_pairs_macro_f1"] > out["same_sentence_pairs_macro_f1"] > \
+        out["all_pairs_macro_f1"] > 0
