@@ -44,7 +44,7 @@ def native_bf16(device: torch.device) -> bool:
     training step ran at 0.25 docs/s under bf16 autocast against 3.28 docs/s in fp32 (13x slower;
     ``benchmarks/train_throughput.py --bf16 on|off``)."""
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         return cpu_has_native_bf16()
     return False
