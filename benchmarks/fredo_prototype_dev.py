@@ -148,7 +148,7 @@ def main() -> None:
     import torch
 
     from glidre_core.fewshot.fredo import EpisodeRunner
-    from glidre_core.fewshot.prototype import candidate_pairs, pair_orders
+    from glidre_core.fewshot.prototype import pair_rules
 
     torch.set_num_threads(args.threads)
     model_dir, data, episodes = load_dev(args.model, args.split, args.data_dir)
@@ -161,21 +161,15 @@ def main() -> None:
     encode_seconds = time.perf_counter() - start
     logger.info("pair vectors of %d documents in %.0fs", len(needed), encode_seconds)
 
-    masks: dict[tuple[int, str, int | None], np.ndarray] = {}
-    orders: dict[int, np.ndarray] = {}
+    rules: dict[tuple[int, str, int | None], tuple[np.ndarray, np.ndarray | None]] = {}
 
-    def mask(i: int, rule: str, max_gap: int | None) -> np.ndarray:
-        """Query document ``i``'s candidate pairs (the library's rule), computed once."""
-        if (i, rule, max_gap) not in masks:
-            masks[i, rule, max_gap] = candidate_pairs(adapter.pair_vectors([data.documents[i]])[0],
-                                                      data.documents[i], rule, max_gap)
-        return masks[i, rule, max_gap]
-
-    def order(i: int) -> np.ndarray:
-        """Query document ``i``'s pair text orders, computed once."""
-        if i not in orders:
-            orders[i] = pair_orders(adapter.pair_vectors([data.documents[i]])[0], data.documents[i])
-        return orders[i]
+    def pair_rules_of(i: int, rule: str, max_gap: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Query document ``i``'s candidate pairs and text orders (the library's rules), computed
+        once per document and rule: the grid scores every document under many settings."""
+        if (i, rule, max_gap) not in rules:
+            rules[i, rule, max_gap] = pair_rules(adapter.pair_vectors([data.documents[i]])[0], data.documents[i],
+                                                 rule, max_gap, orders=True)
+        return rules[i, rule, max_gap]
 
     def curve(setting: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
         """The setting's dev macro F1 at every margin of ``MARGINS`` (one scoring pass)."""
@@ -190,7 +184,7 @@ def main() -> None:
                 pv = adapter.pair_vectors([doc])[0]
                 ids = pv.prepared.entity_ids
                 rows = {(str(ids[h]), str(ids[t])): p for p, (h, t) in enumerate(zip(pv.heads, pv.tails))}
-                d = protos.margins(pv.vectors, mask(i, setting["candidates"], setting["max_gap"]), order(i))
+                d = protos.margins(pv.vectors, *pair_rules_of(i, setting["candidates"], setting["max_gap"]))
                 pooled += sweep_counts(d, rows, codes, data.gold(i, codes), types)
         return [({"margin": margin}, f1) for margin, f1 in zip(MARGINS, macro_f1_of(pooled, types))]
 

@@ -383,7 +383,7 @@ def test_prototypes_on_a_hand_made_case():
 
 def test_prototype_candidates_centering_and_nearest_positive():
     from glidre_core.documents import Document, Entity, Mention, Relation
-    from glidre_core.fewshot.prototype import NOT_A_CANDIDATE, Prototypes, candidate_pairs
+    from glidre_core.fewshot.prototype import NOT_A_CANDIDATE, Prototypes, pair_rules
 
     raw = [[1, 0.1, 0], [0, 0, 1], [0, 0.2, 1], [1, -0.1, 0], [0, 1, 0], [0.6, 0, 0.8]]
     support = _pairs(["e0", "e1", "e2"], raw)
@@ -396,10 +396,15 @@ def test_prototype_candidates_centering_and_nearest_positive():
 
     # e0 and e1 share sentence 0, e2 is alone in sentence 1: candidates (0,1) and (1,0) only
     split = doc([0, 0, 1])
-    assert candidate_pairs(support, split, "same_sentence").tolist() == [True, False, True, False, False, False]
-    assert candidate_pairs(support, split, "all").all()
+    assert pair_rules(support, split, "same_sentence")[0].tolist() == [True, False, True, False, False, False]
+    assert pair_rules(support, split, "all")[0].all() and pair_rules(support, split, "all")[1] is None
+    # one geometry pass gives both: orders of the same-sentence pairs, 0 for the others
+    assert pair_rules(support, split, "same_sentence", orders=True)[1].tolist() == [1, 0, -1, 0, 0, 0]
     with pytest.raises(ValueError, match="sent_id"):
-        candidate_pairs(support, doc([None, 0, 1]), "same_sentence")
+        pair_rules(support, doc([None, 0, 1]), "same_sentence")
+    with pytest.raises(ValueError, match="sent_id"):
+        pair_rules(support, doc([None, 0, 1]), "all", orders=True)
+    assert pair_rules(support, doc([None, 0, 1]), "all")[0].all()  # every pair needs no sentence ids
     labels = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32)
     build = lambda d, **kw: Prototypes.from_support([(support, d)], ["a", "b"], labels,  # noqa: E731
                                                      AdaptationRecipe(**{**NEUTRAL, **kw}))
@@ -460,7 +465,7 @@ def test_prototype_recipe_validation():
 
 @pytest.mark.parametrize("max_gap", [None, 1])
 def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_path, max_gap):
-    from glidre_core.fewshot.prototype import candidate_pairs, pair_orders
+    from glidre_core.fewshot.prototype import pair_rules
     from glidre_core.fewshot.workflow import adapt_to_documents
 
     data = load_fredo("cross_domain_3", fredo_dir)
@@ -478,9 +483,9 @@ def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_
     expected = []
     for i in ep.query:
         pv = runner.adapter.pair_vectors([data.documents[i]])[0]
-        mask = candidate_pairs(pv, data.documents[i], recipe.candidates, recipe.max_gap)
+        mask, orders = pair_rules(pv, data.documents[i], recipe.candidates, recipe.max_gap, orders=True)
         assert mask.sum() == (8 if max_gap is None else 4)  # see the same-sentence baseline test
-        p, r = (protos.margins(pv.vectors, mask, pair_orders(pv, data.documents[i])) > 0).nonzero()
+        p, r = (protos.margins(pv.vectors, mask, orders) > 0).nonzero()
         ids = pv.prepared.entity_ids
         expected.append([(int(ids[pv.heads[a]]), int(ids[pv.tails[a]]), ep.labeled_relations[b]) for a, b in zip(p, r)])
     assert res.counts["adapted"].counts == count_episode(expected, [data.gold(i, ep.labeled_relations)
@@ -661,14 +666,14 @@ def test_fredo_compare_scores_the_baselines_on_the_result_episodes(fredo_dir, ti
 
 def test_prototype_direction_rule_keeps_the_text_orders_the_support_shows():
     from glidre_core.documents import Document, Entity, Mention, Relation
-    from glidre_core.fewshot.prototype import NOT_A_CANDIDATE, Prototypes, pair_orders
+    from glidre_core.fewshot.prototype import NOT_A_CANDIDATE, Prototypes, pair_rules
 
     # "A B C" in one sentence; "a" annotated on (0,1) and (1,2): head first both times; "b" never
     support = _pairs(["e0", "e1", "e2"], [[1, 0, 0]] * 6)
     doc = Document(doc_id="s", text="A B C", relations=[
         Relation(head="e0", label="a", tail="e1"), Relation(head="e1", label="a", tail="e2")], entities=[
         Entity(id=f"e{i}", mentions=[Mention(start=2 * i, end=2 * i + 1, sent_id=0)]) for i in range(3)])
-    assert pair_orders(support, doc).tolist() == [1, 1, -1, 1, -1, -1]  # (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
+    assert pair_rules(support, doc, "all", orders=True)[1].tolist() == [1, 1, -1, 1, -1, -1]  # (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
     labels = np.array([[1, 0, 0], [1, 0, 0]], dtype=np.float32)
     recipe = dict(NEUTRAL, nota="none", margin=-1.0)
     p = Prototypes.from_support([(support, doc)], ["a", "b"], labels,

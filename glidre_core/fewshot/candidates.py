@@ -69,19 +69,32 @@ def word_gaps(doc: Document) -> np.ndarray:
     return mention_geometry(doc)[0]
 
 
-def entity_candidates(doc: Document, rule: str, max_gap: int | None = None) -> np.ndarray:
-    """``[n, n]`` booleans over entity indices of ``doc``: ordered pair ``(i, j)`` is scored
-    under ``rule`` (see the module docstring); the diagonal is always False."""
+def entity_rules(doc: Document, rule: str, max_gap: int | None = None,
+                 orders: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(allowed, order)`` over entity indices of ``doc`` from one :func:`mention_geometry`
+    pass: ``allowed`` ``[n, n]`` booleans, ordered pair ``(i, j)`` is scored under ``rule`` (see
+    the module docstring; the diagonal is always False); ``order`` the geometry's text order
+    when ``orders`` is asked for, else None. The geometry (which needs ``sent_id``) is computed
+    only when the rule or the orders need it."""
     if rule not in RULES:
         raise ValueError(f"unknown candidate rule {rule!r}; expected one of {RULES}")
     if max_gap is not None and rule != "same_sentence":
         raise ValueError("max_gap needs candidates='same_sentence' (the gap is counted within a sentence)")
     n = len(doc.entities)
-    if rule == "all":
-        return ~np.eye(n, dtype=bool)
-    gaps = word_gaps(doc)
-    keep = np.isfinite(gaps)
-    return keep & (gaps <= max_gap) if max_gap is not None else keep
+    gaps, order = mention_geometry(doc) if rule == "same_sentence" or orders else (None, None)
+    if gaps is None:
+        allowed = ~np.eye(n, dtype=bool)
+    else:
+        allowed = np.isfinite(gaps) if rule == "same_sentence" else ~np.eye(n, dtype=bool)
+        if max_gap is not None:
+            allowed &= gaps <= max_gap
+    return allowed, (order if orders else None)
+
+
+def entity_candidates(doc: Document, rule: str, max_gap: int | None = None) -> np.ndarray:
+    """``[n, n]`` booleans over entity indices of ``doc``: ordered pair ``(i, j)`` is scored
+    under ``rule`` (the ``allowed`` of :func:`entity_rules`)."""
+    return entity_rules(doc, rule, max_gap)[0]
 
 
 def support_directions(n_labels: int, positives: list[tuple[int, int]]) -> np.ndarray:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from glidre_core.documents import Document, Relation
 from glidre_core.fewshot.adapt import AdaptationRecipe
-from glidre_core.fewshot.candidates import direction_allows, entity_candidates, mention_geometry, support_directions
+from glidre_core.fewshot.candidates import direction_allows, entity_rules, mention_geometry, support_directions
 from glidre_core.fewshot.episodes import (
     CONTAMINATED_SPLITS, DEFAULT_DATA_DIR, DEV_EPISODES, Episode, FredoData, FredoSplit, load_fredo, sample_episodes,
 )
@@ -248,8 +248,9 @@ def all_pairs_counts(data: FredoData, episode: Episode, candidates: str = "all",
     preds, gold = [], []
     for i in episode.query:
         doc = data.documents[i]
-        h_idx, t_idx = entity_candidates(doc, candidates, max_gap).nonzero()
-        ok = direction_allows(allowed, mention_geometry(doc)[1][h_idx, t_idx]) if direction == "support" \
+        keep, order = entity_rules(doc, candidates, max_gap, orders=direction == "support")
+        h_idx, t_idx = keep.nonzero()
+        ok = direction_allows(allowed, order[h_idx, t_idx]) if order is not None \
             else np.ones((len(h_idx), len(codes)), dtype=bool)
         preds.append([(int(h), int(t), c) for p, (h, t) in enumerate(zip(h_idx, t_idx))
                       for r, c in enumerate(codes) if ok[p, r]])

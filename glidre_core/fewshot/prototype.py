@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from glidre_core.documents import Document
-from glidre_core.fewshot.candidates import direction_allows, entity_candidates, mention_geometry, support_directions
+from glidre_core.fewshot.candidates import direction_allows, entity_rules, support_directions
 
 if TYPE_CHECKING:
     from glidre_core.fewshot.adapt import AdaptationRecipe
@@ -81,23 +81,19 @@ def pair_targets(pairs: "PairVectors", doc: Document, labels: Sequence[str]) -> 
     return out
 
 
-def candidate_pairs(pairs: "PairVectors", doc: Document, rule: str, max_gap: int | None = None) -> np.ndarray:
-    """``[P]`` booleans: the pairs of ``pairs`` that ``rule`` (and ``max_gap``) let be scored
-    (:func:`glidre_core.fewshot.candidates.entity_candidates`)."""
-    allowed = entity_candidates(doc, rule, max_gap)
-    index = {ent.id: i for i, ent in enumerate(doc.entities)}
-    ids = pairs.prepared.entity_ids
-    return np.array([bool(allowed[index[ids[h]], index[ids[t]]]) for h, t in zip(pairs.heads, pairs.tails)],
-                    dtype=bool)
-
-
-def pair_orders(pairs: "PairVectors", doc: Document) -> np.ndarray:
-    """``[P]`` int8: +1 when the pair's head comes first in the text (by their closest
+def pair_rules(pairs: "PairVectors", doc: Document, rule: str, max_gap: int | None = None,
+               orders: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(candidates, orders)`` of the pairs of ``pairs``, from one geometry pass
+    (:func:`glidre_core.fewshot.candidates.entity_rules`): ``candidates`` ``[P]`` booleans, the
+    pairs that ``rule`` (and ``max_gap``) let be scored; ``orders`` ``[P]`` int8 when asked
+    for (else None): +1 when the pair's head comes first in the text (by their closest
     same-sentence mentions), -1 when the tail does, 0 when they share no sentence."""
-    order = mention_geometry(doc)[1]
+    allowed, order = entity_rules(doc, rule, max_gap, orders)
     index = {ent.id: i for i, ent in enumerate(doc.entities)}
     ids = pairs.prepared.entity_ids
-    return np.array([order[index[ids[h]], index[ids[t]]] for h, t in zip(pairs.heads, pairs.tails)], dtype=np.int8)
+    h = np.array([index[ids[i]] for i in pairs.heads], dtype=np.int64)
+    t = np.array([index[ids[i]] for i in pairs.tails], dtype=np.int64)
+    return allowed[h, t].astype(bool), (order[h, t].astype(np.int8) if order is not None else None)
 
 
 @dataclass
@@ -138,8 +134,9 @@ class Prototypes:
             tgt = pair_targets(pv, doc, labels)
             vecs.append(np.asarray(pv.vectors, dtype=np.float32))
             targets.append(tgt)
-            keep.append(candidate_pairs(pv, doc, recipe.candidates, recipe.max_gap) | tgt.any(1))  # positives always count
-            orders.append(pair_orders(pv, doc) if recipe.direction == "support" else np.zeros(len(tgt), np.int8))
+            mask, order = pair_rules(pv, doc, recipe.candidates, recipe.max_gap, recipe.direction == "support")
+            keep.append(mask | tgt.any(1))  # positives always count
+            orders.append(order if order is not None else np.zeros(len(tgt), np.int8))
         raw = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
         tgt = np.concatenate(targets) if targets else np.zeros((0, len(labels)), bool)
         kept = np.concatenate(keep) if keep else np.zeros(0, bool)
@@ -190,7 +187,7 @@ class Prototypes:
     def margins(self, vectors: np.ndarray, candidates: np.ndarray | None = None,
                 orders: np.ndarray | None = None) -> np.ndarray:
         """``[P, R]`` ``s_t - s_nota - margin``: positive = the pair has the type. With
-        ``direction="support"`` and the pairs' text ``orders`` (``[P]``, :func:`pair_orders`), a
+        ``direction="support"`` and the pairs' text ``orders`` (``[P]``, :func:`pair_rules`), a
         type is ruled out (:data:`NOT_A_CANDIDATE`) on pairs whose order its support positives
         never show. With ``single_label``, every type but the best remaining one of each pair is
         pushed below 0; pairs outside ``candidates`` (``[P]`` booleans, None = all) get
@@ -198,7 +195,7 @@ class Prototypes:
         d = self.type_scores(vectors) - self.nota_scores(vectors)[:, None] - self.margin
         if self.direction == "support" and self.directions is not None:
             if orders is None:
-                raise ValueError("direction='support' needs the query pairs' text orders (pair_orders)")
+                raise ValueError("direction='support' needs the query pairs' text orders (pair_rules)")
             d = np.where(direction_allows(self.directions, orders), d, NOT_A_CANDIDATE)
         if self.single_label and d.size:
             best = d.argmax(1)
@@ -235,7 +232,6 @@ class PrototypePredictor:
         out = []
         for pv, doc in zip(self._pair_vectors(docs), docs):
             p = self.prototypes
-            mask = candidate_pairs(pv, doc, p.candidates, p.max_gap)
-            orders = pair_orders(pv, doc) if p.direction == "support" else None
+            mask, orders = pair_rules(pv, doc, p.candidates, p.max_gap, p.direction == "support")
             out.append(RelationScores(pv.prepared, pv.heads, pv.tails, p.probabilities(pv.vectors, mask, orders)))
         return out
