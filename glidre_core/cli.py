@@ -271,13 +271,16 @@ def fewshot_fredo(split, model_ref, data_dir, episodes, seed, num_cpus, zero_sho
 @click.option("--format", "fmt", type=click.Choice(["docred", "glidre", "conll04", "jsonl"]), default="jsonl", show_default=True)
 @click.option("--labels", default=None, help="comma-separated relation labels, or a file (one per line); default: the data's")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="directory of the adapted model")
-@click.option("--set", "overrides", multiple=True, help="override the adaptation recipe: key=value (e.g. epochs=10)")
+@click.option("--set", "overrides", multiple=True,
+              help="override the adaptation recipe (default: the prototype method, FREDo's): key=value, e.g. "
+                   "max_gap=null, or method=finetune then epochs=10")
 @click.option("--overwrite", is_flag=True, help="replace an existing output directory")
 @click.option("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI; none = no tracking)")
 @click.option("--experiment", default="glidre-fewshot", show_default=True, help="MLflow experiment")
 @click.option("--run-name", default=None, help="MLflow run name")
 def adapt(model_ref, data_path, fmt, labels, output, overrides, overwrite, tracking_uri, experiment, run_name) -> None:
-    """Add relation types to MODEL from a few (1-10) labelled documents; writes a model directory."""
+    """Add relation types to MODEL from a few (1-10) labelled documents; writes a model directory
+    (by default the unchanged weights plus prototypes of the new labels)."""
     from glidre_core.fewshot.workflow import adapt_to_documents
     from glidre_core.readers import read_documents
 
@@ -288,7 +291,7 @@ def adapt(model_ref, data_path, fmt, labels, output, overrides, overwrite, track
         names = [x.strip() for x in raw if x.strip()]
     try:
         record = adapt_to_documents(model_ref, read_documents(data_path, fmt), names, output,
-                                    _recipe(overrides, method="finetune"),
+                                    _recipe(overrides),
                                     overwrite=overwrite, tracking_uri=tracking_uri, experiment=experiment,
                                     run_name=run_name)
     except (ValueError, FileExistsError) as exc:

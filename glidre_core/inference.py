@@ -46,6 +46,7 @@ from glidre_core.rows import CandidateRow, EntityRow, TripletRow
 if TYPE_CHECKING:
     from glidre_core.modeling.batch import ModelBatch
     from glidre_core.modeling.cache import EncoderCache
+    from glidre_core.fewshot.prototype import Prototypes
     from glidre_core.modeling.glidre import GLiDRE
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,12 @@ class Predictor:
             wins end to end on both CoNLL04 and Re-DocRED; spaCy serves relation-only models.
         candidate_band: ``(below, above)`` margins, in probability, around each label's threshold:
             what :meth:`band_candidates` (and the ``*_with_candidates`` methods) return.
+        prototypes: few-shot :class:`glidre_core.fewshot.prototype.Prototypes` (``glidre adapt``;
+            by default the ones saved with the model, ``GLiDRE.prototypes``). Requested labels
+            they hold (compared after label normalisation) are scored against their support
+            examples from the same encoder pass, in place of the label heads' probability, and
+            decided at the prototypes' threshold unless ``threshold`` says otherwise; every
+            other label is scored as usual.
     """
 
     def __init__(
@@ -203,6 +210,7 @@ class Predictor:
         need_entity_types: bool = False,
         entity_recognizer: Any = "model",
         candidate_band: tuple[float, float] | None = None,
+        prototypes: "Prototypes | None" = None,
     ):
         if isinstance(entity_recognizer, str) and entity_recognizer not in ENTITY_RECOGNIZERS:
             raise ValueError(f"unknown entity_recognizer {entity_recognizer!r}; expected one of {ENTITY_RECOGNIZERS}")
@@ -215,6 +223,8 @@ class Predictor:
             if not all(0 <= m < 1 for m in candidate_band):
                 raise ValueError(f"candidate_band margins must be in [0, 1), got {candidate_band}")
         self.candidate_band = candidate_band
+        self.prototypes = prototypes
+        self._prototype_columns: tuple[np.ndarray, np.ndarray] | None = None  # (label columns, prototype rows)
         self.model = model
         self._relation_spec, self._entity_spec = relation_labels, entity_labels
         self._threshold_spec, self._entity_threshold_spec = threshold, entity_threshold
@@ -269,8 +279,16 @@ class Predictor:
                 list(relations.labels) + list(self._transfer.extra.labels if self._transfer.extra else []),
                 self._transfer.vectors(relations))
             self._relations = relations
-            self._thresholds = per_label_thresholds(self._relations.labels, self._threshold_spec,
-                                                    stored_thresholds(self._relations.labels, self.model.config))
+            base = stored_thresholds(self._relations.labels, self.model.config)
+            if self.prototypes is not None:
+                norm = self.model.config.normalize_label
+                row = {norm(lab): i for i, lab in enumerate(self.prototypes.labels)}
+                pairs = [(c, row[norm(lab)]) for c, lab in enumerate(relations.labels) if norm(lab) in row]
+                if pairs:
+                    cols, rows = (np.array(x, dtype=np.int64) for x in zip(*pairs))
+                    self._prototype_columns = (cols, rows)
+                    base[cols] = self.prototypes.threshold
+            self._thresholds = per_label_thresholds(self._relations.labels, self._threshold_spec, base)
         return self._relations
 
     @property
@@ -373,6 +391,20 @@ class Predictor:
             start += len(h)
         return out
 
+    def _score_prototypes(self, scores: list[RelationScores], reps: torch.Tensor) -> list[RelationScores]:
+        """Overwrite the prototype labels' columns of ``scores`` (one batch, in order) with the
+        prototype probabilities of the batch's pair vectors ``reps`` ``[sum P, D]`` (one copy to
+        the host, after scoring; the pair rules read each document on the host)."""
+        assert self._prototype_columns is not None and self.prototypes is not None
+        cols, rows = self._prototype_columns
+        vectors, start = reps.cpu().numpy(), 0
+        for sc in scores:
+            n = len(sc.heads)
+            pv = PairVectors(sc.prepared, sc.heads, sc.tails, vectors[start : start + n])
+            sc.probs[:, cols] = self.prototypes.pair_probabilities(pv)[:, rows]
+            start += n
+        return scores
+
     def _map(self, prepared: Sequence[PreparedDocument], step: Callable[[list[PreparedDocument], "ModelBatch"], list[T]]) -> list[T]:
         """The one batch loop: ``step`` on each batch of similar documents (in eval mode, without
         gradients); its per-document results come back in input order."""
@@ -392,7 +424,10 @@ class Predictor:
         def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[RelationScores]:
             res = self.model(batch, labels)
             probs = self._relation_probs(res.relation_logits, res.threshold_logits).cpu().numpy()
-            return self._split_relations(docs, batch, probs)
+            out = self._split_relations(docs, batch, probs)
+            if self._prototype_columns is None:
+                return out
+            return self._score_prototypes(out, self.model.pair_representations(batch, exact=True, encoded=res.encoded))
 
         return self._map(self.prepare(items), step)
 
@@ -506,9 +541,12 @@ class Predictor:
             index = self.model.entity_index([p.mention_spans for p in with_entities], batch.max_words)
             logits, th = self.model.score_pairs(res.encoded, index, labels.vectors)
             probs = self._relation_probs(logits, th).cpu().numpy()
+            scores = self._split_relations(with_entities, batch.with_entities(index), probs)
+            if self._prototype_columns is not None:
+                scores = self._score_prototypes(scores, self.model.pair_representations(
+                    batch, exact=True, encoded=res.encoded, index=index))
             out = []
-            for p, grouped, sc in zip(with_entities, predicted,
-                                      self._split_relations(with_entities, batch.with_entities(index), probs)):
+            for p, grouped, sc in zip(with_entities, predicted, scores):
                 rows = self.decode_relations(sc)
                 doc = p.doc.model_copy(update={
                     "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]

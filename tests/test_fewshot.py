@@ -261,8 +261,8 @@ def test_glidre_adapt_saves_a_loadable_model_and_tracks_it(fredo_dir, tiny_dir, 
     support.write_text("\n".join(d.model_dump_json() for d in docs))
     out = tmp_path / "adapted"
     args = ["adapt", "--model", str(tiny_dir), "--data", str(support), "--labels", "used for,part of",
-            "--output", str(out), "--set", "epochs=5", "--set", "threshold=0.4", "--tracking-uri", mlflow_uri,
-            "--run-name", "adapt-test"]
+            "--output", str(out), "--set", "method=finetune", "--set", "epochs=5", "--set", "threshold=0.4",
+            "--tracking-uri", mlflow_uri, "--run-name", "adapt-test"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     record = json.loads((out / "adaptation.json").read_text())
@@ -400,11 +400,9 @@ def test_prototype_candidates_centering_and_nearest_positive():
     assert pair_rules(support, split, "all")[0].all() and pair_rules(support, split, "all")[1] is None
     # one geometry pass gives both: orders of the same-sentence pairs, 0 for the others
     assert pair_rules(support, split, "same_sentence", orders=True)[1].tolist() == [1, 0, -1, 0, 0, 0]
-    with pytest.raises(ValueError, match="sent_id"):
-        pair_rules(support, doc([None, 0, 1]), "same_sentence")
-    with pytest.raises(ValueError, match="sent_id"):
-        pair_rules(support, doc([None, 0, 1]), "all", orders=True)
-    assert pair_rules(support, doc([None, 0, 1]), "all")[0].all()  # every pair needs no sentence ids
+    # a mention without sent_id: the document is split by the rule instead ("A B C" is one sentence)
+    assert pair_rules(support, doc([None, 0, 1]), "same_sentence")[0].all()
+    assert pair_rules(support, doc([None, 0, 1]), "all", orders=True)[1].tolist() == [1, 1, -1, 1, -1, -1]
     labels = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32)
     build = lambda d, **kw: Prototypes.from_support([(support, d)], ["a", "b"], labels,  # noqa: E731
                                                      AdaptationRecipe(**{**NEUTRAL, **kw}))
@@ -492,8 +490,15 @@ def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_
                                                                     for i in ep.query]).counts
     with pytest.raises(ValueError, match="trains nothing"):
         runner.adapter.adapt(runner.support_documents(ep, text), list(text.values()))
-    with pytest.raises(ValueError, match="method=finetune"):
-        adapt_to_documents(str(tiny_dir), data.documents[:1], None, tmp_path / "out", recipe)
+    # glidre adapt saves these prototypes; the saved model scores exactly what the runner scored
+    labels = list(text.values())
+    adapt_to_documents(str(tiny_dir), runner.support_documents(ep, text), labels, tmp_path / "out", recipe)
+    saved = GLiDRE.from_pretrained(tmp_path / "out").predictor(relation_labels=labels)
+    queries = [data.documents[i] for i in ep.query]
+    for got, want in zip(saved.score_relations(queries),
+                         runner.adapter.prototype_predictor(runner.support_documents(ep, text), labels)
+                         .score_relations(queries)):
+        np.testing.assert_allclose(got.probs, want.probs, rtol=0, atol=1e-6)
 
 
 def test_fredo_cli_runs_the_prototype_method(fredo_dir, tiny_dir, tmp_path):
@@ -607,9 +612,24 @@ def test_word_gap_candidates_on_a_hand_made_document():
         entity_candidates(doc, "all", 2)
     with pytest.raises(ValueError, match="candidate rule"):
         entity_candidates(doc, "window")
-    no_ids = Document(doc_id="n", text=text, entities=[Entity(id="a", mentions=[Mention(start=0, end=5)])])
-    with pytest.raises(ValueError, match="document 'n': entity 'a'.*sent_id"):
-        word_gaps(no_ids)
+    # without sentence ids the text is split by the rule ("." then a capital): the same geometry
+    no_ids = Document(doc_id="n", text=text, entities=[
+        Entity(id=k, mentions=[Mention(start=s, end=e) for s, e, _ in v]) for k, v in spans.items()])
+    np.testing.assert_array_equal(word_gaps(no_ids), gaps)
+    np.testing.assert_array_equal(mention_geometry(no_ids)[1], order)
+    # given sentence spans win over the rule: one span over the whole text joins the two sentences
+    one = no_ids.model_copy(update={"sentences": [(0, len(text))]})
+    assert np.isfinite(word_gaps(one)[1, 3])
+
+
+def test_split_sentences_rule():
+    from glidre_core.fewshot.candidates import split_sentences
+
+    text = 'He left. "Why?" she asked (twice). 3 more came! e.g. this. And done'
+    spans = split_sentences(text)
+    assert [text[a:b] for a, b in spans] == ["He left.", '"Why?" she asked (twice).', "3 more came! e.g. this.",
+                                             "And done"]
+    assert split_sentences("") == [(0, 0)]
 
 
 def test_paired_bootstrap_difference_is_zero_for_identical_arms_and_signed():
@@ -702,3 +722,109 @@ def test_the_dev_baselines_script_mode(fredo_dir):
     assert out["same_sentence_gap_pairs_macro_f1"][0] == 0  # no two mentions touch
     assert out["same_sentence_support_direction_pairs_macro_f1"] > out["same_sentence_pairs_macro_f1"] > \
         out["all_pairs_macro_f1"] > 0
+
+
+# -- glidre adapt with prototypes (the default recipe) ------------------------------------------------
+def _scierc_docs(fredo_dir) -> list:
+    from glidre_core.readers import read_documents
+
+    return read_documents(fredo_dir / "test_scierc.json", "docred",
+                          rel_info={c: c.lower().replace("-", " ") for c in CODES})
+
+
+def test_glidre_adapt_saves_prototypes_that_every_predictor_uses(fredo_dir, tiny_dir, tmp_path, mlflow_uri):
+    from glidre_core.cli import main
+    from glidre_core.fewshot.prototype import PROTOTYPES_CONFIG, PROTOTYPES_WEIGHTS
+
+    docs = _scierc_docs(fredo_dir)
+    support, queries = docs[:2], docs[2:6]
+    path = tmp_path / "support.jsonl"
+    path.write_text("\n".join(d.model_dump_json() for d in support))
+    out = tmp_path / "adapted"
+    res = CliRunner().invoke(main, ["adapt", "--model", str(tiny_dir), "--data", str(path), "--labels",
+                                    "used for,part of", "--output", str(out), "--tracking-uri", mlflow_uri])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "adaptation.json").read_text())
+    assert record["recipe"]["method"] == "prototype" and record["losses"] == [] and record["threshold"] == 0.5
+    assert record["support_positives"] == {"used for": 4, "part of": 2} and "mlflow_run_id" in record
+    assert (out / PROTOTYPES_WEIGHTS).exists() and (out / PROTOTYPES_CONFIG).exists()
+
+    base, adapted = GLiDRE.from_pretrained(tiny_dir), GLiDRE.from_pretrained(out)
+    assert base.prototypes is None and adapted.prototypes.labels == ["used for", "part of"]
+    assert adapted.config.labels == base.config.labels + ["used for", "part of"]
+    assert all(torch.equal(a, b) for a, b in zip(adapted.state_dict().values(), base.state_dict().values()))
+
+    # the prototype labels score exactly as the FREDo runner's prototype predictor does
+    labels = ["used for", "part of"]
+    recipe = AdaptationRecipe()
+    want = HeadAdapter(base, recipe).prototype_predictor(support, labels).score_relations(queries)
+    pred = adapted.predictor(relation_labels=["compare", *labels])  # an unadapted label alongside
+    got = pred.score_relations(queries)
+    plain = base.predictor(relation_labels=["compare", *labels]).score_relations(queries)
+    for g, w, p in zip(got, want, plain):
+        np.testing.assert_allclose(g.probs[:, 1:], w.probs, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(g.probs[:, 0], p.probs[:, 0], rtol=0, atol=1e-6)  # other labels: the heads
+        assert not np.allclose(g.probs[:, 1:], p.probs[:, 1:])
+    np.testing.assert_array_equal(pred.thresholds, [base.config.threshold, 0.5, 0.5])
+    np.testing.assert_allclose(adapted.predictor(relation_labels=labels, threshold=0.3).thresholds, [0.3, 0.3])
+    # rows: only same-sentence pairs at most 2 words apart can hold a prototype label
+    rows = [r for rs in pred.predict(queries) for r in rs if r["relation"] in labels]
+    assert rows and all(r["score"] > 0.5 for r in rows)
+
+    # the MLflow pyfunc of the directory carries and uses them
+    import mlflow
+
+    from glidre_core.registry import save_pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(str(save_pyfunc(out, tmp_path / "pyfunc")))
+    frame = [{"doc_id": d.doc_id, "text": d.text, "entities": json.dumps([e.model_dump() for e in d.entities]),
+              "labels": json.dumps(labels)} for d in queries]
+    expected = adapted.predictor(relation_labels=labels).predict(queries)
+    assert any(expected) and pyfunc.predict(frame) == expected
+
+    # a second save keeps them; a corrupt file is refused by name
+    again = adapted.save_pretrained(tmp_path / "again")
+    reloaded = GLiDRE.from_pretrained(again).prototypes
+    np.testing.assert_array_equal(reloaded.types, adapted.prototypes.types)
+    assert reloaded.directions.tolist() == adapted.prototypes.directions.tolist()
+    settings = json.loads((again / PROTOTYPES_CONFIG).read_text())
+    (again / PROTOTYPES_CONFIG).write_text(json.dumps({**settings, "labels": ["used for"]}))
+    with pytest.raises(ValueError, match="prototypes.safetensors: types has shape"):
+        GLiDRE.from_pretrained(again)
+
+    # adapting again replaces the prototypes (and drops the labels only they held); fine-tuning is refused
+    record2 = CliRunner().invoke(main, ["adapt", "--model", str(out), "--data", str(path), "--labels", "part of",
+                                        "--output", str(tmp_path / "twice")])
+    assert record2.exit_code == 0, record2.output
+    twice = GLiDRE.from_pretrained(tmp_path / "twice")
+    assert twice.prototypes.labels == ["part of"] and twice.config.labels == base.config.labels + ["part of"]
+    bad = CliRunner().invoke(main, ["adapt", "--model", str(out), "--data", str(path), "--output",
+                                    str(tmp_path / "ft"), "--set", "method=finetune"])
+    assert bad.exit_code != 0 and "stale" in bad.output
+
+
+def test_prototypes_score_entities_found_in_raw_text(fredo_dir, tmp_path):
+    """The joint path (span head, then relations) scores prototype labels on the pairs it found,
+    with sentences from the rule (raw text has no sentence ids)."""
+    from conftest import tiny_config
+    from glidre_core.fewshot.workflow import adapt_to_documents
+
+    torch.manual_seed(0)
+    model = GLiDRE(tiny_config(span_head=True, max_span_width=3, entity_labels=["method", "task"],
+                               entity_threshold=0.3))
+    model.eval()
+    model.save_pretrained(tmp_path / "span")
+    support = _scierc_docs(fredo_dir)[:2]
+    adapt_to_documents(str(tmp_path / "span"), support, ["used for"], tmp_path / "out",
+                       AdaptationRecipe(max_gap=None, direction="any", margin=-2.0))  # every same-sentence pair
+    adapted = GLiDRE.from_pretrained(tmp_path / "out")
+    text = "We use a parser for tagging. The tagger helps translation systems"
+    pred = adapted.predictor(relation_labels=["used for"])
+    (result,) = pred.extract([text])
+    ents = result.document.entities
+    assert len(ents) >= 2
+    sentence = {e.id: 0 if e.mentions[0].start < text.index("The") else 1 for e in ents}
+    rows = result.relations
+    expected = sum(sentence[a.id] == sentence[b.id] for a in ents for b in ents if a.id != b.id)
+    assert len(rows) == expected > 0  # every same-sentence pair passes the margin -2; no cross-sentence pair
+    assert all(sentence[r["head_id"]] == sentence[r["tail_id"]] for r in rows)

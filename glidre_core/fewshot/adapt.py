@@ -8,7 +8,9 @@ Two methods (``AdaptationRecipe.method``):
   support shows", so most of the score is those rules, :mod:`glidre_core.fewshot.candidates`):
   nothing is trained; query pairs are scored against the support documents' pair vectors
   (:mod:`glidre_core.fewshot.prototype`, chosen with ``benchmarks/fredo_prototype_dev.py``).
-  It changes no weight, so ``glidre adapt`` (which saves a model) uses ``finetune``.
+  It changes no weight; ``glidre adapt`` saves the prototypes beside the model
+  (:meth:`~glidre_core.fewshot.prototype.Prototypes.save`), and every predictor over the loaded
+  model scores those labels with them.
 * ``finetune``, described below.
 
 Why fine-tuning has this shape. A few-shot episode has 1 to 3 labelled documents. Fine-tuning the document
@@ -93,7 +95,7 @@ class AdaptationRecipe(BaseModel):
                                  "type's score, the rest on the label embedding (1 = support only)")
     candidates: Literal["all", "same_sentence"] = Field(
         "same_sentence", description="prototype: the pairs scored: every ordered pair, or pairs whose entities share a "
-        "sentence (mentions need sent_id); the others are never predicted",
+        "sentence (sent_id, else a rule-based split); the others are never predicted",
     )
     max_gap: int | None = Field(
         2, ge=0, description="prototype: with same_sentence, score only pairs with two mentions in one sentence at "

@@ -5,7 +5,8 @@ related pairs from the rest, and the official FREDo metric counts every false po
 where the relation can hold is decided by rules on the given mentions, before any model score:
 
 * ``all``: every ordered pair of distinct entities;
-* ``same_sentence``: the two entities have mentions in a common sentence (by ``sent_id``).
+* ``same_sentence``: the two entities have mentions in a common sentence (by ``sent_id``;
+  documents given without sentence ids are split by a rule, :func:`mention_sentences`).
   SciERC annotates relations within sentences (98% of FREDo's cross-domain facts);
 * ``same_sentence`` with ``max_gap=g``: and two of those mentions are at most ``g`` words apart
   (the words of the text strictly between them; 0 = adjacent or overlapping). In SciERC a
@@ -23,12 +24,45 @@ same rule score exactly the same pairs.
 
 from __future__ import annotations
 
+import bisect
+import re
+
 import numpy as np
 
 from glidre_core.documents import Document
 
 #: the candidate rules (``AdaptationRecipe.candidates``)
 RULES: tuple[str, ...] = ("all", "same_sentence")
+
+
+#: a sentence ends at ., ! or ? (closing quotes and brackets kept) before whitespace and a capital,
+#: digit, quote or bracket: the fallback split for documents without sentence ids
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """``[start, end)`` character spans of the sentences of ``text`` by :data:`SENTENCE_BREAK`
+    (a rule, not a parser: "Dr. Smith" splits; it only serves documents given without any
+    sentence ids, where a wrong split costs a candidate pair, not an error)."""
+    spans, start = [], 0
+    for m in SENTENCE_BREAK.finditer(text):
+        spans.append((start, m.start()))
+        start = m.end()
+    spans.append((start, len(text)))
+    return spans
+
+
+def mention_sentences(doc: Document) -> list[list[int]]:
+    """Sentence index of every mention, per entity (in ``doc.entities`` / ``mentions`` order).
+
+    The mentions' own ``sent_id`` when every mention has one (DocRED-format data); otherwise,
+    for every mention, the sentence of ``doc.sentences`` (or, without those,
+    :func:`split_sentences`) in which it starts. Mixing given ids with derived ones could put
+    two sentences under one id, so it is all or nothing."""
+    if all(m.sent_id is not None for e in doc.entities for m in e.mentions):
+        return [[int(m.sent_id) for m in e.mentions] for e in doc.entities]  # type: ignore[arg-type]
+    starts = [s for s, _ in (doc.sentences or split_sentences(doc.text))]
+    return [[bisect.bisect_right(starts, m.start) - 1 for m in e.mentions] for e in doc.entities]
 
 
 def mention_geometry(doc: Document) -> tuple[np.ndarray, np.ndarray]:
@@ -39,17 +73,14 @@ def mention_geometry(doc: Document) -> tuple[np.ndarray, np.ndarray]:
 
     Words are the whitespace-separated pieces of ``doc.text`` strictly between the two mentions;
     overlapping or touching mentions are 0 apart (ties in distance go to the first pair found).
-    Raises when a mention has no ``sent_id``."""
+    Sentences are :func:`mention_sentences`'s."""
     n = len(doc.entities)
     gaps = np.full((n, n), np.inf)
     order = np.zeros((n, n), dtype=np.int8)
     by_sentence: dict[int, list[tuple[int, int, int]]] = {}
-    for i, ent in enumerate(doc.entities):
-        for m in ent.mentions:
-            if m.sent_id is None:
-                raise ValueError(f"document {doc.doc_id!r}: entity {ent.id!r} has a mention without sent_id; "
-                                 "same-sentence candidates need sentence ids (use candidates=all)")
-            by_sentence.setdefault(m.sent_id, []).append((m.start, m.end, i))
+    for i, (ent, sents) in enumerate(zip(doc.entities, mention_sentences(doc))):
+        for m, sent in zip(ent.mentions, sents):
+            by_sentence.setdefault(sent, []).append((m.start, m.end, i))
     for mentions in by_sentence.values():
         for a_start, a_end, i in mentions:
             for b_start, b_end, j in mentions:
@@ -74,8 +105,8 @@ def entity_rules(doc: Document, rule: str, max_gap: int | None = None,
     """``(allowed, order)`` over entity indices of ``doc`` from one :func:`mention_geometry`
     pass: ``allowed`` ``[n, n]`` booleans, ordered pair ``(i, j)`` is scored under ``rule`` (see
     the module docstring; the diagonal is always False); ``order`` the geometry's text order
-    when ``orders`` is asked for, else None. The geometry (which needs ``sent_id``) is computed
-    only when the rule or the orders need it."""
+    when ``orders`` is asked for, else None. The geometry (a pass over every pair of mentions in
+    a sentence) is computed only when the rule or the orders need it."""
     if rule not in RULES:
         raise ValueError(f"unknown candidate rule {rule!r}; expected one of {RULES}")
     if max_gap is not None and rule != "same_sentence":

@@ -9,7 +9,8 @@ FREDo's TPN baseline, Popovic & Färber, 2022):
    dot product with a label embedding is the model's relation logit). The model is not changed.
 2. **Candidates** (``candidates``, ``max_gap``; :mod:`glidre_core.fewshot.candidates`).
    ``same_sentence``: only pairs whose entities have a mention in a common sentence are scored
-   (mentions need ``sent_id``; DocRED-format data has them), and with ``max_gap`` only those with
+   (by ``sent_id``, which DocRED-format data has; other documents are split into sentences by
+   a rule, :func:`glidre_core.fewshot.candidates.mention_sentences`), and with ``max_gap`` only those with
    two such mentions at most that many words apart; the others get probability 0 and are left
    out of the support's NOTA pairs and mean. ``all``: every ordered pair.
 3. **Support vectors.** Per relation type, the annotated (head, tail) pairs of that type are its
@@ -41,11 +42,14 @@ hundred pairs), so an episode costs its documents' encoder passes, once per docu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from glidre_core.documents import Document
 from glidre_core.fewshot.candidates import direction_allows, entity_rules, support_directions
@@ -119,6 +123,8 @@ class Prototypes:
     direction: str = "any"
     #: [R, 2] booleans: type r may be predicted on head-first (column 0) / tail-first (column 1) pairs
     directions: np.ndarray | None = None
+    #: the decision threshold on :meth:`probabilities` (the recipe's; 0.5 = the margin rule)
+    threshold: float = 0.5
 
     @classmethod
     def from_support(cls, support: Sequence[tuple["PairVectors", Document]], labels: Sequence[str],
@@ -157,7 +163,8 @@ class Prototypes:
                    allv[~tgt.any(1)], mu.astype(np.float32), counts, mix=recipe.prototype_mix,
                    positive_rule=recipe.positive, nota_rule=recipe.nota, margin=recipe.margin,
                    temperature=recipe.temperature, single_label=recipe.single_label, candidates=recipe.candidates,
-                   max_gap=recipe.max_gap, direction=recipe.direction, directions=directions)
+                   max_gap=recipe.max_gap, direction=recipe.direction, directions=directions,
+                   threshold=float(recipe.threshold if recipe.threshold is not None else 0.5))
 
     def _unit(self, vectors: np.ndarray) -> np.ndarray:
         return unit(np.asarray(vectors, dtype=np.float32) - self.center)
@@ -213,6 +220,85 @@ class Prototypes:
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
+    def pair_probabilities(self, pairs: "PairVectors") -> np.ndarray:
+        """``[P, R]`` :meth:`probabilities` of one document's pair vectors, with the pair rules
+        (candidates, text orders) read from the document itself: the one scoring path of
+        saved prototypes (:class:`glidre_core.inference.Predictor`) and of the FREDo runner."""
+        doc = pairs.prepared.doc
+        mask, orders = pair_rules(pairs, doc, self.candidates, self.max_gap, self.direction == "support")
+        return self.probabilities(pairs.vectors, mask, orders)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``prototypes.safetensors`` (the vectors) and ``prototypes.json`` (labels and
+        decision settings) into ``directory`` (a model directory: ``from_pretrained`` attaches
+        them to the model it loads)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        dim = self.types.shape[1] if self.types.ndim == 2 else len(self.center)
+        tensors = {
+            "types": self.types, "label_vectors": self.label_vectors, "center": self.center,
+            "nota": self.nota.reshape(-1, dim),
+            "examples": np.concatenate(self.examples) if self.examples else np.zeros((0, dim), np.float32),
+            "example_counts": np.array([len(e) for e in self.examples], dtype=np.int64),
+            "directions": (self.directions if self.directions is not None
+                           else np.ones((len(self.labels), 2), bool)).astype(np.uint8),
+        }
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(directory / PROTOTYPES_WEIGHTS),
+                  metadata={"format": "np", "glidre": "prototypes"})
+        settings = {"format_version": 1, "labels": self.labels, "positives": self.positives,
+                    **{k: getattr(self, k) for k in SETTINGS}}
+        (directory / PROTOTYPES_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, dim: int | None = None) -> "Prototypes":
+        """The prototypes :meth:`save` wrote, checked: every array present with consistent
+        shapes (and vectors of width ``dim`` when given: the model's pair-vector width)."""
+        directory = Path(directory)
+        settings = json.loads((directory / PROTOTYPES_CONFIG).read_text())
+        if settings.get("format_version") != 1:
+            raise ValueError(f"{directory / PROTOTYPES_CONFIG}: unknown format_version {settings.get('format_version')!r}")
+        arrays = load_file(str(directory / PROTOTYPES_WEIGHTS))
+        missing = sorted(set(ARRAYS) - set(arrays))
+        if missing:
+            raise ValueError(f"{directory / PROTOTYPES_WEIGHTS}: missing arrays {missing}")
+        labels = list(settings["labels"])
+        r, d = len(labels), arrays["types"].shape[-1]
+        counts = arrays["example_counts"]
+        expected = {"types": (r, d), "label_vectors": (r, d), "center": (d,), "example_counts": (r,),
+                    "directions": (r, 2), "examples": (int(counts.sum()), d)}
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise ValueError(f"{directory / PROTOTYPES_WEIGHTS}: {name} has shape {arrays[name].shape}, "
+                                 f"expected {shape} ({r} labels)")
+        if arrays["nota"].ndim != 2 or arrays["nota"].shape[1] != d:
+            raise ValueError(f"{directory / PROTOTYPES_WEIGHTS}: nota has shape {arrays['nota'].shape}, expected (K, {d})")
+        if dim is not None and d != dim:
+            raise ValueError(f"{directory}: prototypes have width {d}, the model's pair vectors {dim}")
+        unknown = sorted(set(settings) - set(SETTINGS) - {"format_version", "labels", "positives"})
+        if unknown:
+            raise ValueError(f"{directory / PROTOTYPES_CONFIG}: unknown settings {unknown}")
+        examples = np.split(arrays["examples"], np.cumsum(counts)[:-1]) if r else []
+        return cls(labels, arrays["types"], list(examples), arrays["label_vectors"], arrays["nota"], arrays["center"],
+                   [int(x) for x in settings["positives"]], directions=arrays["directions"].astype(bool),
+                   **{k: settings[k] for k in SETTINGS if k in settings})
+
+
+#: file names of saved prototypes (beside a model's config.json / model.safetensors)
+PROTOTYPES_WEIGHTS = "prototypes.safetensors"
+PROTOTYPES_CONFIG = "prototypes.json"
+#: the arrays of PROTOTYPES_WEIGHTS and the decision settings of PROTOTYPES_CONFIG
+ARRAYS = ("types", "label_vectors", "center", "nota", "examples", "example_counts", "directions")
+SETTINGS = ("mix", "positive_rule", "nota_rule", "margin", "temperature", "single_label", "candidates", "max_gap",
+            "direction", "threshold")
+
+
+def has_prototypes(directory: str | Path) -> bool:
+    """Whether ``directory`` holds saved prototypes (:meth:`Prototypes.save`)."""
+    return (Path(directory) / PROTOTYPES_CONFIG).exists()
+
+
 class PrototypePredictor:
     """The part of :class:`glidre_core.inference.Predictor` the FREDo runner uses
     (``relations``, ``thresholds``, ``score_relations``), scoring with :class:`Prototypes`.
@@ -229,9 +315,5 @@ class PrototypePredictor:
     def score_relations(self, docs: Sequence[Document]) -> list["RelationScores"]:
         from glidre_core.inference import RelationScores
 
-        out = []
-        for pv, doc in zip(self._pair_vectors(docs), docs):
-            p = self.prototypes
-            mask, orders = pair_rules(pv, doc, p.candidates, p.max_gap, p.direction == "support")
-            out.append(RelationScores(pv.prepared, pv.heads, pv.tails, p.probabilities(pv.vectors, mask, orders)))
-        return out
+        return [RelationScores(pv.prepared, pv.heads, pv.tails, self.prototypes.pair_probabilities(pv))
+                for pv in self._pair_vectors(docs)]

@@ -1,10 +1,20 @@
 """``glidre adapt``: add relation types to a model from a few labelled documents.
 
 The user gives 1 to 10 documents whose entities and relations of the new types are annotated
-(any format :func:`glidre_core.readers.read_documents` reads) and the label strings. The model
-is adapted with the fine-tuning recipe (:mod:`.adapt`, ``method="finetune"``, chosen on FREDo
-dev episodes; the prototype method, FREDo's default, changes no weight to save) and saved as a
-normal model directory (``GLiDRE.from_pretrained`` / ``--model DIR`` load it), with ``adaptation.json`` beside it saying what was done.
+(any format :func:`glidre_core.readers.read_documents` reads) and the label strings. The
+adaptation is the recipe chosen on FREDo dev episodes (:mod:`.adapt`):
+
+* ``method="prototype"`` (the default, FREDo's): no weight changes. The support documents'
+  pair vectors become per-label prototypes (:mod:`.prototype`), saved beside the unchanged
+  weights as ``prototypes.safetensors`` + ``prototypes.json``. ``from_pretrained`` attaches them
+  to the model and every :class:`glidre_core.inference.Predictor` over it scores those labels
+  against them (the other labels as before), so ``glidre evaluate``/``extract``, the Ray job and
+  the MLflow pyfunc all use them with no option. The old labels are untouched, exactly.
+* ``method="finetune"``: the label FFN is trained on the support documents and the weights are
+  saved; every label's scores move.
+
+Either way the output is a normal model directory (``GLiDRE.from_pretrained`` / ``--model DIR``
+load it), with ``adaptation.json`` beside it saying what was done.
 
 Why a separate module: the FREDo runner adapts and throws the weights away after each episode;
 this one adapts once, checks the inputs a user can get wrong (a label without any example), and
@@ -88,20 +98,21 @@ def adapt_to_documents(
     """Adapt ``model_ref`` to ``labels`` (None = every label the documents use) on ``docs`` and
     save it to ``output``. Returns the record written to ``output/adaptation.json``.
 
-    The saved model's ``labels`` are its old labels plus the new ones; its ``threshold`` is the
-    recipe's (when the recipe sets one). The heads change for every label, so the adapted
-    model's quality on the old labels is not the original model's.
+    The saved model's ``labels`` are its old labels plus the new ones. With the default
+    ``prototype`` recipe the weights and the old labels' scores are unchanged, and the new labels
+    are decided at the recipe's threshold on their prototype probabilities; a label the model
+    already had is scored by its prototypes from then on. A model directory holds one prototype
+    set: adapting a prototype-adapted model replaces its prototypes (the labels only they held
+    are dropped, with a warning). With ``finetune`` the heads change for every label, so the
+    adapted model's quality on the old labels is not the original model's, and the model's
+    ``threshold`` becomes the recipe's (when the recipe sets one).
     """
     from glidre_core.fewshot.adapt import HeadAdapter
     from glidre_core.model_loading import load_model
     from glidre_core.readers import relation_labels
     from glidre_core.tracking import documents_fingerprint, git_commit
 
-    recipe = recipe or AdaptationRecipe(method="finetune")
-    if recipe.method != "finetune":
-        raise ValueError(f"glidre adapt saves adapted weights, and method={recipe.method!r} changes none "
-                         "(prototypes are computed per set of support documents at prediction time, as "
-                         "glidre fewshot fredo does): use method=finetune")
+    recipe = recipe or AdaptationRecipe()
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         if not overwrite:
@@ -121,26 +132,48 @@ def adapt_to_documents(
     if len(docs) > MAX_RECOMMENDED_DOCS:
         logger.warning("%d documents: the recipe was chosen for 1-3 documents (FREDo); with more, "
                        "consider glidre train with init_from", len(docs))
+    norm = model.config.normalize_label
     start = time.perf_counter()
     adapter = HeadAdapter(model, recipe)
-    losses = adapter.adapt(docs, labels)
+    update: dict[str, Any] = {}
+    dropped: list[str] = []
+    old_labels = list(model.config.labels)
+    if recipe.method == "prototype":
+        if model.prototypes is not None:
+            wanted = {norm(lab) for lab in labels}
+            dropped = [lab for lab in model.prototypes.labels if norm(lab) not in wanted]
+            if dropped:
+                logger.warning("%s holds prototypes; they are replaced, and the labels only they held are "
+                               "dropped: %s", model_ref, dropped)
+            gone = {norm(lab) for lab in dropped}
+            old_labels = [lab for lab in old_labels if norm(lab) not in gone]
+        model.prototypes = adapter.prototypes(docs, labels)
+        losses: list[float] = []
+    else:
+        if model.prototypes is not None:
+            raise ValueError(f"{model_ref} holds few-shot prototypes built on its current weights, which "
+                             "fine-tuning would leave stale: fine-tune the model they were built on")
+        losses = adapter.adapt(docs, labels)
+        if recipe.threshold is not None:
+            update["threshold"] = recipe.threshold
     seconds = time.perf_counter() - start
-    norm = model.config.normalize_label
-    known = {norm(lab) for lab in model.config.labels}
-    update: dict[str, Any] = {"labels": list(model.config.labels) + [lab for lab in labels if norm(lab) not in known]}
-    if recipe.threshold is not None:
-        update["threshold"] = recipe.threshold
+    known = {norm(lab) for lab in old_labels}
+    update["labels"] = old_labels + [lab for lab in labels if norm(lab) not in known]
     model.config = model.config.model_copy(update=update)
     model.save_pretrained(output)
     record = {
         "base_model": model_ref, "labels": labels, "examples": examples, "documents": [d.doc_id for d in docs],
         "documents_sha256": documents_fingerprint(docs), "recipe": recipe.model_dump(),
-        "threshold": model.config.threshold, "losses": losses, "seconds": seconds, "git_commit": git_commit(),
+        "threshold": recipe.threshold if recipe.method == "prototype" else model.config.threshold,
+        "losses": losses, "seconds": seconds, "git_commit": git_commit(),
     }
+    if model.prototypes is not None and recipe.method == "prototype":
+        record["support_positives"] = dict(zip(model.prototypes.labels, model.prototypes.positives))
+        record["replaced_prototype_labels"] = dropped
     (output / ADAPTATION_FILE).write_text(json.dumps(record, indent=2))
-    logger.info("adapted %s to %d labels on %d documents in %.1fs (loss %.4f -> %.4f); saved %s", model_ref,
-                len(labels), len(docs), seconds, losses[0] if losses else float("nan"),
-                losses[-1] if losses else float("nan"), output)
+    logger.info("adapted %s to %d labels on %d documents (%s) in %.1fs%s; saved %s", model_ref, len(labels),
+                len(docs), recipe.method, seconds,
+                f" (loss {losses[0]:.4f} -> {losses[-1]:.4f})" if losses else "", output)
     run_id = _track(tracking_uri, experiment, run_name or f"adapt-{time.strftime('%Y%m%d-%H%M%S')}",
                     {"recipe": recipe.model_dump(), "base_model": model_ref, "labels": labels,
                      "documents": len(docs)}, losses, output, record)

@@ -99,6 +99,9 @@ class GLiDRE(nn.Module):
             if config.span_head else None
         )
         self.dropout = nn.Dropout(config.dropout)
+        #: few-shot prototypes saved with the model (``glidre adapt``; :mod:`glidre_core.fewshot.prototype`):
+        #: labels scored against support examples instead of the label heads; not a parameter
+        self.prototypes: Any = None
         if config.loss == "adaptive_threshold":
             self.threshold_embedding = nn.Parameter(torch.randn(dim) * 0.02)
         else:
@@ -254,7 +257,8 @@ class GLiDRE(nn.Module):
             return logits[:, :-1], logits[:, -1]
         return logits, None
 
-    def pair_representations(self, batch: ModelBatch, exact: bool = False) -> torch.Tensor:
+    def pair_representations(self, batch: ModelBatch, exact: bool = False,
+                             encoded: EncodedBatch | None = None, index: EntityIndex | None = None) -> torch.Tensor:
         """The pair vectors ``r`` ``[P, D]`` (fp32) of the batch's real ordered pairs, in the rows
         of ``forward(batch, labels).relation_logits``, which equal ``r @ labels.T`` (same heads and
         precision as :meth:`score_pairs`). For comparing pairs with each other (few-shot
@@ -262,15 +266,18 @@ class GLiDRE(nn.Module):
 
         ``exact``: run the heads in fp32 even where inference uses bf16 heads
         (``config.head_precision``). bf16 results depend on the batch a document is in (kernel
-        blocking changes the rounding, ~1e-2 relative), which moves cosine decisions."""
-        encoded = self.encode(batch)
+        blocking changes the rounding, ~1e-2 relative), which moves cosine decisions.
+        ``encoded`` / ``index``: reuse an encoder pass (``forward(...).encoded``) and score the
+        pairs of another entity index (the entities the span head found) instead of the batch's."""
+        encoded = self.encode(batch) if encoded is None else encoded
+        index = batch.entities if index is None else index
         if exact:
             scorer, precision = self.scorer, contextlib.nullcontext()
         else:
             scorer, _, precision = self._inference_heads(encoded.words.device)
         with precision:
-            ents = pool_entities(encoded.words, encoded.attention, batch.entities, self.config.pooling)
-            return scorer.pair_representations(ents, batch.entities).float()
+            ents = pool_entities(encoded.words, encoded.attention, index, self.config.pooling)
+            return scorer.pair_representations(ents, index).float()
 
     def score_spans(self, encoded: EncodedBatch, batch: ModelBatch, types: torch.Tensor) -> torch.Tensor:
         """Entity logits ``[B, S, T]`` of every candidate span of the batch."""
@@ -330,6 +337,7 @@ class GLiDRE(nn.Module):
         thresholds and options fixed once); see its docstring for the options."""
         from glidre_core.inference import Predictor
 
+        kwargs.setdefault("prototypes", self.prototypes)
         return Predictor(self, **kwargs)
 
     def predict_documents(

@@ -61,6 +61,8 @@ def save_pretrained(model: "GLiDRE", directory: str | Path) -> Path:
         tensors[key] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
     save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "glidre": "delta"})
     cfg.save(directory)
+    if model.prototypes is not None:  # few-shot labels (glidre adapt) travel with the weights they were built on
+        model.prototypes.save(directory)
     logger.info("saved %d tensors to %s", len(tensors), directory)
     return directory
 
@@ -109,5 +111,11 @@ def from_pretrained(cls: type, directory: str | Path, device: str | torch.device
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME}")
     model.load_weights(wpath)
     model.label_encoder.clear_cache()
+    from glidre_core.fewshot.prototype import Prototypes, has_prototypes
+
+    if has_prototypes(directory):
+        model.prototypes = Prototypes.load(directory, dim=model.dim)
+        logger.info("%s: %d few-shot prototype labels %s", directory, len(model.prototypes.labels),
+                    model.prototypes.labels)
     model.eval()
     return model.to(device)
