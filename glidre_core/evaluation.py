@@ -89,7 +89,8 @@ def evaluate_model(
     """
     labels = list(labels) if labels else relation_labels(docs)
     start = time.perf_counter()
-    preds = model.predictor(relation_labels=labels, threshold=threshold, batch_size=batch_size).predict(docs)
+    predictor = model.predictor(relation_labels=labels, threshold=threshold, batch_size=batch_size)
+    preds = predictor.predict(docs)
     elapsed = time.perf_counter() - start
     result = evaluate_facts(docs, prediction_facts(docs, preds), train_facts)
     result.update({
@@ -100,6 +101,8 @@ def evaluate_model(
         "unseen_label_threshold": model.config.unseen_label_threshold if threshold is None else None,
         "labels": len(labels),
     })
+    if predictor.prototype_labels:  # glidre adapt's labels: scored against their prototypes, own threshold
+        result["prototype_labels"] = predictor.prototype_labels
     return result
 
 

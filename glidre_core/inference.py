@@ -292,6 +292,14 @@ class Predictor:
         return self._relations
 
     @property
+    def prototype_labels(self) -> list[str]:
+        """The requested labels scored against few-shot prototypes (empty without prototypes)."""
+        _ = self.relations
+        if self._prototype_columns is None:
+            return []
+        return [self.relations.labels[int(c)] for c in self._prototype_columns[0]]
+
+    @property
     def thresholds(self) -> np.ndarray:
         """``[R]`` decision thresholds of the relation labels."""
         _ = self.relations

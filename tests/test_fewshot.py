@@ -770,6 +770,10 @@ def test_glidre_adapt_saves_prototypes_that_every_predictor_uses(fredo_dir, tiny
     # rows: only same-sentence pairs at most 2 words apart can hold a prototype label
     rows = [r for rs in pred.predict(queries) for r in rs if r["relation"] in labels]
     assert rows and all(r["score"] > 0.5 for r in rows)
+    from glidre_core.evaluation import evaluate_model
+
+    assert evaluate_model(adapted, queries, ["compare", *labels])["prototype_labels"] == labels
+    assert "prototype_labels" not in evaluate_model(base, queries, labels)
 
     # the MLflow pyfunc of the directory carries and uses them
     import mlflow
