@@ -63,15 +63,15 @@ def rule_facts(support, heldout, labels: list[str], recipe) -> list[tuple[str, s
     positives = []
     for doc in support:
         index = {e.id: i for i, e in enumerate(doc.entities)}
-        order = mention_geometry(doc)[1]
+        order = mention_geometry(doc).order
         positives += [(labels.index(r.label), int(order[index[r.head], index[r.tail]]))
                       for r in doc.relations if r.label in labels and r.head != r.tail]
     allowed = support_directions(len(labels), positives) if recipe.direction == "support" else None
     facts = []
     for doc in heldout:
-        keep, order = entity_rules(doc, recipe.candidates, recipe.max_gap, orders=allowed is not None)
+        keep, geometry = entity_rules(doc, recipe.candidates, recipe.max_gap, orders=allowed is not None)
         h_idx, t_idx = keep.nonzero()
-        ok = direction_allows(allowed, order[h_idx, t_idx]) if allowed is not None else None
+        ok = direction_allows(allowed, geometry.order[h_idx, t_idx]) if geometry is not None else None
         for p, (h, t) in enumerate(zip(h_idx, t_idx)):
             for r, lab in enumerate(labels):
                 if ok is None or ok[p, r]:

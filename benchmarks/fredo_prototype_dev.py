@@ -20,6 +20,7 @@ from :meth:`HeadAdapter.prototypes`. Runs in one process (the model's encoder pa
 documents is most of the time):
 
     nice -n 15 .venv/bin/python benchmarks/fredo_prototype_dev.py --output-json benchmarks/results/fredo_prototype_dev.json
+    nice -n 15 .venv/bin/python benchmarks/fredo_prototype_dev.py --grid context --output-json benchmarks/results/fredo_prototype_dev_context.json
     .venv/bin/python benchmarks/fredo_prototype_dev.py --baselines-only --output-json benchmarks/results/fredo_dev_baselines.json
 """
 
@@ -57,7 +58,23 @@ GRID = {
     "nota": ("mean", "nearest", "none"),
     "prototype_mix": (1.0, 0.75, 0.5),
     "single_label": (False, True),
+    "context_weight": (0.0,),
 }
+#: ``--grid context``: the context vectors' weight, with the pair rules fixed at the chosen ones
+#: (same sentence, at most 2 words apart, the support's text orders, centred) and the rest
+#: crossed again, since context scores may want another prototype mix, positive or NOTA rule
+CONTEXT_GRID = {
+    "candidates": ("same_sentence",),
+    "max_gap": (2,),
+    "direction": ("support",),
+    "center": (True,),
+    "positive": ("mean", "nearest"),
+    "nota": ("mean", "none"),
+    "prototype_mix": (1.0, 0.75, 0.5),
+    "single_label": (False, True),
+    "context_weight": (0.0, 0.25, 0.5, 0.75, 1.0),
+}
+GRIDS = {"full": GRID, "context": CONTEXT_GRID}
 #: the no-model floor is also reported for these gaps
 GAP_BASELINES = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15)
 MARGINS = tuple(round(-0.5 + 0.02 * i, 2) for i in range(71))  # -0.50 .. 0.90
@@ -95,13 +112,13 @@ def macro_f1_of(counts: np.ndarray, types: list[str]) -> list[float]:
             for c in counts]
 
 
-def curves(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def curves(table: list[dict[str, Any]], grid: dict[str, tuple] = GRID) -> list[dict[str, Any]]:
     """The table as one row per grid setting with its macro F1 at every margin of ``MARGINS``
     (``macro_f1[i]`` is at ``MARGINS[i]``; rounded to 1e-4)."""
     rows: dict[tuple, dict[str, Any]] = {}
     for t in table:
-        key = tuple(t[k] for k in GRID)
-        row = rows.setdefault(key, {**dict(zip(GRID, key)), "macro_f1": [None] * len(MARGINS)})
+        key = tuple(t[k] for k in grid)
+        row = rows.setdefault(key, {**dict(zip(grid, key)), "macro_f1": [None] * len(MARGINS)})
         row["macro_f1"][MARGINS.index(t["margin"])] = round(t["macro_f1"], 4)
     return list(rows.values())
 
@@ -135,6 +152,8 @@ def dev_baselines(split: str, data_dir: str) -> dict[str, Any]:
 def main() -> None:
     ap = dev_parser(__doc__)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="full",
+                    help="full: every pair rule and scoring option (context_weight 0); context: the context weight")
     ap.add_argument("--output-json", default=None)
     ap.add_argument("--baselines-only", action="store_true",
                     help="only the no-model baselines of the dev slice (seconds; no model, no grid)")
@@ -148,7 +167,7 @@ def main() -> None:
     import torch
 
     from glidre_core.fewshot.fredo import EpisodeRunner
-    from glidre_core.fewshot.prototype import pair_rules
+    from glidre_core.fewshot.prototype import PairRules, pair_rules
 
     torch.set_num_threads(args.threads)
     model_dir, data, episodes = load_dev(args.model, args.split, args.data_dir)
@@ -161,14 +180,16 @@ def main() -> None:
     encode_seconds = time.perf_counter() - start
     logger.info("pair vectors of %d documents in %.0fs", len(needed), encode_seconds)
 
-    rules: dict[tuple[int, str, int | None], tuple[np.ndarray, np.ndarray | None]] = {}
+    grid = GRIDS[args.grid]
+    rules: dict[tuple[int, str, int | None], PairRules] = {}
 
-    def pair_rules_of(i: int, rule: str, max_gap: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Query document ``i``'s candidate pairs and text orders (the library's rules), computed
-        once per document and rule: the grid scores every document under many settings."""
+    def pair_rules_of(i: int, rule: str, max_gap: int | None) -> PairRules:
+        """Query document ``i``'s candidate pairs, text orders and context vectors (the
+        library's rules), computed once per document and rule: the grid scores every document
+        under many settings."""
         if (i, rule, max_gap) not in rules:
             rules[i, rule, max_gap] = pair_rules(adapter.pair_vectors([data.documents[i]])[0], data.documents[i],
-                                                 rule, max_gap, orders=True)
+                                                 rule, max_gap, orders=True, contexts=True)
         return rules[i, rule, max_gap]
 
     def curve(setting: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
@@ -188,11 +209,11 @@ def main() -> None:
                 pooled += sweep_counts(d, rows, codes, data.gold(i, codes), types)
         return [({"margin": margin}, f1) for margin, f1 in zip(MARGINS, macro_f1_of(pooled, types))]
 
-    settings = (dict(zip(GRID, values)) for values in itertools.product(*GRID.values()))
+    settings = (dict(zip(grid, values)) for values in itertools.product(*grid.values()))
     valid = (s for s in settings if s["max_gap"] is None or s["candidates"] == "same_sentence")
     table = sweep_grid(valid, curve, start)
     best = best_row(table)
-    recipe = AdaptationRecipe(method="prototype", **{k: best[k] for k in (*GRID, "margin")})
+    recipe = AdaptationRecipe(method="prototype", **{k: best[k] for k in (*grid, "margin")})
     # the runtime path on the same episodes: must reproduce the sweep's number
     adapter.recipe = recipe
     runtime = macro_scores([runner.run(ep, zero_shot=False).counts["adapted"] for ep in episodes])
@@ -200,14 +221,14 @@ def main() -> None:
         logger.warning("runtime path %.4f != sweep %.4f", runtime["macro_f1"], best["macro_f1"])
     per_setting = {}
     for t in table:
-        key = " ".join(f"{k}={t[k]}" for k in GRID)
+        key = " ".join(f"{k}={t[k]}" for k in grid)
         if key not in per_setting or t["macro_f1"] > per_setting[key]["macro_f1"]:
             per_setting[key] = {"margin": t["margin"], "macro_f1": t["macro_f1"]}
     finetune = REPO / "benchmarks" / "results" / "fredo_recipe_dev.json"
     out = {
         "protocol": f"episodes 0..{DEV_EPISODES - 1} of {args.split}; official FREDo macro F1 (percent); "
                     "prototype method (glidre_core.fewshot.prototype)",
-        "model": args.model, "grid": {**GRID, "margin": MARGINS},
+        "model": args.model, "grid": {**grid, "margin": MARGINS},
         "best": best, "recipe": recipe.model_dump(),
         "best_runtime_check": {k: runtime[k] for k in ("macro_f1", "macro_precision", "macro_recall", "per_type")},
         "best_per_setting": per_setting,
@@ -216,7 +237,7 @@ def main() -> None:
                                    if finetune.exists() else None),
         "documents": len(needed), "encode_seconds": encode_seconds, "seconds": time.perf_counter() - start,
         "table_note": "one row per grid setting; macro_f1[i] is the dev macro F1 at margin grid.margin[i]",
-        "table": curves(table),
+        "table": curves(table, grid),
     }
     logger.info("best: %s (runtime path %.4f; all pairs %.2f)", best, runtime["macro_f1"], out["all_pairs_macro_f1"])
     if args.output_json:

@@ -78,6 +78,9 @@ class PairVectors:
     heads: np.ndarray  # [P] entity indices
     tails: np.ndarray  # [P]
     vectors: np.ndarray  # [P, D] float32
+    #: [W, D] float32 the document's word vectors (the heads' input), when asked for: the few-shot
+    #: context vectors (the words between two mentions, :func:`glidre_core.fewshot.prototype.pair_rules`)
+    words: np.ndarray | None = None
 
 
 @dataclass
@@ -399,16 +402,20 @@ class Predictor:
             start += len(h)
         return out
 
-    def _score_prototypes(self, scores: list[RelationScores], reps: torch.Tensor) -> list[RelationScores]:
+    def _score_prototypes(self, scores: list[RelationScores], reps: torch.Tensor,
+                          words: torch.Tensor) -> list[RelationScores]:
         """Overwrite the prototype labels' columns of ``scores`` (one batch, in order) with the
-        prototype probabilities of the batch's pair vectors ``reps`` ``[sum P, D]`` (one copy to
-        the host, after scoring; the pair rules read each document on the host)."""
+        prototype probabilities of the batch's pair vectors ``reps`` ``[sum P, D]`` (and word
+        vectors ``words`` ``[B, W, D]`` when the prototypes use contexts): one copy to the host,
+        after scoring; the pair rules read each document on the host."""
         assert self._prototype_columns is not None and self.prototypes is not None
         cols, rows = self._prototype_columns
         vectors, start = reps.cpu().numpy(), 0
-        for sc in scores:
+        host_words = words.float().cpu().numpy() if self.prototypes.context_weight > 0 else None
+        for b, sc in enumerate(scores):
             n = len(sc.heads)
-            pv = PairVectors(sc.prepared, sc.heads, sc.tails, vectors[start : start + n])
+            w = None if host_words is None else host_words[b, : len(sc.prepared.words or ())]
+            pv = PairVectors(sc.prepared, sc.heads, sc.tails, vectors[start : start + n], w)
             sc.probs[:, cols] = self.prototypes.pair_probabilities(pv)[:, rows]
             start += n
         return scores
@@ -435,21 +442,26 @@ class Predictor:
             out = self._split_relations(docs, batch, probs)
             if self._prototype_columns is None:
                 return out
-            return self._score_prototypes(out, self.model.pair_representations(batch, exact=True, encoded=res.encoded))
+            return self._score_prototypes(out, self.model.pair_representations(batch, exact=True, encoded=res.encoded),
+                                          res.encoded.words)
 
         return self._map(self.prepare(items), step)
 
-    def pair_representations(self, items: Iterable[Document | PreparedDocument], exact: bool = False) -> list[PairVectors]:
+    def pair_representations(self, items: Iterable[Document | PreparedDocument], exact: bool = False,
+                             words: bool = False) -> list[PairVectors]:
         """The pair vectors ``r`` (:meth:`GLiDRE.pair_representations`; ``exact``: fp32 heads) of
         every ordered entity pair of each document (given entities), in input order and in the
         pair order of :meth:`score_relations`. No labels are involved (few-shot prototypes
-        compare pairs)."""
+        compare pairs). ``words``: also each document's word vectors (``PairVectors.words``)."""
 
         def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[PairVectors]:
-            reps = self.model.pair_representations(batch, exact=exact).cpu().numpy()
+            encoded = self.model.encode(batch)
+            reps = self.model.pair_representations(batch, exact=exact, encoded=encoded).cpu().numpy()
+            host_words = encoded.words.float().cpu().numpy() if words else None
             out, start = [], 0
-            for p, h, t in zip(docs, batch.entities.heads, batch.entities.tails):
-                out.append(PairVectors(p, h, t, reps[start : start + len(h)]))
+            for b, (p, h, t) in enumerate(zip(docs, batch.entities.heads, batch.entities.tails)):
+                w = None if host_words is None else host_words[b, : len(p.words or ())]
+                out.append(PairVectors(p, h, t, reps[start : start + len(h)], w))
                 start += len(h)
             return out
 
@@ -552,7 +564,7 @@ class Predictor:
             scores = self._split_relations(with_entities, batch.with_entities(index), probs)
             if self._prototype_columns is not None:
                 scores = self._score_prototypes(scores, self.model.pair_representations(
-                    batch, exact=True, encoded=res.encoded, index=index))
+                    batch, exact=True, encoded=res.encoded, index=index), res.encoded.words)
             out = []
             for p, grouped, sc in zip(with_entities, predicted, scores):
                 rows = self.decode_relations(sc)

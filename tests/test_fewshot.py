@@ -481,9 +481,9 @@ def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_
     expected = []
     for i in ep.query:
         pv = runner.adapter.pair_vectors([data.documents[i]])[0]
-        mask, orders = pair_rules(pv, data.documents[i], recipe.candidates, recipe.max_gap, orders=True)
-        assert mask.sum() == (8 if max_gap is None else 4)  # see the same-sentence baseline test
-        p, r = (protos.margins(pv.vectors, mask, orders) > 0).nonzero()
+        rules = pair_rules(pv, data.documents[i], recipe.candidates, recipe.max_gap, orders=True)
+        assert rules.candidates.sum() == (8 if max_gap is None else 4)  # see the same-sentence baseline test
+        p, r = (protos.margins(pv.vectors, *rules) > 0).nonzero()
         ids = pv.prepared.entity_ids
         expected.append([(int(ids[pv.heads[a]]), int(ids[pv.tails[a]]), ep.labeled_relations[b]) for a, b in zip(p, r)])
     assert res.counts["adapted"].counts == count_episode(expected, [data.gold(i, ep.labeled_relations)
@@ -832,3 +832,56 @@ def test_prototypes_score_entities_found_in_raw_text(fredo_dir, tmp_path):
     expected = sum(sentence[a.id] == sentence[b.id] for a in ents for b in ents if a.id != b.id)
     assert len(rows) == expected > 0  # every same-sentence pair passes the margin -2; no cross-sentence pair
     assert all(sentence[r["head_id"]] == sentence[r["tail_id"]] for r in rows)
+
+
+def test_context_vectors_average_the_words_between_the_closest_mentions(tiny_model):
+    from glidre_core.documents import Document, Entity, Mention
+    from glidre_core.fewshot.prototype import pair_rules
+    from glidre_core.inference import PairVectors
+
+    # words: Alpha(0) uses(1) Beta(2) for(3) Gamma(4) .(5) Delta(6) Alpha(7); sentence 1 starts at Delta
+    text = "Alpha uses Beta for Gamma . Delta Alpha"
+    spans = {"a": [(0, 5, 0), (34, 39, 1)], "b": [(11, 15, 0)], "g": [(20, 25, 0)], "d": [(28, 33, 1)]}
+    doc = Document(doc_id="c", text=text, entities=[
+        Entity(id=k, mentions=[Mention(start=s, end=e, sent_id=i) for s, e, i in v]) for k, v in spans.items()])
+    prepared = tiny_model.prepare(doc)
+    pairs = [(h, t) for h in range(4) for t in range(4) if h != t]
+    words = np.repeat(np.arange(8, dtype=np.float32)[:, None], 3, axis=1)  # word i's vector = (i, i, i)
+    pv = PairVectors(prepared, np.array([h for h, _ in pairs]), np.array([t for _, t in pairs]),
+                     np.zeros((len(pairs), 3), np.float32), words)
+    rules = pair_rules(pv, doc, "same_sentence", orders=True, contexts=True)
+    got = {(doc.entities[h].id, doc.entities[t].id): c[0] for (h, t), c in zip(pairs, rules.contexts)}
+    assert got["a", "b"] == got["b", "a"] == 1.0  # "uses"
+    assert got["a", "g"] == got["g", "a"] == 2.0  # "uses Beta for": (1 + 2 + 3) / 3
+    assert got["b", "g"] == 3.0  # "for"
+    assert got["d", "a"] == got["a", "d"] == 0.0  # Delta Alpha (second mention) touch: no word between
+    assert got["b", "d"] == 0.0  # no common sentence
+    assert rules.candidates.sum() == 8 and rules.orders is not None
+    with pytest.raises(ValueError, match="word vectors"):
+        pair_rules(PairVectors(prepared, pv.heads, pv.tails, pv.vectors), doc, "same_sentence", contexts=True)
+
+
+def test_context_prototypes_score_saved_and_loaded(fredo_dir, tiny_dir, tmp_path):
+    from glidre_core.fewshot.prototype import Prototypes
+
+    docs = _scierc_docs(fredo_dir)
+    support, queries, labels = docs[:2], docs[2:6], ["used for", "part of"]
+    recipe = AdaptationRecipe(context_weight=0.5, max_gap=None)
+    adapter = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), recipe)
+    protos = adapter.prototypes(support, labels)
+    assert protos.context_weight == 0.5 and protos.context_types.shape == protos.types.shape
+    no_ctx = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), AdaptationRecipe(max_gap=None)).prototypes(support, labels)
+    pv = adapter.pair_vectors(queries[:1])[0]
+    assert not np.allclose(protos.pair_probabilities(pv), no_ctx.pair_probabilities(pv))
+    with pytest.raises(ValueError, match="context vectors"):
+        protos.margins(pv.vectors)
+    protos.save(tmp_path / "p")
+    back = Prototypes.load(tmp_path / "p", dim=protos.types.shape[1])
+    np.testing.assert_array_equal(back.pair_probabilities(pv), protos.pair_probabilities(pv))
+    # the saved model's predictor (words from the same encoder pass) scores exactly the runner's way
+    from glidre_core.fewshot.workflow import adapt_to_documents
+
+    adapt_to_documents(str(tiny_dir), support, labels, tmp_path / "out", recipe)
+    got = GLiDRE.from_pretrained(tmp_path / "out").predictor(relation_labels=labels).score_relations(queries)
+    for g, w in zip(got, adapter.prototype_predictor(support, labels).score_relations(queries)):
+        np.testing.assert_allclose(g.probs, w.probs, rtol=0, atol=1e-6)

@@ -118,6 +118,11 @@ class AdaptationRecipe(BaseModel):
     temperature: float = Field(0.05, gt=0, description="prototype: probability = sigmoid((s_t - s_nota - margin) / "
                                "temperature); the decision does not depend on it at threshold 0.5")
     single_label: bool = Field(False, description="prototype: at most one type (the best) per pair")
+    context_weight: float = Field(
+        0.0, ge=0, le=1, description="prototype: share of a type's support score taken from the words between "
+        "the pair's closest mentions (their mean word vector against the type's positives'), the rest from the "
+        "pair vectors",
+    )
 
     @field_validator("train")
     @classmethod
@@ -154,7 +159,7 @@ class AdaptationRecipe(BaseModel):
 
 #: recipe fields that only the prototype method reads, and those only fine-tuning reads
 PROTOTYPE_FIELDS = ("prototype_mix", "candidates", "max_gap", "direction", "center", "positive", "nota",
-                    "margin", "temperature", "single_label")
+                    "margin", "temperature", "single_label", "context_weight")
 FINETUNE_FIELDS = ("epochs", "lr", "weight_decay", "max_grad_norm", "train")
 
 
@@ -215,7 +220,8 @@ class HeadAdapter:
             self.encode(missing)
             pred = self.model.predictor(batch_size=self.batch_size, encoder_cache=self.cache)
             # fp32 heads: bf16 rounding depends on the batch and would move cosine decisions
-            for doc, pv in zip(missing, pred.pair_representations(missing, exact=True)):
+            # with the word vectors: context prototypes read the words between two mentions
+            for doc, pv in zip(missing, pred.pair_representations(missing, exact=True, words=True)):
                 self._pairs[doc.doc_id] = pv
         return [self._pairs[d.doc_id] for d in docs]
 

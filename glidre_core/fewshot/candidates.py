@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,11 +66,22 @@ def mention_sentences(doc: Document) -> list[list[int]]:
     return [[bisect.bisect_right(starts, m.start) - 1 for m in e.mentions] for e in doc.entities]
 
 
-def mention_geometry(doc: Document) -> tuple[np.ndarray, np.ndarray]:
-    """``(gaps, order)``, both ``[n, n]`` over entity indices: ``gaps[i, j]`` is the fewest words
-    between a mention of entity ``i`` and a mention of entity ``j`` in a common sentence (``inf``
-    when they share no sentence, and on the diagonal); ``order[i, j]`` is +1 when, in that closest
-    pair of mentions, ``i``'s comes first, -1 when ``j``'s does, 0 without a common sentence.
+class Geometry(NamedTuple):
+    """Where the entities of a document meet (:func:`mention_geometry`), over entity indices."""
+
+    #: ``[n, n]`` the fewest words between a mention of ``i`` and one of ``j`` in a common sentence
+    #: (``inf`` when they share none, and on the diagonal)
+    gaps: np.ndarray
+    #: ``[n, n]`` int8: +1 when, in that closest pair of mentions, ``i``'s comes first, -1 when
+    #: ``j``'s does, 0 without a common sentence
+    order: np.ndarray
+    #: ``[n, n, 2]`` the indices (in ``entity.mentions``) of that closest pair, -1 without one
+    closest: np.ndarray
+
+
+def mention_geometry(doc: Document) -> Geometry:
+    """The :class:`Geometry` of ``doc``'s entities: for every pair, its closest two mentions in a
+    common sentence, their distance in words and their text order.
 
     Words are the whitespace-separated pieces of ``doc.text`` strictly between the two mentions;
     overlapping or touching mentions are 0 apart (ties in distance go to the first pair found).
@@ -77,13 +89,14 @@ def mention_geometry(doc: Document) -> tuple[np.ndarray, np.ndarray]:
     n = len(doc.entities)
     gaps = np.full((n, n), np.inf)
     order = np.zeros((n, n), dtype=np.int8)
-    by_sentence: dict[int, list[tuple[int, int, int]]] = {}
+    closest = np.full((n, n, 2), -1, dtype=np.int64)
+    by_sentence: dict[int, list[tuple[int, int, int, int]]] = {}
     for i, (ent, sents) in enumerate(zip(doc.entities, mention_sentences(doc))):
-        for m, sent in zip(ent.mentions, sents):
-            by_sentence.setdefault(sent, []).append((m.start, m.end, i))
+        for k, (m, sent) in enumerate(zip(ent.mentions, sents)):
+            by_sentence.setdefault(sent, []).append((m.start, m.end, i, k))
     for mentions in by_sentence.values():
-        for a_start, a_end, i in mentions:
-            for b_start, b_end, j in mentions:
+        for a_start, a_end, i, ka in mentions:
+            for b_start, b_end, j, kb in mentions:
                 if i == j:
                     continue
                 first = a_start < b_start or (a_start == b_start and a_end <= b_end)
@@ -92,34 +105,36 @@ def mention_geometry(doc: Document) -> tuple[np.ndarray, np.ndarray]:
                 if gap < gaps[i, j]:
                     gaps[i, j] = gaps[j, i] = gap
                     order[i, j], order[j, i] = (1, -1) if first else (-1, 1)
-    return gaps, order
+                    closest[i, j], closest[j, i] = (ka, kb), (kb, ka)
+    return Geometry(gaps, order, closest)
 
 
 def word_gaps(doc: Document) -> np.ndarray:
     """The ``gaps`` of :func:`mention_geometry`."""
-    return mention_geometry(doc)[0]
+    return mention_geometry(doc).gaps
 
 
 def entity_rules(doc: Document, rule: str, max_gap: int | None = None,
-                 orders: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(allowed, order)`` over entity indices of ``doc`` from one :func:`mention_geometry`
+                 orders: bool = False) -> tuple[np.ndarray, Geometry | None]:
+    """``(allowed, geometry)`` over entity indices of ``doc`` from one :func:`mention_geometry`
     pass: ``allowed`` ``[n, n]`` booleans, ordered pair ``(i, j)`` is scored under ``rule`` (see
-    the module docstring; the diagonal is always False); ``order`` the geometry's text order
-    when ``orders`` is asked for, else None. The geometry (a pass over every pair of mentions in
-    a sentence) is computed only when the rule or the orders need it."""
+    the module docstring; the diagonal is always False); ``geometry`` the :class:`Geometry`
+    when ``orders`` is asked for (text orders, closest mentions), else None. The geometry (a pass
+    over every pair of mentions in a sentence) is computed only when the rule or the caller
+    needs it."""
     if rule not in RULES:
         raise ValueError(f"unknown candidate rule {rule!r}; expected one of {RULES}")
     if max_gap is not None and rule != "same_sentence":
         raise ValueError("max_gap needs candidates='same_sentence' (the gap is counted within a sentence)")
     n = len(doc.entities)
-    gaps, order = mention_geometry(doc) if rule == "same_sentence" or orders else (None, None)
-    if gaps is None:
+    geometry = mention_geometry(doc) if rule == "same_sentence" or orders else None
+    if geometry is None:
         allowed = ~np.eye(n, dtype=bool)
     else:
-        allowed = np.isfinite(gaps) if rule == "same_sentence" else ~np.eye(n, dtype=bool)
+        allowed = np.isfinite(geometry.gaps) if rule == "same_sentence" else ~np.eye(n, dtype=bool)
         if max_gap is not None:
-            allowed &= gaps <= max_gap
-    return allowed, (order if orders else None)
+            allowed &= geometry.gaps <= max_gap
+    return allowed, (geometry if orders else None)
 
 
 def entity_candidates(doc: Document, rule: str, max_gap: int | None = None) -> np.ndarray:

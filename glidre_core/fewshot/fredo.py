@@ -240,7 +240,7 @@ def all_pairs_counts(data: FredoData, episode: Episode, candidates: str = "all",
     if direction == "support":
         positives = []
         for i in episode.support:
-            order = mention_geometry(data.documents[i])[1]
+            order = mention_geometry(data.documents[i]).order
             positives += [(codes.index(c), int(order[h, t])) for h, t, c in data.gold(i, codes) if h != t]
         allowed = support_directions(len(codes), positives)
     elif direction != "any":
@@ -248,9 +248,9 @@ def all_pairs_counts(data: FredoData, episode: Episode, candidates: str = "all",
     preds, gold = [], []
     for i in episode.query:
         doc = data.documents[i]
-        keep, order = entity_rules(doc, candidates, max_gap, orders=direction == "support")
+        keep, geometry = entity_rules(doc, candidates, max_gap, orders=direction == "support")
         h_idx, t_idx = keep.nonzero()
-        ok = direction_allows(allowed, order[h_idx, t_idx]) if order is not None \
+        ok = direction_allows(allowed, geometry.order[h_idx, t_idx]) if geometry is not None \
             else np.ones((len(h_idx), len(codes)), dtype=bool)
         preds.append([(int(h), int(t), c) for p, (h, t) in enumerate(zip(h_idx, t_idx))
                       for r, c in enumerate(codes) if ok[p, r]])

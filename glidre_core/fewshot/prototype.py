@@ -20,7 +20,11 @@ FREDo's TPN baseline, Popovic & Färber, 2022):
 4. **Type score** of a query pair: ``s_t = mix * pos_t + (1 - mix) * cos(r, label_t)`` with
    ``pos_t`` = the cosine with the type's prototype (the normalised mean of its positives,
    ``positive="mean"``) or with its nearest positive (``positive="nearest"``), and ``label_t``
-   the label embedding of the type's name.
+   the label embedding of the type's name. With ``context_weight = c > 0``, ``pos_t`` is
+   ``(1 - c) * pos_t + c * ctx_t``, ``ctx_t`` the same cosine over *context vectors*: the mean
+   word vector of the words between the pair's closest same-sentence mentions ("a parser
+   **for** tagging", "parsing **and** tagging"), centred and normalised like the pair vectors.
+   The pair vector pools the two entities; what links them is often in those words.
 5. **NOTA score** ``s_nota``: ``mean`` = the cosine with the normalised mean of the NOTA vectors;
    ``nearest`` = the largest cosine with any NOTA vector; ``none`` = 0 (the margin is then an
    absolute threshold on ``s_t``).
@@ -46,13 +50,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from glidre_core.documents import Document
-from glidre_core.fewshot.candidates import direction_allows, entity_rules, support_directions
+from glidre_core.fewshot.candidates import Geometry, direction_allows, entity_rules, support_directions
 
 if TYPE_CHECKING:
     from glidre_core.fewshot.adapt import AdaptationRecipe
@@ -85,19 +89,56 @@ def pair_targets(pairs: "PairVectors", doc: Document, labels: Sequence[str]) -> 
     return out
 
 
+class PairRules(NamedTuple):
+    """What the pair rules say about each pair of a document (:func:`pair_rules`)."""
+
+    #: ``[P]`` booleans: the pairs the candidate rule (and ``max_gap``) let be scored
+    candidates: np.ndarray
+    #: ``[P]`` int8 when asked for: +1 when the head comes first in the text (by their closest
+    #: same-sentence mentions), -1 when the tail does, 0 when they share no sentence
+    orders: np.ndarray | None
+    #: ``[P, D]`` when asked for: the mean word vector of the words between those closest
+    #: mentions (zeros when they touch or share no sentence)
+    contexts: np.ndarray | None
+
+
+def between_vectors(pairs: "PairVectors", geometry: Geometry, h: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``[P, D]`` context vectors of the pairs of ``pairs`` (``h``/``t``: their entity indices in
+    the document ``geometry`` describes): the mean of ``pairs.words`` over the words strictly
+    between the pair's closest same-sentence mentions. One cumulative sum per document, no
+    loop over pairs."""
+    if pairs.words is None:
+        raise ValueError("context vectors need the document's word vectors (pair_representations(words=True))")
+    words = np.asarray(pairs.words, dtype=np.float64)
+    spans = pairs.prepared.mention_spans  # per entity (prepared order = the document's), [w0, w1) per mention
+    flat = np.array([s for ent in spans for s in ent], dtype=np.int64).reshape(-1, 2)
+    offset = np.cumsum([0] + [len(ent) for ent in spans])[:-1].astype(np.int64)
+    ph, pt = np.asarray(pairs.heads, dtype=np.int64), np.asarray(pairs.tails, dtype=np.int64)
+    order = geometry.order[h, t]
+    if not len(flat) or not len(ph):
+        return np.zeros((len(ph), words.shape[-1]), np.float32)
+    sh = flat[offset[ph] + np.maximum(geometry.closest[h, t, 0], 0)]
+    st = flat[offset[pt] + np.maximum(geometry.closest[h, t, 1], 0)]
+    lo = np.where(order > 0, sh[:, 1], st[:, 1])
+    hi = np.maximum(np.where(order > 0, st[:, 0], sh[:, 0]), lo)
+    lo, hi = np.where(order == 0, 0, lo), np.where(order == 0, 0, hi)
+    cum = np.concatenate([np.zeros((1, words.shape[-1])), np.cumsum(words, axis=0)])
+    return ((cum[hi] - cum[lo]) / np.maximum(hi - lo, 1)[:, None]).astype(np.float32)
+
+
 def pair_rules(pairs: "PairVectors", doc: Document, rule: str, max_gap: int | None = None,
-               orders: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(candidates, orders)`` of the pairs of ``pairs``, from one geometry pass
-    (:func:`glidre_core.fewshot.candidates.entity_rules`): ``candidates`` ``[P]`` booleans, the
-    pairs that ``rule`` (and ``max_gap``) let be scored; ``orders`` ``[P]`` int8 when asked
-    for (else None): +1 when the pair's head comes first in the text (by their closest
-    same-sentence mentions), -1 when the tail does, 0 when they share no sentence."""
-    allowed, order = entity_rules(doc, rule, max_gap, orders)
+               orders: bool = False, contexts: bool = False) -> PairRules:
+    """The :class:`PairRules` of the pairs of ``pairs`` from one geometry pass
+    (:func:`glidre_core.fewshot.candidates.entity_rules`): candidates always, text orders and
+    context vectors (which need ``pairs.words``) when asked for."""
+    allowed, geometry = entity_rules(doc, rule, max_gap, orders or contexts)
     index = {ent.id: i for i, ent in enumerate(doc.entities)}
     ids = pairs.prepared.entity_ids
     h = np.array([index[ids[i]] for i in pairs.heads], dtype=np.int64)
     t = np.array([index[ids[i]] for i in pairs.tails], dtype=np.int64)
-    return allowed[h, t].astype(bool), (order[h, t].astype(np.int8) if order is not None else None)
+    return PairRules(allowed[h, t].astype(bool),
+                     geometry.order[h, t].astype(np.int8) if orders and geometry is not None else None,
+                     between_vectors(pairs, geometry, h, t) if contexts and geometry is not None else None)
 
 
 @dataclass
@@ -125,6 +166,11 @@ class Prototypes:
     directions: np.ndarray | None = None
     #: the decision threshold on :meth:`probabilities` (the recipe's; 0.5 = the margin rule)
     threshold: float = 0.5
+    #: weight of the context vectors (the words between the mentions) in a type's support score
+    context_weight: float = 0.0
+    context_types: np.ndarray | None = None  # [R, D] unit context prototypes (zeros without positives)
+    context_examples: list[np.ndarray] | None = None  # per type, its unit positive contexts
+    context_center: np.ndarray | None = None  # [D] subtracted from contexts before normalising
 
     @classmethod
     def from_support(cls, support: Sequence[tuple["PairVectors", Document]], labels: Sequence[str],
@@ -133,16 +179,19 @@ class Prototypes:
         A type without a positive pair gets its label embedding as its only example."""
         labels = list(labels)
         dim = np.asarray(label_vectors).shape[-1]
-        vecs, targets, keep, orders = [], [], [], []
+        use_ctx = recipe.context_weight > 0
+        vecs, targets, keep, orders, ctxs = [], [], [], [], []
         for pv, doc in support:
             if not len(pv.heads):
                 continue
             tgt = pair_targets(pv, doc, labels)
             vecs.append(np.asarray(pv.vectors, dtype=np.float32))
             targets.append(tgt)
-            mask, order = pair_rules(pv, doc, recipe.candidates, recipe.max_gap, recipe.direction == "support")
-            keep.append(mask | tgt.any(1))  # positives always count
-            orders.append(order if order is not None else np.zeros(len(tgt), np.int8))
+            rules = pair_rules(pv, doc, recipe.candidates, recipe.max_gap, recipe.direction == "support", use_ctx)
+            keep.append(rules.candidates | tgt.any(1))  # positives always count
+            orders.append(rules.orders if rules.orders is not None else np.zeros(len(tgt), np.int8))
+            if use_ctx:
+                ctxs.append(rules.contexts)
         raw = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
         tgt = np.concatenate(targets) if targets else np.zeros((0, len(labels)), bool)
         kept = np.concatenate(keep) if keep else np.zeros(0, bool)
@@ -159,25 +208,48 @@ class Prototypes:
             counts.append(int(len(pos)))
             protos.append(unit(pos.mean(0)) if len(pos) else lab[r])
             examples.append(pos if len(pos) else lab[r : r + 1])
+        context: dict[str, Any] = {}
+        if use_ctx:
+            craw = (np.concatenate(ctxs) if ctxs else np.zeros((0, dim), np.float32))[kept]
+            cmu = craw.mean(0) if recipe.center and len(craw) else np.zeros(dim, np.float32)
+            allc = unit(craw - cmu)
+            cpos = [allc[tgt[:, r]] for r in range(len(labels))]
+            context = {"context_weight": recipe.context_weight, "context_center": cmu.astype(np.float32),
+                       "context_types": np.stack([unit(c.mean(0)) if len(c) else np.zeros(dim, np.float32)
+                                                  for c in cpos]) if cpos else np.zeros((0, dim), np.float32),
+                       "context_examples": [c if len(c) else np.zeros((1, dim), np.float32) for c in cpos]}
         return cls(labels, np.stack(protos) if protos else np.zeros((0, dim), np.float32), examples, lab,
                    allv[~tgt.any(1)], mu.astype(np.float32), counts, mix=recipe.prototype_mix,
                    positive_rule=recipe.positive, nota_rule=recipe.nota, margin=recipe.margin,
                    temperature=recipe.temperature, single_label=recipe.single_label, candidates=recipe.candidates,
                    max_gap=recipe.max_gap, direction=recipe.direction, directions=directions,
-                   threshold=float(recipe.threshold if recipe.threshold is not None else 0.5))
+                   threshold=float(recipe.threshold if recipe.threshold is not None else 0.5), **context)
 
     def _unit(self, vectors: np.ndarray) -> np.ndarray:
         return unit(np.asarray(vectors, dtype=np.float32) - self.center)
 
-    def type_scores(self, vectors: np.ndarray) -> np.ndarray:
-        """``[P, R]`` type scores ``s_t`` of the pair vectors ``vectors`` ``[P, D]``."""
-        v = self._unit(vectors)
+    def _support_scores(self, v: np.ndarray, types: np.ndarray, examples: list[np.ndarray]) -> np.ndarray:
+        """``[P, R]`` cosine of the unit rows ``v`` with each type's prototype (``mean``) or its
+        nearest example (``nearest``)."""
         if self.positive_rule == "mean":
-            pos = v @ self.types.T
-        elif self.positive_rule == "nearest":
-            pos = np.stack([(v @ ex.T).max(1) for ex in self.examples], 1) if self.examples else v @ self.types.T
-        else:
-            raise ValueError(f"unknown positive rule {self.positive_rule!r}")
+            return v @ types.T
+        if self.positive_rule == "nearest":
+            return np.stack([(v @ ex.T).max(1) for ex in examples], 1) if examples else v @ types.T
+        raise ValueError(f"unknown positive rule {self.positive_rule!r}")
+
+    def type_scores(self, vectors: np.ndarray, contexts: np.ndarray | None = None) -> np.ndarray:
+        """``[P, R]`` type scores ``s_t`` of the pair vectors ``vectors`` ``[P, D]``: ``mix`` times
+        the support score (with ``context_weight``, that share on the ``contexts`` ``[P, D]``, the
+        pairs' :attr:`PairRules.contexts`), plus ``1 - mix`` times the label-embedding cosine."""
+        v = self._unit(vectors)
+        pos = self._support_scores(v, self.types, self.examples)
+        if self.context_weight > 0:
+            if contexts is None or self.context_types is None or self.context_examples is None:
+                raise ValueError("these prototypes use context vectors: give the pairs' contexts "
+                                 "(pair_rules(..., contexts=True))")
+            c = unit(np.asarray(contexts, dtype=np.float32) - self.context_center)
+            pos = (1.0 - self.context_weight) * pos + self.context_weight * self._support_scores(
+                c, self.context_types, self.context_examples)
         return self.mix * pos + (1.0 - self.mix) * (v @ self.label_vectors.T)
 
     def nota_scores(self, vectors: np.ndarray) -> np.ndarray:
@@ -192,14 +264,15 @@ class Prototypes:
         raise ValueError(f"unknown NOTA rule {self.nota_rule!r}")
 
     def margins(self, vectors: np.ndarray, candidates: np.ndarray | None = None,
-                orders: np.ndarray | None = None) -> np.ndarray:
+                orders: np.ndarray | None = None, contexts: np.ndarray | None = None) -> np.ndarray:
         """``[P, R]`` ``s_t - s_nota - margin``: positive = the pair has the type. With
         ``direction="support"`` and the pairs' text ``orders`` (``[P]``, :func:`pair_rules`), a
         type is ruled out (:data:`NOT_A_CANDIDATE`) on pairs whose order its support positives
         never show. With ``single_label``, every type but the best remaining one of each pair is
         pushed below 0; pairs outside ``candidates`` (``[P]`` booleans, None = all) get
-        :data:`NOT_A_CANDIDATE`."""
-        d = self.type_scores(vectors) - self.nota_scores(vectors)[:, None] - self.margin
+        :data:`NOT_A_CANDIDATE`. The arguments after ``vectors`` are :class:`PairRules`' fields
+        (``margins(vectors, *pair_rules(...))``)."""
+        d = self.type_scores(vectors, contexts) - self.nota_scores(vectors)[:, None] - self.margin
         if self.direction == "support" and self.directions is not None:
             if orders is None:
                 raise ValueError("direction='support' needs the query pairs' text orders (pair_rules)")
@@ -214,9 +287,9 @@ class Prototypes:
         return d.astype(np.float32)
 
     def probabilities(self, vectors: np.ndarray, candidates: np.ndarray | None = None,
-                      orders: np.ndarray | None = None) -> np.ndarray:
+                      orders: np.ndarray | None = None, contexts: np.ndarray | None = None) -> np.ndarray:
         """``[P, R]`` ``sigmoid(margins / temperature)`` (0.5 = on the decision boundary)."""
-        z = np.clip(self.margins(vectors, candidates, orders) / self.temperature, -80, 80)
+        z = np.clip(self.margins(vectors, candidates, orders, contexts) / self.temperature, -80, 80)
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
@@ -224,9 +297,9 @@ class Prototypes:
         """``[P, R]`` :meth:`probabilities` of one document's pair vectors, with the pair rules
         (candidates, text orders) read from the document itself: the one scoring path of
         saved prototypes (:class:`glidre_core.inference.Predictor`) and of the FREDo runner."""
-        doc = pairs.prepared.doc
-        mask, orders = pair_rules(pairs, doc, self.candidates, self.max_gap, self.direction == "support")
-        return self.probabilities(pairs.vectors, mask, orders)
+        rules = pair_rules(pairs, pairs.prepared.doc, self.candidates, self.max_gap, self.direction == "support",
+                           self.context_weight > 0)
+        return self.probabilities(pairs.vectors, *rules)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -244,6 +317,10 @@ class Prototypes:
             "directions": (self.directions if self.directions is not None
                            else np.ones((len(self.labels), 2), bool)).astype(np.uint8),
         }
+        if self.context_weight > 0:
+            assert self.context_types is not None and self.context_examples is not None
+            tensors.update({"context_types": self.context_types, "context_center": self.context_center,
+                            "context_examples": np.concatenate(self.context_examples)})
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(directory / PROTOTYPES_WEIGHTS),
                   metadata={"format": "np", "glidre": "prototypes"})
         settings = {"format_version": 1, "labels": self.labels, "positives": self.positives,
@@ -280,9 +357,20 @@ class Prototypes:
         if unknown:
             raise ValueError(f"{directory / PROTOTYPES_CONFIG}: unknown settings {unknown}")
         examples = np.split(arrays["examples"], np.cumsum(counts)[:-1]) if r else []
+        context: dict[str, Any] = {}
+        if settings.get("context_weight", 0.0) > 0:
+            n_ctx = [max(int(c), 1) for c in settings["positives"]]  # a type without positives: one zero row
+            shapes = {"context_types": (r, d), "context_center": (d,), "context_examples": (sum(n_ctx), d)}
+            for name, shape in shapes.items():
+                if name not in arrays or arrays[name].shape != shape:
+                    raise ValueError(f"{directory / PROTOTYPES_WEIGHTS}: {name} missing or not of shape {shape} "
+                                     "(context_weight > 0)")
+            context = {"context_types": arrays["context_types"], "context_center": arrays["context_center"],
+                       "context_examples": list(np.split(arrays["context_examples"], np.cumsum(n_ctx)[:-1]))
+                       if r else []}
         return cls(labels, arrays["types"], list(examples), arrays["label_vectors"], arrays["nota"], arrays["center"],
                    [int(x) for x in settings["positives"]], directions=arrays["directions"].astype(bool),
-                   **{k: settings[k] for k in SETTINGS if k in settings})
+                   **{k: settings[k] for k in SETTINGS if k in settings}, **context)
 
 
 #: file names of saved prototypes (beside a model's config.json / model.safetensors)
@@ -291,7 +379,7 @@ PROTOTYPES_CONFIG = "prototypes.json"
 #: the arrays of PROTOTYPES_WEIGHTS and the decision settings of PROTOTYPES_CONFIG
 ARRAYS = ("types", "label_vectors", "center", "nota", "examples", "example_counts", "directions")
 SETTINGS = ("mix", "positive_rule", "nota_rule", "margin", "temperature", "single_label", "candidates", "max_gap",
-            "direction", "threshold")
+            "direction", "threshold", "context_weight")
 
 
 def has_prototypes(directory: str | Path) -> bool:
