@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["zero_shot", "rules", "prototype", "finetune"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="override the prototype arm's recipe (key=value, as glidre adapt --set); default: none")
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -116,7 +118,10 @@ def main() -> None:
     from glidre_core.readers import read_documents
     from model_benchmark import machine_info
 
+    from glidre_core.overrides import parse_overrides
+
     torch.set_num_threads(args.threads)
+    prototype_overrides = parse_overrides(args.overrides)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     docs = read_documents(args.data, "docred", rel_info={c: relation_text(c) for c in SCIERC_CODES})
     pool, heldout = docs[: -args.heldout], docs[-args.heldout:]
@@ -140,9 +145,11 @@ def main() -> None:
                     zero_shot = evaluate_model(base, heldout, labels)
                 result = zero_shot
             elif arm == "rules":
-                result = evaluate_facts(heldout, rule_facts(support, heldout, labels, AdaptationRecipe()))
+                result = evaluate_facts(heldout, rule_facts(support, heldout, labels,
+                                                            AdaptationRecipe(**prototype_overrides)))
             else:
-                recipe = AdaptationRecipe() if arm == "prototype" else AdaptationRecipe(method="finetune")
+                recipe = AdaptationRecipe(**prototype_overrides) if arm == "prototype" \
+                    else AdaptationRecipe(method="finetune")
                 with tempfile.TemporaryDirectory() as tmp:
                     record = adapt_to_documents(args.model, support, labels, Path(tmp) / "adapted", recipe)
                     adapt_seconds = record["seconds"]
@@ -163,6 +170,7 @@ def main() -> None:
             summary[arm][key] = {"mean": statistics.mean(values),
                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0}
     out = {"protocol": __doc__.split("\n\n")[1].strip(), "model": args.model, "labels": labels,
+           "prototype_recipe": AdaptationRecipe(**prototype_overrides).model_dump(),
            "support_docs": args.support, "heldout_docs": len(heldout), "heldout_gold_facts": gold,
            "seeds": args.seeds, "summary": summary, "runs": runs, "machine": machine_info(args.threads, torch.device("cpu"))}
     for arm, s in summary.items():

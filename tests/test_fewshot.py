@@ -866,11 +866,13 @@ def test_context_prototypes_score_saved_and_loaded(fredo_dir, tiny_dir, tmp_path
 
     docs = _scierc_docs(fredo_dir)
     support, queries, labels = docs[:2], docs[2:6], ["used for", "part of"]
-    recipe = AdaptationRecipe(context_weight=0.5, max_gap=None)
+    recipe = AdaptationRecipe(context_weight=0.5, max_gap=None, nota="mean")
     adapter = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), recipe)
     protos = adapter.prototypes(support, labels)
     assert protos.context_weight == 0.5 and protos.context_types.shape == protos.types.shape
-    no_ctx = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), AdaptationRecipe(max_gap=None)).prototypes(support, labels)
+    no_ctx = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), AdaptationRecipe(max_gap=None, nota="mean")).prototypes(
+        support, labels)
+    assert protos.context_nota.shape == protos.nota.shape
     pv = adapter.pair_vectors(queries[:1])[0]
     assert not np.allclose(protos.pair_probabilities(pv), no_ctx.pair_probabilities(pv))
     with pytest.raises(ValueError, match="context vectors"):

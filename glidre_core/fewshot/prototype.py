@@ -171,6 +171,7 @@ class Prototypes:
     context_types: np.ndarray | None = None  # [R, D] unit context prototypes (zeros without positives)
     context_examples: list[np.ndarray] | None = None  # per type, its unit positive contexts
     context_center: np.ndarray | None = None  # [D] subtracted from contexts before normalising
+    context_nota: np.ndarray | None = None  # [K, D] unit contexts of the NOTA vectors
 
     @classmethod
     def from_support(cls, support: Sequence[tuple["PairVectors", Document]], labels: Sequence[str],
@@ -215,6 +216,7 @@ class Prototypes:
             allc = unit(craw - cmu)
             cpos = [allc[tgt[:, r]] for r in range(len(labels))]
             context = {"context_weight": recipe.context_weight, "context_center": cmu.astype(np.float32),
+                       "context_nota": allc[~tgt.any(1)],
                        "context_types": np.stack([unit(c.mean(0)) if len(c) else np.zeros(dim, np.float32)
                                                   for c in cpos]) if cpos else np.zeros((0, dim), np.float32),
                        "context_examples": [c if len(c) else np.zeros((1, dim), np.float32) for c in cpos]}
@@ -252,16 +254,27 @@ class Prototypes:
                 c, self.context_types, self.context_examples)
         return self.mix * pos + (1.0 - self.mix) * (v @ self.label_vectors.T)
 
-    def nota_scores(self, vectors: np.ndarray) -> np.ndarray:
-        """``[P]`` NOTA scores (0 when the support has no NOTA pair, or with ``nota="none"``)."""
+    def _nota_scores(self, v: np.ndarray, nota: np.ndarray) -> np.ndarray:
+        if self.nota_rule == "mean":
+            return v @ unit(nota.mean(0))
+        if self.nota_rule == "nearest":
+            return (v @ nota.T).max(1)
+        raise ValueError(f"unknown NOTA rule {self.nota_rule!r}")
+
+    def nota_scores(self, vectors: np.ndarray, contexts: np.ndarray | None = None) -> np.ndarray:
+        """``[P]`` NOTA scores (0 when the support has no NOTA pair, or with ``nota="none"``),
+        mixed with the contexts' as the type scores are (``context_weight``)."""
         v = self._unit(vectors)
         if self.nota_rule == "none" or len(self.nota) == 0:
             return np.zeros(len(v), np.float32)
-        if self.nota_rule == "mean":
-            return v @ unit(self.nota.mean(0))
-        if self.nota_rule == "nearest":
-            return (v @ self.nota.T).max(1)
-        raise ValueError(f"unknown NOTA rule {self.nota_rule!r}")
+        score = self._nota_scores(v, self.nota)
+        if self.context_weight > 0:
+            if contexts is None or self.context_nota is None:
+                raise ValueError("these prototypes use context vectors: give the pairs' contexts "
+                                 "(pair_rules(..., contexts=True))")
+            c = unit(np.asarray(contexts, dtype=np.float32) - self.context_center)
+            score = (1.0 - self.context_weight) * score + self.context_weight * self._nota_scores(c, self.context_nota)
+        return score
 
     def margins(self, vectors: np.ndarray, candidates: np.ndarray | None = None,
                 orders: np.ndarray | None = None, contexts: np.ndarray | None = None) -> np.ndarray:
@@ -272,7 +285,7 @@ class Prototypes:
         pushed below 0; pairs outside ``candidates`` (``[P]`` booleans, None = all) get
         :data:`NOT_A_CANDIDATE`. The arguments after ``vectors`` are :class:`PairRules`' fields
         (``margins(vectors, *pair_rules(...))``)."""
-        d = self.type_scores(vectors, contexts) - self.nota_scores(vectors)[:, None] - self.margin
+        d = self.type_scores(vectors, contexts) - self.nota_scores(vectors, contexts)[:, None] - self.margin
         if self.direction == "support" and self.directions is not None:
             if orders is None:
                 raise ValueError("direction='support' needs the query pairs' text orders (pair_rules)")
@@ -318,9 +331,11 @@ class Prototypes:
                            else np.ones((len(self.labels), 2), bool)).astype(np.uint8),
         }
         if self.context_weight > 0:
-            assert self.context_types is not None and self.context_examples is not None
+            assert self.context_types is not None and self.context_examples is not None \
+                and self.context_nota is not None
             tensors.update({"context_types": self.context_types, "context_center": self.context_center,
-                            "context_examples": np.concatenate(self.context_examples)})
+                            "context_examples": np.concatenate(self.context_examples),
+                            "context_nota": self.context_nota.reshape(-1, dim)})
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(directory / PROTOTYPES_WEIGHTS),
                   metadata={"format": "np", "glidre": "prototypes"})
         settings = {"format_version": 1, "labels": self.labels, "positives": self.positives,
@@ -360,12 +375,14 @@ class Prototypes:
         context: dict[str, Any] = {}
         if settings.get("context_weight", 0.0) > 0:
             n_ctx = [max(int(c), 1) for c in settings["positives"]]  # a type without positives: one zero row
-            shapes = {"context_types": (r, d), "context_center": (d,), "context_examples": (sum(n_ctx), d)}
+            shapes = {"context_types": (r, d), "context_center": (d,), "context_examples": (sum(n_ctx), d),
+                      "context_nota": arrays["nota"].shape}
             for name, shape in shapes.items():
                 if name not in arrays or arrays[name].shape != shape:
                     raise ValueError(f"{directory / PROTOTYPES_WEIGHTS}: {name} missing or not of shape {shape} "
                                      "(context_weight > 0)")
             context = {"context_types": arrays["context_types"], "context_center": arrays["context_center"],
+                       "context_nota": arrays["context_nota"],
                        "context_examples": list(np.split(arrays["context_examples"], np.cumsum(n_ctx)[:-1]))
                        if r else []}
         return cls(labels, arrays["types"], list(examples), arrays["label_vectors"], arrays["nota"], arrays["center"],
