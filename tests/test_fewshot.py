@@ -331,9 +331,10 @@ def _pairs(ids: list[str], vectors: list[list[float]]):
                        np.array([t for _, t in pairs]), np.asarray(vectors, dtype=np.float32))
 
 
-#: the prototype method without its dev-chosen options (mean prototype and mean NOTA, all pairs, no centering)
+#: the prototype method without its dev-chosen options (mean prototype and mean NOTA, all pairs, no centering,
+#: no context vectors)
 NEUTRAL = dict(method="prototype", candidates="all", center=False, positive="mean", nota="mean", margin=0.0,
-               prototype_mix=1.0, single_label=False, direction="any")
+               prototype_mix=1.0, single_label=False, direction="any", context_weight=0.0)
 
 
 def test_prototypes_on_a_hand_made_case():
@@ -432,7 +433,8 @@ def test_prototype_recipe_validation():
     d = AdaptationRecipe()
     assert (d.method, d.candidates, d.max_gap, d.direction, d.center, d.positive, d.nota, d.prototype_mix,
             d.single_label, d.margin, d.threshold) == (
-        "prototype", "same_sentence", 2, "support", True, "mean", "none", 0.5, False, 0.0, 0.5)
+        "prototype", "same_sentence", 2, "support", True, "nearest", "mean", 0.75, True, -0.24, 0.5)
+    assert d.context_weight == 0.5
     f = AdaptationRecipe(method="finetune")
     assert (f.epochs, f.lr, f.train, f.threshold) == (10, 1e-4, ["label_encoder.ffn."], 0.25)
     r = AdaptationRecipe(method="prototype", margin=0.1)
@@ -481,7 +483,7 @@ def test_prototype_method_in_the_runner_trains_nothing(fredo_dir, tiny_dir, tmp_
     expected = []
     for i in ep.query:
         pv = runner.adapter.pair_vectors([data.documents[i]])[0]
-        rules = pair_rules(pv, data.documents[i], recipe.candidates, recipe.max_gap, orders=True)
+        rules = pair_rules(pv, data.documents[i], recipe.candidates, recipe.max_gap, orders=True, contexts=True)
         assert rules.candidates.sum() == (8 if max_gap is None else 4)  # see the same-sentence baseline test
         p, r = (protos.margins(pv.vectors, *rules) > 0).nonzero()
         ids = pv.prepared.entity_ids
@@ -870,7 +872,7 @@ def test_context_prototypes_score_saved_and_loaded(fredo_dir, tiny_dir, tmp_path
     adapter = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), recipe)
     protos = adapter.prototypes(support, labels)
     assert protos.context_weight == 0.5 and protos.context_types.shape == protos.types.shape
-    no_ctx = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), AdaptationRecipe(max_gap=None, nota="mean")).prototypes(
+    no_ctx = HeadAdapter(GLiDRE.from_pretrained(tiny_dir), AdaptationRecipe(max_gap=None, nota="mean", context_weight=0.0)).prototypes(
         support, labels)
     assert protos.context_nota.shape == protos.nota.shape
     pv = adapter.pair_vectors(queries[:1])[0]

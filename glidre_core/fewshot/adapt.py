@@ -91,7 +91,7 @@ class AdaptationRecipe(BaseModel):
         "prototype: no training, query pairs are scored against support prototypes (the fields below, "
         ":mod:`glidre_core.fewshot.prototype`)",
     )
-    prototype_mix: float = Field(0.5, ge=0, le=1, description="prototype: weight of the support prototype in a "
+    prototype_mix: float = Field(0.75, ge=0, le=1, description="prototype: weight of the support prototype in a "
                                  "type's score, the rest on the label embedding (1 = support only)")
     candidates: Literal["all", "same_sentence"] = Field(
         "same_sentence", description="prototype: the pairs scored: every ordered pair, or pairs whose entities share a "
@@ -107,19 +107,19 @@ class AdaptationRecipe(BaseModel):
     )
     center: bool = Field(True, description="prototype: subtract the mean of the support's pair vectors first")
     positive: Literal["mean", "nearest"] = Field(
-        "mean", description="prototype: a type's support score = cosine with the mean of its positives (mean) "
+        "nearest", description="prototype: a type's support score = cosine with the mean of its positives (mean) "
         "or with its nearest positive (nearest)",
     )
     nota: Literal["mean", "nearest", "none"] = Field(
-        "none", description="prototype: NOTA score = cosine with the mean NOTA vector of the support (mean), "
+        "mean", description="prototype: NOTA score = cosine with the mean NOTA vector of the support (mean), "
         "with the nearest NOTA vector (nearest), or 0 (none: the margin is an absolute cosine threshold)",
     )
-    margin: float = Field(0.0, ge=-2, le=2, description="prototype: a pair has type t when s_t > s_nota + margin")
+    margin: float = Field(-0.24, ge=-2, le=2, description="prototype: a pair has type t when s_t > s_nota + margin")
     temperature: float = Field(0.05, gt=0, description="prototype: probability = sigmoid((s_t - s_nota - margin) / "
                                "temperature); the decision does not depend on it at threshold 0.5")
-    single_label: bool = Field(False, description="prototype: at most one type (the best) per pair")
+    single_label: bool = Field(True, description="prototype: at most one type (the best) per pair")
     context_weight: float = Field(
-        0.0, ge=0, le=1, description="prototype: share of a type's support score taken from the words between "
+        0.5, ge=0, le=1, description="prototype: share of a type's support score taken from the words between "
         "the pair's closest mentions (their mean word vector against the type's positives'), the rest from the "
         "pair vectors",
     )
