@@ -20,13 +20,25 @@ to hold an unseen-type fact, and the model's trained labels can say which pairs 
 * ``+ gate g``: and ``max_s P(s|p) >= g`` (the pair is related under a trained label);
 * ``score = related``: rank by ``P(u|p) * max_s P(s|p)`` instead of ``P(u|p)``, one threshold.
 
+With ``--evidence``, a third source, which needs no training at all
+(``benchmarks/zero_shot_evidence_dev.py`` found that it chooses the label of a related dev pair
+better than the model, 43% against 27.5%, but finds pairs worse): ``ev(u|p)``, the softmax over
+the unseen labels (temperature ``t``) of the cosine between the frozen sentence encoder's embedding
+of the text from one of the pair's closest same-sentence mentions to the other and that of the
+label string; 0 for pairs without a common sentence. The model says whether a pair is related,
+the words between its mentions say which unseen label:
+
+* ``score = prob*ev``: ``P(u|p) * ev(u|p)``; ``score = related*ev``: ``max_s P(s|p) * ev(u|p)``
+  (trained labels as relatedness); ``score = unseen*ev``: ``max_u' P(u'|p) * ev(u|p)``;
+  each alone or with ``top1`` (on that score).
+
 Every rule's ``tau`` and ``m`` are chosen on the dev hold-out's pseudo-unseen facts (labels that
 training also held out), then applied once to Re-DocRED test restricted to the 18 unseen types.
 No choice reads a test document or a test type.
 
     python benchmarks/zero_shot_rules.py --experiment configs/experiments/zero_shot_phrasings.yaml \\
         --model runs/experiments/zero_shot_phrasings/trial_*_00000/checkpoint_000000/model \\
-        --output-json benchmarks/results/zero_shot_rules.json
+        --output-json benchmarks/results/zero_shot_rules.json [--evidence]
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ import torch
 from glidre_core.documents import Document
 from glidre_core.experiments import load_experiment_config
 from glidre_core.experiments.heldout import pseudo_unseen_dev, restrict_labels
+from glidre_core.fewshot.candidates import mention_geometry
 from glidre_core.metrics import gold_facts
 from glidre_core.modeling import GLiDRE
 from glidre_core.readers import read_documents
@@ -63,20 +76,63 @@ RULES = (
 )
 
 
-def candidates(model: GLiDRE, docs: Sequence[Document], unseen: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+#: softmax temperatures of the evidence score (``--evidence``)
+EVIDENCE_TEMPERATURES = (0.02, 0.05, 0.1)
+EVIDENCE_SCORES = ("prob*ev", "related*ev", "unseen*ev")
+
+
+def sentence_vectors(model: GLiDRE, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Unit-length sentence embeddings of ``texts`` by the model's label encoder (mean pooling,
+    up to 128 tokens). The label encoder is frozen in every zero-shot config, so this is the
+    pretrained sentence-embedding space, untouched by the trained relation types."""
+    encoder, tokenizer = model.label_encoder.model, model.label_encoder.tokenizer
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=128,
+                            return_tensors="pt")
+            states = encoder(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+
+
+def pair_spans(doc: Document, entity_ids: Sequence[str], heads: np.ndarray, tails: np.ndarray) -> list[str | None]:
+    """The text from one to the other of each pair's closest same-sentence mentions (None without a
+    common sentence); ``heads``/``tails`` index ``entity_ids``."""
+    geometry = mention_geometry(doc)
+    index = {e.id: i for i, e in enumerate(doc.entities)}
+    spans: list[str | None] = []
+    for h, t in zip(heads.tolist(), tails.tolist()):
+        i, j = index[entity_ids[h]], index[entity_ids[t]]
+        if not np.isfinite(geometry.gaps[i, j]):
+            spans.append(None)
+            continue
+        a, b = (doc.entities[i].mentions[geometry.closest[i, j, 0]], doc.entities[j].mentions[geometry.closest[i, j, 1]])
+        spans.append(doc.text[min(a.start, b.start):max(a.end, b.end)])
+    return spans
+
+
+def candidates(model: GLiDRE, docs: Sequence[Document], unseen: Sequence[str], batch_size: int,
+               evidence: bool = False) -> dict[str, np.ndarray]:
     """Every (pair, unseen label) candidate of ``docs``: its probability, its ratio to the pair's
-    best trained label, whether it is the pair's best unseen label, and whether it is gold."""
+    best trained label, whether it is the pair's best unseen label, and whether it is gold. With
+    ``evidence``, also the cosine ``sim`` of the pair's mention-to-mention span with the label
+    string (NaN without a common sentence) and the pair's best unseen probability."""
     seen = [lab for lab in model.config.labels if lab not in set(unseen)]
     labels = list(unseen) + seen
     u = len(unseen)
     gold = gold_facts(docs)
     predictor = model.predictor(relation_labels=labels, batch_size=batch_size)
-    probs, related, top1, hit = [], [], [], []
+    probs, related, top1, hit, spans, best_unseen = [], [], [], [], [], []
     for sc in predictor.score_relations(docs):
         if len(sc.heads) == 0:
             continue
         ids, doc_id = sc.prepared.entity_ids, sc.prepared.doc.doc_id
         pu, ps = sc.probs[:, :u], sc.probs[:, u:]
+        if evidence:
+            spans.extend(pair_spans(sc.prepared.doc, ids, sc.heads, sc.tails))
+            best_unseen.append(np.broadcast_to(pu.max(1, keepdims=True), pu.shape).reshape(-1))
         best_seen = ps.max(1, keepdims=True) if ps.shape[1] else np.zeros((len(pu), 1), np.float32)
         probs.append(pu.reshape(-1))
         related.append(np.broadcast_to(best_seen, pu.shape).reshape(-1))
@@ -84,9 +140,41 @@ def candidates(model: GLiDRE, docs: Sequence[Document], unseen: Sequence[str], b
         hit.append(np.array([(doc_id, ids[h], lab, ids[t]) in gold
                              for h, t in zip(sc.heads.tolist(), sc.tails.tolist()) for lab in unseen]))
     prob, rel = np.concatenate(probs), np.concatenate(related)
-    return {"prob": prob, "related": prob * rel, "best_seen": rel,
-            "ratio": prob / np.maximum(rel, 1e-12), "top1": np.concatenate(top1),
-            "hit": np.concatenate(hit), "gold": np.array(len({f for f in gold if f[2] in set(unseen)}))}
+    out = {"prob": prob, "related": prob * rel, "best_seen": rel,
+           "ratio": prob / np.maximum(rel, 1e-12), "top1": np.concatenate(top1),
+           "hit": np.concatenate(hit), "gold": np.array(len({f for f in gold if f[2] in set(unseen)}))}
+    if evidence:
+        texts = sorted({x for x in spans if x is not None})
+        vectors = dict(zip(texts, sentence_vectors(model, texts)))
+        label_vectors = sentence_vectors(model, [model.config.normalize_label(lab) for lab in unseen])
+        sim = np.full((len(spans), u), np.nan, np.float32)
+        rows = [k for k, x in enumerate(spans) if x is not None]
+        if rows:
+            sim[rows] = np.stack([vectors[spans[k]] for k in rows]) @ label_vectors.T
+        out["sim"] = sim.reshape(-1)
+        out["best_unseen"] = np.concatenate(best_unseen)
+        out["n_labels"] = np.array(u)
+    return out
+
+
+def add_evidence_scores(c: dict[str, np.ndarray], temperature: float) -> dict[str, np.ndarray]:
+    """``c`` with the ``--evidence`` scores at softmax temperature ``temperature``: ``ev`` and the
+    three products of :data:`EVIDENCE_SCORES`, plus ``top1:<score>`` masks (the pair's best unseen
+    label by that score)."""
+    u = int(c["n_labels"])
+    sim = c["sim"].reshape(-1, u)
+    z = np.where(np.isnan(sim), -np.inf, sim / temperature)
+    z = z - np.where(np.isfinite(z.max(1, keepdims=True)), z.max(1, keepdims=True), 0.0)
+    e = np.exp(z)
+    ev = np.divide(e, e.sum(1, keepdims=True), out=np.zeros_like(e), where=e.sum(1, keepdims=True) > 0).reshape(-1)
+    out = dict(c)
+    out["prob*ev"] = c["prob"] * ev
+    out["related*ev"] = c["best_seen"] * ev
+    out["unseen*ev"] = c["best_unseen"] * ev
+    for name in EVIDENCE_SCORES:
+        m = out[name].reshape(-1, u)
+        out[f"top1:{name}"] = ((m >= m.max(1, keepdims=True)) & (m > 0)).reshape(-1)
+    return out
 
 
 def keep_mask(c: dict[str, np.ndarray], top1: bool, margin: float | None, gate: float | None = None) -> np.ndarray:
@@ -127,6 +215,8 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="the trial's saved model directory")
     parser.add_argument("--output-json", required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--evidence", action="store_true",
+                        help="also the rules that take the unseen label from the words between the mentions")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -142,8 +232,8 @@ def main() -> None:
     trained = set(model.config.labels)
     if trained & (set(unseen) | set(pseudo)):
         raise ValueError(f"the model trained on {sorted(trained & (set(unseen) | set(pseudo)))}: not a zero-shot model")
-    dev_c = candidates(model, dev_docs, pseudo, cfg.batch_size)
-    test_c = candidates(model, test_docs, unseen, cfg.batch_size)
+    dev_c = candidates(model, dev_docs, pseudo, cfg.batch_size, args.evidence)
+    test_c = candidates(model, test_docs, unseen, cfg.batch_size, args.evidence)
     rows: list[dict[str, Any]] = []
     for top1, margin, gate, by in RULES:
         tau, dev_f1 = best_threshold(dev_c, keep_mask(dev_c, top1, margin, gate), by)
@@ -151,10 +241,21 @@ def main() -> None:
         rows.append({"top1": top1, "margin": margin, "gate": gate, "score": by, "tau": tau, "dev_f1": dev_f1,
                      **{f"test_{k}": v for k, v in test.items()}})
         logger.info("%s", rows[-1])
+    if args.evidence:
+        for temperature in EVIDENCE_TEMPERATURES:
+            dev_e, test_e = add_evidence_scores(dev_c, temperature), add_evidence_scores(test_c, temperature)
+            for by, top1 in itertools.product(EVIDENCE_SCORES, (False, True)):
+                dev_keep = dev_e[f"top1:{by}"] if top1 else np.ones(len(dev_e["prob"]), bool)
+                test_keep = test_e[f"top1:{by}"] if top1 else np.ones(len(test_e["prob"]), bool)
+                tau, dev_f1 = best_threshold(dev_e, dev_keep, by)
+                test = score(test_e, test_keep, tau, by)
+                rows.append({"top1": top1, "margin": None, "gate": None, "score": by, "temperature": temperature,
+                             "tau": tau, "dev_f1": dev_f1, **{f"test_{k}": v for k, v in test.items()}})
+                logger.info("%s", rows[-1])
     chosen = max(rows, key=lambda r: r["dev_f1"])
     out = {
         "command": f"python benchmarks/zero_shot_rules.py --experiment {args.experiment} --model {args.model} "
-                   f"--output-json {args.output_json}",
+                   f"--output-json {args.output_json}" + (" --evidence" if args.evidence else ""),
         "model": args.model, "experiment": exp.name,
         "protocol": "tau and the rule chosen on the dev hold-out's pseudo-unseen facts; test = Re-DocRED test, "
                     "the 18 unseen types, trained labels scored alongside as competitors",

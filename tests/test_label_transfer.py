@@ -137,6 +137,40 @@ def test_zero_shot_rules_keep_and_threshold_by_the_chosen_score():
     assert {r[3] for r in rules.RULES} == {"prob", "related"}
 
 
+def test_zero_shot_rules_evidence_scores_and_spans():
+    """--evidence: ev(u|p) is a softmax over the unseen labels of a pair's span cosines (0 for a
+    pair without a common sentence), multiplied by the model's relatedness; top1 is per pair; the
+    span runs from one closest same-sentence mention to the other."""
+    import importlib.util
+    from pathlib import Path
+
+    from glidre_core.documents import parse_document
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "zero_shot_rules.py"
+    spec = importlib.util.spec_from_file_location("zero_shot_rules_ev", path)
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    # 2 pairs x 2 unseen labels; pair 0 has a sentence (cosines 0.3, 0.1), pair 1 has none
+    sim = np.array([0.3, 0.1, np.nan, np.nan], dtype=np.float32)
+    c = {"prob": np.array([0.2, 0.4, 0.9, 0.9]), "best_seen": np.array([0.5, 0.5, 0.9, 0.9]),
+         "best_unseen": np.array([0.4, 0.4, 0.9, 0.9]), "sim": sim, "n_labels": np.array(2),
+         "hit": np.array([True, False, False, False]), "gold": np.array(1)}
+    e = rules.add_evidence_scores(c, temperature=0.1)
+    ev0 = np.exp(2.0) / (np.exp(2.0) + 1.0)  # softmax of (3, 1)
+    np.testing.assert_allclose(e["related*ev"], [0.5 * ev0, 0.5 * (1 - ev0), 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(e["prob*ev"], [0.2 * ev0, 0.4 * (1 - ev0), 0, 0], rtol=1e-6)
+    assert e["top1:related*ev"].tolist() == [True, False, False, False]  # no label for the sentence-less pair
+    tau, f1 = rules.best_threshold(e, e["top1:unseen*ev"], "unseen*ev")
+    assert f1 == pytest.approx(1.0) and tau == pytest.approx(0.4 * ev0, rel=1e-6)
+    text = "Alpha met Beta . Gamma ."
+    doc = parse_document({"doc_id": "d", "text": text, "sentences": [[0, 15], [16, 23]], "entities": [
+        {"id": "a", "type": "X", "mentions": [{"start": 0, "end": 5}]},
+        {"id": "b", "type": "X", "mentions": [{"start": 10, "end": 14}]},
+        {"id": "g", "type": "X", "mentions": [{"start": 17, "end": 22}]}], "relations": []})
+    assert rules.pair_spans(doc, ["b", "a", "g"], np.array([0, 1, 2]), np.array([1, 0, 0])) == [
+        "Alpha met Beta", "Alpha met Beta", None]
+
+
 def test_unseen_pair_overlap_counts_facts_on_pairs_that_hold_a_trained_fact():
     import importlib.util
     from pathlib import Path
