@@ -45,25 +45,13 @@ for _path in (BENCHMARKS.parent, BENCHMARKS):
         sys.path.append(str(_path))
 
 from zero_shot_dev_diagnosis import best_f1, rank_auc  # noqa: E402
+from zero_shot_rules import sentence_vectors  # noqa: E402
 from glidre_core.experiments import load_experiment_config  # noqa: E402
 from glidre_core.experiments.heldout import pseudo_unseen_dev  # noqa: E402
 from glidre_core.fewshot.candidates import mention_geometry, mention_sentences  # noqa: E402
 from glidre_core.modeling import GLiDRE  # noqa: E402
 
 logger = logging.getLogger("zero_shot_evidence_dev")
-
-
-def embed(encoder: torch.nn.Module, tokenizer: Any, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    """Unit-length mean-pooled sentence embeddings (the label encoder's pooling, 128 tokens)."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=128,
-                            return_tensors="pt")
-            states = encoder(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1))
-    return torch.cat(out).numpy()
 
 
 def main() -> None:
@@ -79,8 +67,7 @@ def main() -> None:
     cfg, _, docs = pseudo_unseen_dev(load_experiment_config(args.experiment))
     labels = list(cfg.unseen_calibration_labels)
     model = GLiDRE.from_pretrained(args.model)
-    encoder, tokenizer = model.label_encoder.model, model.label_encoder.tokenizer
-    encoder.eval()
+    model.label_encoder.eval()
     rows: list[tuple[str, str, str, str, float]] = []  # (sentence, span, head mention, tail mention, gap)
     Y: list[list[bool]] | np.ndarray = []
     all_pairs = 0
@@ -113,7 +100,7 @@ def main() -> None:
     logger.info("%d sentences, %d spans, %d hypotheses to embed", len(sent_texts), len(span_texts), len(hyp))
     E: dict[str, np.ndarray] = {}
     for group in (sent_texts, span_texts, labels, hyp):
-        v = embed(encoder, tokenizer, group)
+        v = sentence_vectors(model, group)
         E.update(zip(group, v))
     logger.info("embedded in %.0f s", time.perf_counter() - t0)
     S = np.array([E[r[0]] for r in rows])  # [N, D] sentences
