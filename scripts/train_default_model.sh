@@ -10,8 +10,9 @@
 #   --set ...    extra overrides for stage 1 only (the stages 2-4 configs are used as written)
 # With OUT_PREFIX=runs/default_model and no --set this is exactly the model card's sequence, apart
 # from the output directory names.
-# A stage whose OUT_PREFIX_stageN/best already exists is skipped, so a stopped run resumes at the
-# first unfinished stage.
+# A stage that finished (OUT_PREFIX_stageN/final_eval.json, written after its last step) is
+# skipped, so a stopped run restarts at the first unfinished stage; that stage starts over (its
+# partial output directory is removed first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
@@ -27,9 +28,10 @@ previous=""
 for i in 1 2 3 4; do
   out="${PREFIX}_stage${i}"
   cfg="${configs[$((i - 1))]}"
-  if [ -f "$out/best/model.safetensors" ]; then
-    echo "[$(date -u +%H:%M:%S)] stage $i: $out/best exists, skipped"
+  if [ -f "$out/final_eval.json" ]; then
+    echo "[$(date -u +%H:%M:%S)] stage $i: $out finished earlier, skipped"
   else
+    rm -rf "$out"
     args=(--config "$cfg" --set "output_dir=$out")
     if [ "$i" = 1 ]; then
       args+=("$@")
