@@ -80,7 +80,10 @@ def test_default_model_extracts_entities_and_relations_from_raw_text(default_mod
             assert TEXT[m["start"] : m["end"]] == m["text"]
     top = {(r["head_text"], r["relation"], r["tail_text"]) for r in out["relations"][:5]}
     assert ("Angela Merkel", "place of birth", "Hamburg") in top
-    assert ("Hamburg", "country", "West Germany") in top
+    # Hamburg's country: West Germany in 1954, Germany today; both are true, and which one ranks
+    # higher changed between trained weights, so either counts
+    assert top & {("Hamburg", "country", "West Germany"), ("Hamburg", "country", "Germany")}
+    assert not any(h == "Hamburg" and r == "place of birth" for h, r, _ in top)
 
 
 def test_default_model_uses_stored_labels_and_threshold(default_model):

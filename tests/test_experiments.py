@@ -355,6 +355,33 @@ def test_ranking_auc_equals_the_pairwise_definition(tiny_model):
     assert result["auc"] == pytest.approx(expected, abs=1e-9)
 
 
+def test_config_hash_follows_the_trials_not_the_spelling(tmp_path):
+    """Pinning a value the base already has (or a training default) keeps the hash, so an
+    experiment still resumes after configs/default_model.yaml moves and the experiment pins the
+    old value; any value that changes a trial changes it; the pre-2026-12-03 hash differs."""
+    from glidre_core.experiments.config import load_base, without_defaults
+
+    base_yaml = tmp_path / "base.yaml"
+    base_yaml.write_text("model: {dropout: 0.3}\ntrain: {path: x.json, format: docred}\nlr_heads: 0.001\n")
+    sets = [f"base={base_yaml}", "overrides={}", "space={}"]
+
+    def hash_of(*extra: str) -> str:
+        cfg = load_experiment_config(TINY, sets + list(extra))
+        return cfg.config_hash(load_base(cfg))
+
+    plain = hash_of()
+    assert hash_of("overrides={model.dropout: 0.3}") == plain  # what the base already says
+    default_ffn = TrainingConfig.model_fields["model"].default_factory().label_head
+    assert hash_of(f"overrides={{model.label_head: {default_ffn}}}") == plain  # a training default
+    assert hash_of("overrides={model.dropout: 0.4}") != plain
+    assert hash_of("overrides={model.label_head: residual}") != plain
+    assert hash_of("seeds=[7]") != plain
+    cfg = load_experiment_config(TINY, sets)
+    assert cfg.legacy_config_hash(load_base(cfg)) != plain
+    assert without_defaults({"model": {"dropout": 0.3, "label_head": "ffn"}, "unknown": 1}, TrainingConfig) == {
+        "model": {"dropout": 0.3}, "unknown": 1}
+
+
 # -- a real Tune run: budget stop, resume, MLflow, table -----------------------------------------------
 @pytest.mark.slow
 def test_experiment_runs_on_tune_stops_on_budget_and_resumes(ray_session, mlflow_uri, tmp_path):

@@ -283,14 +283,55 @@ class ExperimentConfig(BaseModel):
         return (["arm"] if self.arms else []) + list(self.space)
 
     def config_hash(self, base: dict[str, Any]) -> str:
-        """What decides the trials (the resolved base config included); a restore with another
-        hash is refused. The report and MLflow sections and the concurrency cap are left out:
-        changing them changes no trial. Values equal to their defaults are left out too, so that a field added
-        to this class in a later version does not make older experiments unrestorable."""
+        """What decides the trials; a restore with another hash is refused.
+
+        Hashed: this experiment's fields (``base`` and ``overrides`` replaced by their result,
+        the resolved base training config) and that training config with every value equal to
+        its :class:`TrainingConfig` default left out. So two configs that train the same trials
+        hash alike: when a default moves in ``configs/default_model.yaml`` and an experiment pins
+        the old value in its ``overrides``, it still resumes. The report and MLflow sections and
+        the concurrency cap are left out: changing them changes no trial. Experiment fields equal
+        to their defaults are left out too, so that a field added to this class in a later
+        version does not make older experiments unrestorable."""
+        data = self.model_dump(mode="json", exclude_defaults=True,
+                               exclude={"report", "max_concurrent_trials", "description", "mlflow",
+                                        "base", "overrides"})
+        data["base_effective"] = without_defaults(base, TrainingConfig)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def legacy_config_hash(self, base: dict[str, Any]) -> str:
+        """The hash of experiments started before 2026-12-03 (the ``base`` path, the
+        ``overrides`` and the base as written). Still accepted on restore, so that those
+        experiments resume; the state file then stores :meth:`config_hash`."""
         data = self.model_dump(mode="json", exclude_defaults=True,
                                exclude={"report", "max_concurrent_trials", "description", "mlflow"})
         data["base_resolved"] = base
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def without_defaults(data: dict[str, Any], schema: type[BaseModel]) -> dict[str, Any]:
+    """``data`` (a config as plain YAML values) without the keys whose value equals the default
+    of that field in ``schema``; nested pydantic sections (``model``) are treated alike. Keys the
+    schema does not know are kept (validation, not this, reports them)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        field = schema.model_fields.get(key)
+        if field is None:
+            out[key] = value
+            continue
+        nested = field.annotation if isinstance(field.annotation, type) else None
+        if isinstance(value, dict) and nested is not None and issubclass(nested, BaseModel):
+            value = without_defaults(value, nested)
+            if not value:
+                continue
+        elif not field.is_required():
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            if value == default:
+                continue
+        out[key] = value
+    return out
 
 
 def load_experiment_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

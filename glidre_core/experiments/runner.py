@@ -226,7 +226,7 @@ def run_experiment(
 
     restorable = Tuner.can_restore(str(exp_dir))
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if restorable and state.get("config_hash") not in (None, config_hash):
+    if restorable and state.get("config_hash") not in (None, config_hash, cfg.legacy_config_hash(base)):
         raise ExperimentConfigError(
             f"experiment {cfg.name!r} in {exp_dir} was started with another config (or base config); "
             "rerun it unchanged to resume, choose another name, or pass --overwrite to start over"
