@@ -433,8 +433,8 @@ def test_prototype_recipe_validation():
     d = AdaptationRecipe()
     assert (d.method, d.candidates, d.max_gap, d.direction, d.center, d.positive, d.nota, d.prototype_mix,
             d.single_label, d.margin, d.threshold) == (
-        "prototype", "same_sentence", 2, "support", True, "nearest", "mean", 0.75, True, -0.24, 0.5)
-    assert d.context_weight == 0.5
+        "prototype", "same_sentence", 2, "support", True, "nearest", "none", 1.0, True, 0.12, 0.5)
+    assert d.context_weight == 1.0
     f = AdaptationRecipe(method="finetune")
     assert (f.epochs, f.lr, f.train, f.threshold) == (10, 1e-4, ["label_encoder.ffn."], 0.25)
     r = AdaptationRecipe(method="prototype", margin=0.1)

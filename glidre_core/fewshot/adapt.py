@@ -68,6 +68,14 @@ TRAINABLE_PREFIXES: tuple[str, ...] = ("scorer.", "label_encoder.ffn.", "label_e
 class AdaptationRecipe(BaseModel):
     """How a model is adapted to a few labelled documents (values chosen on FREDo dev episodes).
 
+    The prototype defaults are the best point of ``benchmarks/fredo_prototype_dev.py --grid
+    context`` with the embedded default model of 2026-12-03 (FREDo cross-domain dev episodes
+    0-49): support only (``prototype_mix`` 1), the type's support score from the words between
+    the pair's mentions alone (``context_weight`` 1), nearest positive, no NOTA comparison and an
+    absolute cosine margin of 0.12, one type per pair. With that model the label embedding and
+    the pair vectors did not add to the context vectors on dev; they did with the earlier
+    weights (0.75 / 0.5 / mean NOTA / margin -0.24, README "FREDo").
+
     ``method`` picks the fields that apply: ``epochs`` .. ``train`` for ``finetune``,
     ``prototype_mix`` .. ``single_label`` for ``prototype``; setting a field of the other method
     is an error. ``threshold`` defaults to 0.25 for ``finetune`` and 0.5 for ``prototype`` (its
@@ -91,7 +99,7 @@ class AdaptationRecipe(BaseModel):
         "prototype: no training, query pairs are scored against support prototypes (the fields below, "
         ":mod:`glidre_core.fewshot.prototype`)",
     )
-    prototype_mix: float = Field(0.75, ge=0, le=1, description="prototype: weight of the support prototype in a "
+    prototype_mix: float = Field(1.0, ge=0, le=1, description="prototype: weight of the support prototype in a "
                                  "type's score, the rest on the label embedding (1 = support only)")
     candidates: Literal["all", "same_sentence"] = Field(
         "same_sentence", description="prototype: the pairs scored: every ordered pair, or pairs whose entities share a "
@@ -111,15 +119,15 @@ class AdaptationRecipe(BaseModel):
         "or with its nearest positive (nearest)",
     )
     nota: Literal["mean", "nearest", "none"] = Field(
-        "mean", description="prototype: NOTA score = cosine with the mean NOTA vector of the support (mean), "
+        "none", description="prototype: NOTA score = cosine with the mean NOTA vector of the support (mean), "
         "with the nearest NOTA vector (nearest), or 0 (none: the margin is an absolute cosine threshold)",
     )
-    margin: float = Field(-0.24, ge=-2, le=2, description="prototype: a pair has type t when s_t > s_nota + margin")
+    margin: float = Field(0.12, ge=-2, le=2, description="prototype: a pair has type t when s_t > s_nota + margin")
     temperature: float = Field(0.05, gt=0, description="prototype: probability = sigmoid((s_t - s_nota - margin) / "
                                "temperature); the decision does not depend on it at threshold 0.5")
     single_label: bool = Field(True, description="prototype: at most one type (the best) per pair")
     context_weight: float = Field(
-        0.5, ge=0, le=1, description="prototype: share of a type's support score taken from the words between "
+        1.0, ge=0, le=1, description="prototype: share of a type's support score taken from the words between "
         "the pair's closest mentions (their mean word vector against the type's positives'), the rest from the "
         "pair vectors",
     )
