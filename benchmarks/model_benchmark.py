@@ -466,12 +466,17 @@ def profile_predict(model, predictor, docs: list) -> dict[str, Any]:
     call, so one-time work such as the bf16 head copies is not counted)."""
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = model.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     predictor.predict(docs)
     synchronize(model.device)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
         rows = predictor.predict(docs)
         synchronize(model.device)
-    counts = Counter(e.name for e in prof.events())
+    wall = time.perf_counter() - t0
+    events = prof.events()
+    counts = Counter(e.name for e in events)
     aten = {k: v for k, v in counts.items() if k.startswith("aten::")}
     n = len(docs)
     total_aten = sum(aten.values())
@@ -490,6 +495,27 @@ def profile_predict(model, predictor, docs: list) -> dict[str, Any]:
         "top_aten_ops": dict(Counter(aten).most_common(20)),
         "meets_aten_target": total_aten / n <= TARGET_ATEN_OPS_PER_DOC,
         "meets_sync_target": sum(syncs.values()) / n <= TARGET_SYNC_OPS_PER_DOC,
+        **(cuda_runtime_counts(events, counts, n, wall) if cuda else {}),
+    }
+
+
+def cuda_runtime_counts(events, counts: Counter, n_docs: int, wall_s: float) -> dict[str, Any]:
+    """CUDA runtime calls per document (kernel launches, memcpys, stream/device synchronisations)
+    and the GPU's busy share of the profiled call: the issue's GPU-side view of the same work.
+    Busy time is the sum of kernel and memcpy durations (an upper bound on the busy share where
+    streams overlap, which they do not here: one stream)."""
+    launches = sum(v for k, v in counts.items() if "LaunchKernel" in k)
+    memcpy = sum(v for k, v in counts.items() if "Memcpy" in k)
+    syncs = sum(v for k, v in counts.items() if "Synchronize" in k)
+    busy_us = sum(getattr(e, "device_time", 0.0) for e in events
+                  if str(getattr(e, "device_type", "")).endswith("CUDA"))
+    return {
+        "cuda_kernel_launches_per_doc": launches / n_docs,
+        "cuda_memcpy_per_doc": memcpy / n_docs,
+        "cuda_sync_calls_per_doc": syncs / n_docs,
+        "cuda_busy_ms": busy_us / 1e3,
+        "profiled_wall_ms": wall_s * 1e3,
+        "cuda_busy_share": (busy_us / 1e6) / wall_s if wall_s > 0 else None,
     }
 
 
@@ -898,6 +924,19 @@ def markdown(res: dict[str, Any]) -> str:
                 )
             top = ", ".join(f"{k.removeprefix('aten::')} {v}" for k, v in list(prof[0]["top_aten_ops"].items())[:8])
             lines += ["", f"Most frequent aten ops (batch {prof[0]['batch_size']} {prof[0]['precision']}): {top}.", ""]
+            if any("cuda_kernel_launches_per_doc" in p for p in prof):
+                lines += ["CUDA runtime calls of the same call (torch.profiler, CUDA activity; busy = kernel + "
+                          "memcpy time over the profiled wall time, which the profiler itself inflates):", "",
+                          "| batch | precision | kernel launches/doc | memcpy/doc | sync calls/doc | GPU busy ms | "
+                          "wall ms | busy share |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+                for p in prof:
+                    if "cuda_kernel_launches_per_doc" in p:
+                        lines.append(
+                            f"| {p['batch_size']} | {p['precision']} | {p['cuda_kernel_launches_per_doc']:.1f} | "
+                            f"{p['cuda_memcpy_per_doc']:.2f} | {p['cuda_sync_calls_per_doc']:.2f} | "
+                            f"{p['cuda_busy_ms']:.1f} | {p['profiled_wall_ms']:.1f} | "
+                            f"{100 * (p['cuda_busy_share'] or 0):.0f}% |")
+                lines.append("")
         sd = s.get("sdpa")
         if sd:
             lines += ["### SDPA backends (encoder stage and bare encoder, docs/s)", ""]
