@@ -458,6 +458,25 @@ def speed_run(model, predictor, groups: list[list], prec: str, args) -> dict[str
             w["encoder_stage"] / w["predict"] for w in timed["walls"]
         ),
     }
+    # The whole pass: one predict call over every document (what predict_documents does on a
+    # corpus, and what the 136-200 docs/s measured), against the bare encoder over the
+    # same batches back to back. Unlike the per-batch arms above, the predictor's loop can
+    # overlap one batch's host work with the next batch's device work here.
+    everything = [d for g in groups for d in g]
+
+    def predict_pass(_: int) -> int:
+        return sum(len(rows) for rows in predictor.predict(everything))
+
+    def bare_pass(_: int) -> int:
+        for i in range(len(groups)):
+            bare_encoder(i)
+        return 0
+
+    whole = time_arms({"bare_pass": bare_pass, "predict_pass": predict_pass}, 1, args.reps, device,
+                      label=f"whole pass batch {predictor.batch_size} {prec}")
+    whole_summary = summarise(whole, n_docs, "bare_pass")
+    run["whole_pass"] = whole_summary
+    run["whole_pass_predict_vs_bare"] = whole_summary["predict_pass"]["vs_bare_pass"]["median_paired"]
     return run
 
 
@@ -619,11 +638,13 @@ def run_speed(model, args) -> dict[str, Any]:
                 run = speed_run(model, predictor, groups, prec, args)
             run = {"batch_size": bs, "precision": prec, **run}
             result["runs"].append(run)
-            logger.info("speed batch %d %s: predict/bare %.3f, encoder stage/bare %.3f", bs, prec,
-                        run["predict_vs_bare"], run["encoder_stage_vs_bare"])
+            logger.info("speed batch %d %s: predict/bare %.3f, encoder stage/bare %.3f, whole pass predict/bare %.3f",
+                        bs, prec, run["predict_vs_bare"], run["encoder_stage_vs_bare"], run["whole_pass_predict_vs_bare"])
     if device.type == "cuda":
         hit = [r for r in result["runs"] if r["batch_size"] == TARGET_GPU_BATCH and r["precision"] == TARGET_GPU_PRECISION]
         result["meets_gpu_target"] = hit[0]["predict_vs_bare"] >= TARGET_GPU_PREDICT_VS_BARE if hit else None
+        result["meets_gpu_target_whole_pass"] = (
+            hit[0]["whole_pass_predict_vs_bare"] >= TARGET_GPU_PREDICT_VS_BARE if hit else None)
     if not args.no_profile:
         result["profile"] = []
         for bs in _ints(args.profile_batch_sizes):
@@ -895,9 +916,20 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{100 * r['encoder_stage_share_of_predict']:.0f}% | {r['relations_found']} |"
             )
         lines.append("")
+        lines += ["Whole pass: one `predict` call over all the documents (the loop overlaps a batch's host work "
+                  "with the next batch's device work) against the bare encoder over the same batches back to back:",
+                  "", "| batch | precision | predict docs/s | bare encoder docs/s | predict / bare |",
+                  "|---:|---|---:|---:|---:|"]
+        for r in s["runs"]:
+            w = r.get("whole_pass")
+            if w:
+                lines.append(f"| {r['batch_size']} | {r['precision']} | {w['predict_pass']['docs_per_s']:.2f} | "
+                             f"{w['bare_pass']['docs_per_s']:.2f} | **{r['whole_pass_predict_vs_bare']:.3f}** |")
+        lines.append("")
         if s["device"].startswith("cuda"):
             lines += [f"Target: predict / bare encoder >= {TARGET_GPU_PREDICT_VS_BARE} at batch {TARGET_GPU_BATCH} "
-                      f"{TARGET_GPU_PRECISION} on the GPU: {_ok(s.get('meets_gpu_target'))}.", ""]
+                      f"{TARGET_GPU_PRECISION} on the GPU: per batch {_ok(s.get('meets_gpu_target'))}, whole pass "
+                      f"{_ok(s.get('meets_gpu_target_whole_pass'))}.", ""]
         else:
             lines += [f"(The GPU target, predict / bare encoder >= {TARGET_GPU_PREDICT_VS_BARE} at batch "
                       f"{TARGET_GPU_BATCH} {TARGET_GPU_PRECISION}, needs `--device cuda`.)", ""]

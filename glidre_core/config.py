@@ -87,7 +87,9 @@ class GLiDREConfig(BaseModel):
 
     max_length: int = Field(512, ge=16, description="encoder window in sub-words, specials included")
     window_overlap: int = Field(128, ge=0, description="sub-words shared by consecutive windows")
-    pair_chunk_size: int = Field(4096, ge=1)
+    pair_chunk_size: int | None = Field(
+        None, ge=1, description="ordered pairs of a batch scored per chunk (bounds the scorer's memory); "
+        "None = 4096 on CPU, 32768 on CUDA (GLiDRE.pair_chunk_size says why)")
     # Precision of the pair scorer and span head at inference (training follows the trainer's
     # bf16 flag). auto = bf16 where the hardware runs it natively, else fp32; see
     # glidre_core.modeling.precision for why and what it costs.

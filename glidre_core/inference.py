@@ -120,6 +120,30 @@ def document_from_text(text: str, entities: Sequence[dict[str, Any] | Entity], d
     return parse_document({"doc_id": doc_id, "text": text, "entities": ents})
 
 
+def host_copy(tensor: torch.Tensor) -> Callable[[], np.ndarray]:
+    """Start copying ``tensor`` to the host and return a function that waits for the copy and
+    returns it as numpy.
+
+    Why: ``tensor.cpu()`` on a GPU synchronises the whole stream, so it would also wait for any
+    batch queued after this one. Here the copy goes into pinned memory without blocking, and the
+    wait is on an event recorded right after it: the host gets this batch's values while the
+    device goes on with the next. On the CPU this is a plain copy.
+    """
+    if tensor.device.type != "cuda":
+        host = tensor.detach().cpu().numpy()
+        return lambda: host
+    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    pinned.copy_(tensor.detach(), non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> np.ndarray:
+        done.synchronize()
+        return pinned.numpy()
+
+    return wait
+
+
 def per_label_thresholds(labels: Sequence[str], threshold: Threshold, base: float | Sequence[float]) -> np.ndarray:
     """``[L]`` thresholds from None (``base``), a float, or a per-label dict (missing = base).
     ``base`` is one float or one per label (:func:`stored_thresholds`)."""
@@ -351,7 +375,8 @@ class Predictor:
             if isinstance(item, PreparedDocument):
                 if bare and (item.doc.entities or item.mention_spans):
                     item = PreparedDocument(item.doc.model_copy(update={"entities": [], "relations": []}),
-                                            item.tokens, [], [], [], item.words, item.entity_type_scope)
+                                            item.tokens, [], [], [], item.words, item.entity_type_scope,
+                                            word_shapes=item.word_shapes)
                 out.append(item)
                 continue
             doc = item if isinstance(item, Document) else parse_document({"doc_id": f"doc-{i}", "text": item})
@@ -420,15 +445,33 @@ class Predictor:
             start += n
         return scores
 
-    def _map(self, prepared: Sequence[PreparedDocument], step: Callable[[list[PreparedDocument], "ModelBatch"], list[T]]) -> list[T]:
+    def _map(self, prepared: Sequence[PreparedDocument],
+             step: Callable[[list[PreparedDocument], "ModelBatch"], Callable[[], list[T]]]) -> list[T]:
         """The one batch loop: ``step`` on each batch of similar documents (in eval mode, without
-        gradients); its per-document results come back in input order."""
+        gradients); its per-document results come back in input order.
+
+        ``step`` queues a batch's device work and returns a *finisher* that waits for that batch's
+        results (:func:`host_copy`) and does the host work (splitting, decoding). The loop calls a
+        batch's finisher only after the next batch has been built and queued, so on a GPU the host
+        work of one batch overlaps the device work of the next instead of leaving the device idle
+        (on a CPU the order changes nothing). One batch of results waits at a time.
+        """
         out: list[T | None] = [None] * len(prepared)
+
+        def finish(idx: list[int], finisher: Callable[[], list[T]]) -> None:
+            for i, result in zip(idx, finisher()):
+                out[i] = result
+
+        pending: tuple[list[int], Callable[[], list[T]]] | None = None
         with self.inference():
             for idx in self.batches(prepared):
                 docs = [prepared[i] for i in idx]
-                for i, result in zip(idx, step(docs, self._batch(docs))):
-                    out[i] = result
+                queued = (idx, step(docs, self._batch(docs)))
+                if pending is not None:
+                    finish(*pending)
+                pending = queued
+            if pending is not None:
+                finish(*pending)
         return out  # type: ignore[return-value]
 
     def score_relations(self, items: Iterable[Document | PreparedDocument]) -> list[RelationScores]:
@@ -436,14 +479,14 @@ class Predictor:
         entities), in input order."""
         labels = self.scored_labels
 
-        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[RelationScores]:
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> Callable[[], list[RelationScores]]:
             res = self.model(batch, labels)
-            probs = self._relation_probs(res.relation_logits, res.threshold_logits).cpu().numpy()
-            out = self._split_relations(docs, batch, probs)
+            probs = host_copy(self._relation_probs(res.relation_logits, res.threshold_logits))
             if self._prototype_columns is None:
-                return out
-            return self._score_prototypes(out, self.model.pair_representations(batch, exact=True, encoded=res.encoded),
-                                          res.encoded.words)
+                return lambda: self._split_relations(docs, batch, probs())
+            return lambda: self._score_prototypes(
+                self._split_relations(docs, batch, probs()),
+                self.model.pair_representations(batch, exact=True, encoded=res.encoded), res.encoded.words)
 
         return self._map(self.prepare(items), step)
 
@@ -454,16 +497,21 @@ class Predictor:
         pair order of :meth:`score_relations`. No labels are involved (few-shot prototypes
         compare pairs). ``words``: also each document's word vectors (``PairVectors.words``)."""
 
-        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[PairVectors]:
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> Callable[[], list[PairVectors]]:
             encoded = self.model.encode(batch)
-            reps = self.model.pair_representations(batch, exact=exact, encoded=encoded).cpu().numpy()
-            host_words = encoded.words.float().cpu().numpy() if words else None
-            out, start = [], 0
-            for b, (p, h, t) in enumerate(zip(docs, batch.entities.heads, batch.entities.tails)):
-                w = None if host_words is None else host_words[b, : len(p.words or ())]
-                out.append(PairVectors(p, h, t, reps[start : start + len(h)], w))
-                start += len(h)
-            return out
+            reps_copy = host_copy(self.model.pair_representations(batch, exact=exact, encoded=encoded))
+            words_copy = host_copy(encoded.words.float()) if words else None
+
+            def finish() -> list[PairVectors]:
+                reps, host_words = reps_copy(), None if words_copy is None else words_copy()
+                out, start = [], 0
+                for b, (p, h, t) in enumerate(zip(docs, batch.entities.heads, batch.entities.tails)):
+                    w = None if host_words is None else host_words[b, : len(p.words or ())]
+                    out.append(PairVectors(p, h, t, reps[start : start + len(h)], w))
+                    start += len(h)
+                return out
+
+            return finish
 
         return self._map(self.prepare(items), step)
 
@@ -471,9 +519,10 @@ class Predictor:
         """Entity probabilities of every candidate span of each document, in input order."""
         types = self.entity_types
 
-        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[SpanScores]:
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> Callable[[], list[SpanScores]]:
             res = self.model(batch, None, types)
-            return self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())
+            probs = host_copy(torch.sigmoid(res.span_logits))
+            return lambda: self._split_spans(docs, batch, probs())
 
         return self._map(self.prepare(items), step)
 
@@ -547,7 +596,9 @@ class Predictor:
         types, labels = self.entity_types, self.scored_labels
         ent_thr, type_names = self.entity_thresholds, list(types.labels)
 
-        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> list[BandDecoded]:
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> Callable[[], list[BandDecoded]]:
+            # entities first (one host round trip: pairs depend on the decoded spans), then the
+            # relation scores are queued and their decoding waits for the finisher
             res = self.model(batch, None, types)
             spans = self._split_spans(docs, batch, torch.sigmoid(res.span_logits).cpu().numpy())
             predicted, with_entities = [], []
@@ -557,24 +608,29 @@ class Predictor:
                 predicted.append(grouped)
                 doc = p.doc.model_copy(update={"entities": grouped.entities})
                 with_entities.append(PreparedDocument(doc, p.tokens, grouped.mention_spans,
-                                                      [e.id for e in grouped.entities], [], p.words))
+                                                      [e.id for e in grouped.entities], [], p.words,
+                                                      word_shapes=p.word_shapes))
             index = self.model.entity_index([p.mention_spans for p in with_entities], batch.max_words)
             logits, th = self.model.score_pairs(res.encoded, index, labels.vectors)
-            probs = self._relation_probs(logits, th).cpu().numpy()
-            scores = self._split_relations(with_entities, batch.with_entities(index), probs)
-            if self._prototype_columns is not None:
-                scores = self._score_prototypes(scores, self.model.pair_representations(
-                    batch, exact=True, encoded=res.encoded, index=index), res.encoded.words)
-            out = []
-            for p, grouped, sc in zip(with_entities, predicted, scores):
-                rows = self.decode_relations(sc)
-                doc = p.doc.model_copy(update={
-                    "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
-                })
-                result = ExtractionResult(doc, entity_rows(doc, grouped), rows)
-                out.append(self._band_decoded(sc, result, rows) if candidates
-                           else BandDecoded(rows, [], len(sc.heads), sc.probs.shape[1], result))
-            return out
+            probs = host_copy(self._relation_probs(logits, th))
+
+            def finish() -> list[BandDecoded]:
+                scores = self._split_relations(with_entities, batch.with_entities(index), probs())
+                if self._prototype_columns is not None:
+                    scores = self._score_prototypes(scores, self.model.pair_representations(
+                        batch, exact=True, encoded=res.encoded, index=index), res.encoded.words)
+                out = []
+                for p, grouped, sc in zip(with_entities, predicted, scores):
+                    rows = self.decode_relations(sc)
+                    doc = p.doc.model_copy(update={
+                        "relations": [Relation(head=r["head_id"], label=r["relation"], tail=r["tail_id"]) for r in rows]
+                    })
+                    result = ExtractionResult(doc, entity_rows(doc, grouped), rows)
+                    out.append(self._band_decoded(sc, result, rows) if candidates
+                               else BandDecoded(rows, [], len(sc.heads), sc.probs.shape[1], result))
+                return out
+
+            return finish
 
         return self._map(self.prepare(items, bare=True), step)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from glidre_core.documents import Document, DocumentError
 from glidre_core.modeling.windows import TokenizedDocument, tokenize_words
-from glidre_core.text import SpanAlignmentError, Words, char_span_to_words, split_words
+from glidre_core.text import SpanAlignmentError, Words, char_span_to_words, split_words, word_shapes
 
 
 @dataclass
@@ -30,6 +32,9 @@ class PreparedDocument:
     entity_type_scope: frozenset[str] | None = None
     #: the document's weight in the relation loss (training: its corpus's ``relation_weight``)
     relation_weight: float = 1.0
+    #: ``[W]`` :data:`~glidre_core.text.WORD_SHAPES` of the words, computed here once (span heads
+    #: with word shapes read them in every batch); None = computed when a batch needs them
+    word_shapes: np.ndarray | None = None
 
 
 def prepare_document(
@@ -58,4 +63,5 @@ def prepare_document(
     rels = [(index[r.head], norm(r.label), index[r.tail]) for r in doc.relations]
     rels = [r for r in rels if r[0] != r[2]]
     tokens = tokenize_words(words.tokens, tokenizer, max_length, overlap)
-    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], rels, words)
+    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], rels, words,
+                            word_shapes=word_shapes(words.tokens))

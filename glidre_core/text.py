@@ -11,7 +11,10 @@ from __future__ import annotations
 import bisect
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +88,48 @@ def join_tokens(tokens: list[str]) -> tuple[str, list[int], list[int]]:
         ends.append(pos)
         pos += 1
     return " ".join(tokens), starts, ends
+
+
+#: Word shapes (``GLiDREConfig.span_word_shape``). Why: the default encoders (MiniLM, MPNet) are
+#: *uncased*: their tokenizers lower-case the text, so "Apple" and "apple", "IBM" and "ibm" reach
+#: the encoder as the same sub-words. Capitalisation is the strongest single cue of a name and of
+#: where it starts and ends ("United Kingdom", not "Kingdom"), so the span head gets it back from
+#: the raw words. Index 0 is "no word" (before the first and after the last word). They live here,
+#: torch-free, because they are computed once per document during preparation
+#: (:func:`glidre_core.preparation.prepare_document`), not per batch: on a GPU the batch is built
+#: on the critical path, and per-word Python there was three quarters of building it.
+WORD_SHAPES = ("none", "lower", "title", "upper", "letter", "digit", "punct", "mixed", "title_initial")
+_SENTENCE_END = frozenset({".", "!", "?"})
+_TITLE, _TITLE_INITIAL = 2, 8
+
+
+def word_shape(word: str, sentence_initial: bool = False) -> int:
+    """The :data:`WORD_SHAPES` index of ``word``; a title-case word that opens a sentence is
+    ``title_initial`` (its capital says nothing about being a name)."""
+    if any(map(str.isdigit, word)):
+        return 5
+    letters = word if word.isalpha() else "".join(filter(str.isalpha, word))
+    if not letters:
+        return 6
+    if all(map(str.islower, letters)):
+        return 1
+    if all(map(str.isupper, letters)):
+        return 4 if len(letters) == 1 else 3
+    if letters[0].isupper():
+        return _TITLE_INITIAL if sentence_initial else _TITLE
+    return 7
+
+
+def word_shapes(words: Sequence[str]) -> np.ndarray:
+    """``[W]`` int64 :data:`WORD_SHAPES` indices of a document's words (host side, numpy). Each
+    distinct word is classified once (a local memo: documents repeat most of their words)."""
+    seen: dict[str, int] = {}
+    out = np.empty(len(words), dtype=np.int64)
+    initial = True
+    for i, w in enumerate(words):
+        shape = seen.get(w)
+        if shape is None:
+            shape = seen[w] = word_shape(w)
+        out[i] = _TITLE_INITIAL if (initial and shape == _TITLE) else shape
+        initial = w in _SENTENCE_END
+    return out

@@ -286,3 +286,18 @@ def test_batch_span_targets_equal_each_documents_targets(model, docs):
         np.testing.assert_allclose(weights, 1.0 / (len(spans) * len(prepared)))
     # every gold mention (all are short enough to be candidates here) is marked once
     assert int(arrays["span_targets"].sum()) == sum(len(m) for p in prepared for m in p.mention_spans)
+
+
+def test_pair_chunks_follow_the_device_and_stay_bounded_in_elements():
+    from glidre_core.modeling.batch import MAX_CHUNK_ELEMENTS, pair_chunk
+
+    model = GLiDRE(tiny_config())
+    assert model.config.pair_chunk_size is None
+    assert model.pair_chunk_size(torch.device("cpu")) == 4096
+    assert model.pair_chunk_size(torch.device("cuda")) == 32768  # a larger chunk: fewer launches
+    assert GLiDRE(tiny_config(pair_chunk_size=64)).pair_chunk_size(torch.device("cuda")) == 64
+    assert pair_chunk(32768, 32, 496, max_words=300) == 512  # a Re-DocRED batch: one chunk
+    # a 1,000-entity document of 11,000 words: the element cap, not the pair count, decides
+    step = pair_chunk(32768, 1, 499500, max_words=11000)
+    assert step * 11000 <= MAX_CHUNK_ELEMENTS < (step + 1) * 11000
+    assert pair_chunk(None, 4, 10) == 10

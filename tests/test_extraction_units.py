@@ -174,6 +174,9 @@ def test_prepare_document_matches_the_model(tiny, spec):
         row = preprocess_record("f", 1, json.dumps(raw).encode(), spec, max_entities=100, max_text_chars=10**6)
         back = decode_prepared(row["document"], row["tokens"])
         assert back.tokens == theirs.tokens and back.mention_spans == theirs.mention_spans
+        # word shapes are computed once in the CPU stage and travel with the tokens
+        assert back.word_shapes is not None and back.word_shapes.tolist() == theirs.word_shapes.tolist()
+        assert len(theirs.word_shapes) == len(theirs.words.tokens)
 
 
 BROKEN = {

@@ -13,7 +13,7 @@ from glidre_core.documents import parse_document
 from glidre_core.modeling.batch import span_grid
 from glidre_core.modeling.losses import relation_loss, span_loss
 from glidre_core.modeling.spans import (
-    SPAN_REPRESENTATIONS, WORD_SHAPES, SpanHead, SpanPrediction, decode_spans, enumerate_spans, word_shapes,
+    SPAN_REPRESENTATIONS, WORD_SHAPES, SpanHead, SpanPrediction, decode_spans, enumerate_spans, word_shape, word_shapes,
 )
 from glidre_core.modeling.targets import document_span_targets, joint_loss, span_target_arrays, training_batch
 
@@ -378,6 +378,10 @@ def test_word_shapes_tell_capitalisation_that_an_uncased_encoder_loses():
     assert names == ["title_initial", "title", "title", "lower", "upper", "lower", "digit", "mixed", "punct",
                      "title_initial", "letter", "punct"]
     assert word_shapes([]).shape == (0,)
+    # the per-document memo gives what classifying each word in place gives
+    text = "The cat saw The Cat . The end ! THE 1990s x-Ray ?".split() * 3
+    initial = [True] + [w in {".", "!", "?"} for w in text[:-1]]
+    assert word_shapes(text).tolist() == [word_shape(w, i) for w, i in zip(text, initial)]
 
 
 @pytest.mark.parametrize("chunk", [5, 16384])

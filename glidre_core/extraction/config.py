@@ -158,7 +158,11 @@ class ExtractConfig(BaseModel):
     max_entities: int = Field(128, ge=1, description="documents with more entities go to errors/")
     max_text_chars: int = Field(200_000, ge=1, description="longer documents go to errors/")
 
-    batch_size: int = Field(8, ge=1, description="documents per model forward (and per actor call)")
+    batch_size: int = Field(8, ge=1, description="documents per model forward")
+    batches_per_call: int | None = Field(
+        None, ge=1, description="model batches per actor call; None = 4 on GPU actors (the predictor "
+        "overlaps one batch's decoding with the next batch's forward, which needs several batches "
+        "per call), 1 on CPU actors (nothing to overlap; finer progress)")
     lines_per_block: int = Field(256, ge=1, description="documents per read block")
     docs_per_file: int = Field(512, ge=1, description="max documents per output part (the unit of commit and resume)")
     preprocess_num_cpus: float = Field(0.25, gt=0, description="CPUs per validate/tokenize task")

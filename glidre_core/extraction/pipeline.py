@@ -257,10 +257,11 @@ def build_dataset(setup: _Setup, resume: ResumePlan | None = None, progress: Any
                    "max_text_chars": cfg.max_text_chars, "progress": progress},
     )
     actors = cfg.actors
+    per_call = cfg.batches_per_call or (4 if actors.num_gpus > 0 else 1)
     return ds.map_batches(
         Extractor,
         batch_format="pyarrow",
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size * per_call,
         compute=ActorPoolStrategy(min_size=actors.min_size, max_size=actors.max_size,
                                   max_tasks_in_flight_per_actor=actors.max_tasks_in_flight),
         num_cpus=plan.actor_cpus,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
@@ -83,6 +84,7 @@ def encode_prepared(prepared) -> str:
         "ids": t.token_ids, "first": t.word_first_token, "end": t.word_token_end,
         "windows": [[w.tok_start, w.tok_end, w.own_start, w.own_end] for w in t.windows],
         "spans": prepared.mention_spans,
+        "shapes": None if prepared.word_shapes is None else prepared.word_shapes.tolist(),
     }, separators=(",", ":"))
 
 
@@ -97,7 +99,9 @@ def decode_prepared(document_json: str, tokens_json: str):
     # The word char offsets are not shipped (they follow from the text with the one splitter):
     # the joint path needs them to turn predicted word spans back into character mentions.
     words = split_words(doc.text) if not doc.entities else None
-    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], [], words)
+    shapes = t.get("shapes")
+    return PreparedDocument(doc, tokens, spans, [e.id for e in doc.entities], [], words,
+                            word_shapes=None if shapes is None else np.asarray(shapes, dtype=np.int64))
 
 
 def given_entity_row(doc: Document, entity: Any) -> dict[str, Any]:

@@ -39,9 +39,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from glidre_core.modeling.spans import word_shapes as shapes_of
 from glidre_core.preparation import PreparedDocument
 from glidre_core.text import split_words
+from glidre_core.text import word_shapes as shapes_of
 
 def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple) if multiple > 1 else max(n, 1)
@@ -223,12 +223,19 @@ def ordered_pairs(num_entities: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([low, high], 1).reshape(-1).astype(np.int64), np.stack([high, low], 1).reshape(-1).astype(np.int64)
 
 
-def pair_chunk(chunk_size: int | None, batch_size: int, max_pairs: int) -> int:
+#: at most this many context weights (``B x chunk x W``) in flight per scorer chunk: 128 MB in
+#: fp32, whatever the chunk size asked for (a 1,000-entity document has ~11,000 words)
+MAX_CHUNK_ELEMENTS = 2**25
+
+
+def pair_chunk(chunk_size: int | None, batch_size: int, max_pairs: int, max_words: int = 0) -> int:
     """Unordered pairs per chunk: about ``chunk_size / 2`` pairs of the batch in flight, so
-    memory (``B x chunk x W`` context weights) is bounded whatever the number of entities."""
-    if chunk_size is None:
-        return max(1, max_pairs)
-    return max(1, chunk_size // (2 * max(1, batch_size)))
+    memory (``B x chunk x W`` context weights) is bounded whatever the number of entities, and
+    never more than :data:`MAX_CHUNK_ELEMENTS` weights."""
+    step = max(1, max_pairs) if chunk_size is None else max(1, chunk_size // (2 * max(1, batch_size)))
+    if max_words > 0:
+        step = min(step, max(1, MAX_CHUNK_ELEMENTS // (max(1, batch_size) * max_words)))
+    return step
 
 
 def entity_arrays(
@@ -266,7 +273,7 @@ def entity_arrays(
     high, low = high.astype(np.int64), low.astype(np.int64)
     pair_counts = [n * (n - 1) // 2 for n in counts]
     umax = nmax * (nmax - 1) // 2
-    step = pair_chunk(chunk_size, bsz, umax)
+    step = pair_chunk(chunk_size, bsz, umax, max_words)
     doc_base = np.concatenate([[0], np.cumsum(pair_counts)]).astype(np.int64)
     position = np.zeros(int(doc_base[-1]), dtype=np.int64)  # document-major pair -> computed row
     rows, lo_flat, hi_flat, chunks = [], [], [], []
@@ -371,8 +378,9 @@ def collate(
     if word_shapes:
         shapes = np.zeros((len(prepared), wmax), dtype=np.int64)
         for b, p in enumerate(prepared):
-            tokens = (p.words if p.words is not None else split_words(p.doc.text)).tokens
-            shapes[b, : len(tokens)] = shapes_of(tokens)
+            if p.word_shapes is None:  # documents prepared elsewhere: computed here, once
+                p.word_shapes = shapes_of((p.words if p.words is not None else split_words(p.doc.text)).tokens)
+            shapes[b, : len(p.word_shapes)] = p.word_shapes
         pack.add("word_shapes", shapes)
     for k, v in ent_arrays.items():
         pack.add(k, v)

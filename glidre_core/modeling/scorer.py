@@ -34,12 +34,12 @@ class PairScorer(nn.Module):
     share every step before the last Linear (:meth:`_pair_hidden`).
     """
 
-    def __init__(self, dim: int, expansion: int, dropout: float, chunk_size: int):
+    def __init__(self, dim: int, expansion: int, dropout: float, chunk_size: int | None):
         super().__init__()
         self.head_ffn = FeedForward(2 * dim, dim, expansion, dropout)
         self.tail_ffn = FeedForward(2 * dim, dim, expansion, dropout)
         self.pair_ffn = FeedForward(2 * dim, dim, expansion, dropout)
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size  # None: the device's default (GLiDRE.pair_chunk_size)
 
     @staticmethod
     def _rest(ffn: FeedForward, hidden: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from glidre_core.modeling.layers import FeedForward
+from glidre_core.text import WORD_SHAPES, word_shape, word_shapes  # noqa: F401  (re-exported: the span head's inputs)
 
 
 def enumerate_spans(num_words: int, max_width: int) -> np.ndarray:
@@ -110,42 +111,6 @@ def decode_spans(
     keep = cand[greedy_spans(spans[cand], best_p[cand], flat)]
     out = [SpanPrediction(int(spans[i, 0]), int(spans[i, 1]), int(best_t[i]), float(best_p[i])) for i in keep]
     out.sort(key=lambda p: (p.start, p.end))
-    return out
-
-
-#: Word shapes (``GLiDREConfig.span_word_shape``). Why: the default encoders (MiniLM, MPNet) are
-#: *uncased*: their tokenizers lower-case the text, so "Apple" and "apple", "IBM" and "ibm" reach
-#: the encoder as the same sub-words. Capitalisation is the strongest single cue of a name and of
-#: where it starts and ends ("United Kingdom", not "Kingdom"), so the span head gets it back from
-#: the raw words. Index 0 is "no word" (before the first and after the last word).
-WORD_SHAPES = ("none", "lower", "title", "upper", "letter", "digit", "punct", "mixed", "title_initial")
-_SENTENCE_END = frozenset({".", "!", "?"})
-
-
-def word_shape(word: str, sentence_initial: bool = False) -> int:
-    """The :data:`WORD_SHAPES` index of ``word``; a title-case word that opens a sentence is
-    ``title_initial`` (its capital says nothing about being a name)."""
-    letters = [c for c in word if c.isalpha()]
-    if any(c.isdigit() for c in word):
-        return 5
-    if not letters:
-        return 6
-    if all(c.islower() for c in letters):
-        return 1
-    if all(c.isupper() for c in letters):
-        return 4 if len(letters) == 1 else 3
-    if letters[0].isupper():
-        return 8 if sentence_initial else 2
-    return 7
-
-
-def word_shapes(words: Sequence[str]) -> np.ndarray:
-    """``[W]`` int64 :data:`WORD_SHAPES` indices of a document's words (host side, numpy)."""
-    out = np.empty(len(words), dtype=np.int64)
-    initial = True
-    for i, w in enumerate(words):
-        out[i] = word_shape(w, initial)
-        initial = w in _SENTENCE_END
     return out
 
 

@@ -350,12 +350,15 @@ class Trainer:
         logger.info("initialised from %s", directory)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW with one learning rate for the encoders and one for the heads."""
+        """AdamW with one learning rate for the encoders and one for the heads; on CUDA the fused
+        implementation (one kernel group per step instead of a few per parameter group: fewer
+        launches paid on the host, the same update)."""
         groups = [
             {"params": self.model.encoder_parameters(), "lr": self.cfg.lr_encoder},
             {"params": self.model.head_parameters(), "lr": self.cfg.lr_heads},
         ]
-        return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=self.cfg.weight_decay)
+        fused = True if self.device.type == "cuda" else None
+        return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=self.cfg.weight_decay, fused=fused)
 
     def epochs_to_run(self) -> int:
         """``epochs``, or more when ``min_steps`` asks for more optimizer steps than that."""
