@@ -25,6 +25,8 @@ else
   SPEED="--speed-docs 512 --reps 3 --batch-sizes 8,32,64 --precisions fp32,bf16 --profile-docs 64 --profile-batch-sizes 8,32"
   MEM="--entities 10,100,300,1000"; TRAIN="--docs 64 --reps 3"; LIM=${STEP_LIMIT_S:-240}
 fi
+# a focused rerun may override the arguments: SPEED_ARGS, SDPA (backends, "" = none), TRAIN_ARGS, MEMORY=0
+SPEED="${SPEED_ARGS:-$SPEED}"; TRAIN="${TRAIN_ARGS:-$TRAIN}"; SDPA="${SDPA-efficient,flash,cudnn,math}"
 run() { timeout "$LIM" "$PY" .gpu/gpu_env.py -- "$@"; }
 { nvidia-smi || true; "$PY" -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())"; } > "$OUT/device.txt" 2>&1
 # the pinned transformers travels in .gpu/whl when prepared with WITH_TRANSFORMERS=1; should it not import
@@ -38,13 +40,13 @@ status=0
 # each step has its own time limit and its own output files, so one failure or overrun keeps the others
 # shellcheck disable=SC2086
 run "$PY" benchmarks/model_benchmark.py --device "$DEVICE" --model fresh --sections speed $SPEED \
-  --sdpa-backends efficient,flash,cudnn,math --out-dir "$OUT/speed" > "$OUT/model_speed.log" 2>&1 || status=1
+  --sdpa-backends "$SDPA" --out-dir "$OUT/speed" > "$OUT/model_speed.log" 2>&1 || status=1
 # shellcheck disable=SC2086
 run "$PY" benchmarks/train_throughput.py --device "$DEVICE" --batch-size 8 --bf16 on \
   --set model.trainable_encoder_layers=null --set model.span_head=true --set threads=null $TRAIN \
   --out-dir "$OUT/train" > "$OUT/train_throughput.log" 2>&1 || status=1
 # shellcheck disable=SC2086
-run "$PY" benchmarks/model_benchmark.py --device "$DEVICE" --model fresh --sections memory $MEM \
+[ "${MEMORY:-1}" = 0 ] || run "$PY" benchmarks/model_benchmark.py --device "$DEVICE" --model fresh --sections memory $MEM \
   --out-dir "$OUT/memory" > "$OUT/model_memory.log" 2>&1 || status=1
 tail -n 5 "$OUT"/*.log
 exit $status

@@ -544,6 +544,8 @@ def run_sdpa_backends(model, label_emb, prepared: list, args) -> dict[str, Any]:
 
     device = model.device
     backends = _names(args.sdpa_backends)
+    if not backends:
+        return {"skipped": "no --sdpa-backends given"}
     if device.type != "cuda":
         return {"skipped": f"SDPA backends are only pinned on CUDA (device {device}); "
                            "on the CPU every backend is PyTorch's own CPU kernel"}

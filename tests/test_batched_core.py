@@ -301,3 +301,29 @@ def test_pair_chunks_follow_the_device_and_stay_bounded_in_elements():
     step = pair_chunk(32768, 1, 499500, max_words=11000)
     assert step * 11000 <= MAX_CHUNK_ELEMENTS < (step + 1) * 11000
     assert pair_chunk(None, 4, 10) == 10
+
+
+def test_entity_arrays_pool_and_pairs_equal_the_per_mention_definition():
+    from glidre_core.modeling.batch import entity_arrays, ordered_pairs
+
+    rng = np.random.default_rng(0)
+    docs, wmax = [], 40
+    for n in (0, 1, 2, 7, 12):
+        doc = []
+        for _ in range(n):
+            spans = []
+            for _ in range(int(rng.integers(1, 4))):
+                w0 = int(rng.integers(0, wmax - 3))
+                spans.append((w0, w0 + int(rng.integers(1, 4))))
+            doc.append(spans)
+        docs.append(doc)
+    arrays, meta = entity_arrays(docs, wmax)
+    expected = np.zeros_like(arrays["pool"])
+    for b, doc in enumerate(docs):
+        for e, spans in enumerate(doc):
+            for w0, w1 in spans:
+                expected[b, e, w0:w1] += 1.0 / ((w1 - w0) * len(spans))
+    np.testing.assert_allclose(arrays["pool"], expected, rtol=1e-6, atol=1e-7)
+    for doc, h, t in zip(docs, meta["heads"], meta["tails"]):
+        eh, et = ordered_pairs(len(doc))
+        assert h.tolist() == eh.tolist() and t.tolist() == et.tolist()

@@ -260,15 +260,28 @@ def entity_arrays(
     per_entity_max = max((len(e) for doc in mention_spans for e in doc), default=0)
     mention_pool = np.zeros((bsz, max(mentions_max, 1), max_words), dtype=np.float32) if logsumexp else None
     entity_mentions = np.full((bsz, nmax, max(per_entity_max, 1)), -1, dtype=np.int64) if logsumexp else None
-    for b, doc in enumerate(mention_spans):
-        m = 0
-        for e, spans in enumerate(doc):
-            for j, (w0, w1) in enumerate(spans):
-                pool[b, e, w0:w1] += 1.0 / ((w1 - w0) * len(spans))
-                if logsumexp:
+    if logsumexp:
+        for b, doc in enumerate(mention_spans):
+            m = 0
+            for e, spans in enumerate(doc):
+                for j, (w0, w1) in enumerate(spans):
+                    pool[b, e, w0:w1] += 1.0 / ((w1 - w0) * len(spans))
                     mention_pool[b, m, w0:w1] = 1.0 / (w1 - w0)
                     entity_mentions[b, e, j] = m
-                m += 1
+                    m += 1
+    else:
+        # one flat list of mentions, then one scatter-add over the words they cover: a numpy
+        # slice-add per mention was the largest part of building a batch (the host's critical
+        # path on a GPU)
+        flat = [(b, e, w0, w1, len(spans)) for b, doc in enumerate(mention_spans)
+                for e, spans in enumerate(doc) for w0, w1 in spans]
+        if flat:
+            m = np.asarray(flat, dtype=np.int64)
+            lengths = m[:, 3] - m[:, 2]
+            first = (m[:, 0] * nmax + m[:, 1]) * max_words + m[:, 2]
+            within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            weights = np.repeat(1.0 / (lengths * m[:, 4]), lengths)
+            np.add.at(pool.reshape(-1), np.repeat(first, lengths) + within, weights.astype(np.float32))
     high, low = np.tril_indices(nmax, -1)
     high, low = high.astype(np.int64), low.astype(np.int64)
     pair_counts = [n * (n - 1) // 2 for n in counts]
@@ -307,7 +320,11 @@ def entity_arrays(
     if logsumexp:
         arrays["mention_pool"] = mention_pool
         arrays["entity_mentions"] = entity_mentions
-    heads, tails = zip(*(ordered_pairs(n) for n in counts)) if bsz else ((), ())
+    # a document's pairs are a prefix of the batch's tril order (row-major: pairs of the first n
+    # entities come first), so each document's ordered pairs are slices of one array
+    all_heads, all_tails = np.stack([low, high], 1).reshape(-1), np.stack([high, low], 1).reshape(-1)
+    heads = [all_heads[: 2 * u] for u in pair_counts]
+    tails = [all_tails[: 2 * u] for u in pair_counts]
     meta = {"counts": counts, "nmax": nmax, "pair_counts": pair_counts, "umax": umax, "chunks": chunks,
             "heads": list(heads), "tails": list(tails)}
     return arrays, meta
