@@ -73,8 +73,6 @@ def encoder_ceiling(model: Any, records: list[dict[str, Any]], batch_size: int, 
     """The bare HF encoder on the padded windows of the batches the job's actors build (documents
     grouped ``batch_size`` at a time in input order, each group collated as ``Predictor`` does),
     in the precision the model's own encoder runs in."""
-    import contextlib
-
     import torch
 
     from glidre_core.documents import parse_document
@@ -86,8 +84,9 @@ def encoder_ceiling(model: Any, records: list[dict[str, Any]], batch_size: int, 
     predictor = model.predictor(relation_labels=["x"], batch_size=batch_size)
     groups = [prepared[i : i + batch_size] for i in range(0, len(prepared), batch_size)]
     dtype = encoder_dtype(model.config.encoder_precision, device)
-    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype is not torch.float32
-                else contextlib.nullcontext())
+    # the HF module GLiDRE's encoder runs at inference (in bf16 a cast copy, no autocast)
+    with torch.inference_mode():
+        bare = model.eval().inference_encoder(device).model
     inputs = []
     with torch.inference_mode():
         for group in groups:
@@ -102,8 +101,7 @@ def encoder_ceiling(model: Any, records: list[dict[str, Any]], batch_size: int, 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            with autocast:
-                model.encoder.model(input_ids=ids, attention_mask=mask)
+            bare(input_ids=ids, attention_mask=mask)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)

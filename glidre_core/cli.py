@@ -66,6 +66,9 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
               help="joint: entity types must match too (default: typed for conll04, untyped otherwise)")
 @click.option("--head-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
               help="precision of the pair/span heads (default: the model's, 'auto' = bf16 where native)")
+@click.option("--encoder-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="precision of the document encoder at inference (default: the model's, 'auto' = bf16 on a "
+                   "bf16 GPU, fp32 on CPU; bfloat16 on a CPU without native bf16 is emulated and slow)")
 @click.option("--entity-recognizer", type=click.Choice(["model", "spacy"]), default="model", show_default=True,
               help="joint: entities from the model's span head, or from spaCy (optional [spacy] extra)")
 @click.option("--coreference", type=click.Choice(["rules", "none"]), default=None,
@@ -76,8 +79,8 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
                    "widened to whole whitespace-delimited tokens; default: tokens for conll04, SpERT's unit, "
                    "chars otherwise)")
 def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
-             entity_labels, match, typed, head_precision=None, entity_recognizer="model", coreference=None,
-             spans=None) -> None:
+             entity_labels, match, typed, head_precision=None, encoder_precision=None, entity_recognizer="model",
+             coreference=None, spans=None) -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
     entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint).
 
@@ -87,9 +90,10 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         from glidre_core.llm.rhf import RHFError
         from glidre_core.llm.rhf.runner import evaluate_llm, summary_text
 
-        if task != "relation" or threshold is not None or head_precision is not None:
+        if task != "relation" or threshold is not None or head_precision is not None or encoder_precision is not None:
             raise click.UsageError("--model llm:CONFIG scores relations between given entities: --task relation "
-                                   "only, and --threshold / --head-precision do not apply to an LLM")
+                                   "only, and --threshold / --head-precision / --encoder-precision do not apply "
+                                   "to an LLM")
         try:
             result = evaluate_llm(model_ref[len("llm:"):], data_path, fmt, limit=limit, train_facts_path=train_facts)
         except RHFError as exc:
@@ -107,11 +111,13 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
     from glidre_core.model_loading import load_model
     from glidre_core.readers import read_documents
 
-    from glidre_core.modeling.precision import head_dtype
+    from glidre_core.modeling.precision import encoder_dtype, head_dtype
 
     model = load_model(model_ref)
     if head_precision is not None:
         model.config.head_precision = head_precision
+    if encoder_precision is not None:
+        model.config.encoder_precision = encoder_precision
     docs = read_documents(data_path, fmt, limit=limit)
     types = [t.strip() for t in entity_labels.split(",") if t.strip()] if entity_labels else None
     if task != "relation" and model.span_head is None and not (task == "joint" and entity_recognizer == "spacy"):
@@ -136,6 +142,7 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
     result["model"] = model_ref
     result["data"] = str(data_path)
     result["head_dtype"] = str(head_dtype(model.config.head_precision, model.device)).replace("torch.", "")
+    result["encoder_dtype"] = str(encoder_dtype(model.config.encoder_precision, model.device)).replace("torch.", "")
     click.echo(format_metrics(result))
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)

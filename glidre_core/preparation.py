@@ -35,6 +35,9 @@ class PreparedDocument:
     #: ``[W]`` :data:`~glidre_core.text.WORD_SHAPES` of the words, computed here once (span heads
     #: with word shapes read them in every batch); None = computed when a batch needs them
     word_shapes: np.ndarray | None = None
+    #: derived data that building training batches reuses (gold span arrays per entity-type
+    #: set, :func:`glidre_core.modeling.targets.span_target_arrays`); filled on first use
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def prepare_document(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -303,8 +305,11 @@ def test_pair_chunks_follow_the_device_and_stay_bounded_in_elements():
     assert pair_chunk(None, 4, 10) == 10
 
 
-def test_entity_arrays_pool_and_pairs_equal_the_per_mention_definition():
-    from glidre_core.modeling.batch import entity_arrays, ordered_pairs
+@pytest.mark.parametrize("logsumexp,chunk_size", [(False, None), (False, 20), (True, 20), (True, None)])
+def test_entity_arrays_pool_and_pairs_equal_the_per_mention_definition(logsumexp, chunk_size):
+    """The vectorised pooling weights and pair chunks equal the per-mention / per-chunk loops
+    they replaced (kept here as the reference)."""
+    from glidre_core.modeling.batch import entity_arrays, ordered_pairs, pair_chunk
 
     rng = np.random.default_rng(0)
     docs, wmax = [], 40
@@ -317,13 +322,86 @@ def test_entity_arrays_pool_and_pairs_equal_the_per_mention_definition():
                 spans.append((w0, w0 + int(rng.integers(1, 4))))
             doc.append(spans)
         docs.append(doc)
-    arrays, meta = entity_arrays(docs, wmax)
+    arrays, meta = entity_arrays(docs, wmax, logsumexp=logsumexp, chunk_size=chunk_size)
     expected = np.zeros_like(arrays["pool"])
+    nmax = max(len(d) for d in docs)
     for b, doc in enumerate(docs):
+        m = 0
         for e, spans in enumerate(doc):
-            for w0, w1 in spans:
+            for j, (w0, w1) in enumerate(spans):
                 expected[b, e, w0:w1] += 1.0 / ((w1 - w0) * len(spans))
+                if logsumexp:
+                    assert arrays["entity_mentions"][b, e, j] == m
+                    np.testing.assert_allclose(arrays["mention_pool"][b, m, w0:w1], 1.0 / (w1 - w0))
+                    assert arrays["mention_pool"][b, m].sum() == pytest.approx(1.0)
+                m += 1
+            if logsumexp:
+                assert (arrays["entity_mentions"][b, e, len(spans):] == -1).all()
     np.testing.assert_allclose(arrays["pool"], expected, rtol=1e-6, atol=1e-7)
+    assert ("mention_pool" in arrays) == logsumexp
     for doc, h, t in zip(docs, meta["heads"], meta["tails"]):
         eh, et = ordered_pairs(len(doc))
         assert h.tolist() == eh.tolist() and t.tolist() == et.tolist()
+    # the chunk layout, against the per-chunk, per-document loop
+    high, low = np.tril_indices(nmax, -1)
+    counts = [len(d) * (len(d) - 1) // 2 for d in docs]
+    umax = nmax * (nmax - 1) // 2
+    step = pair_chunk(chunk_size, len(docs), umax, wmax)
+    base = np.concatenate([[0], np.cumsum(counts)])
+    position = np.zeros(int(base[-1]), dtype=np.int64)
+    rows, lo, hi, chunks, done = [], [], [], [], 0
+    for s in range(0, umax, step):
+        width, first = min(step, umax - s), done
+        for b, u in enumerate(counts):
+            j = np.arange(max(0, min(width, u - s)))
+            rows += (b * width + j).tolist()
+            lo += (b * nmax + low[s + j]).tolist()
+            hi += (b * nmax + high[s + j]).tolist()
+            position[base[b] + s + j] = done + j
+            done += len(j)
+        if done > first:
+            chunks.append((s, width, first, done))
+    assert meta["chunks"] == chunks and len(chunks) > (1 if chunk_size else 0)
+    assert arrays["pair_rows"].tolist() == rows
+    assert arrays["pair_low_flat"].tolist() == lo and arrays["pair_high_flat"].tolist() == hi
+    if len(chunks) > 1:
+        assert arrays["pair_perm"].tolist() == (2 * position[:, None] + np.arange(2)).reshape(-1).tolist()
+
+
+def test_window_arrays_equal_the_per_window_definition():
+    """The vectorised window arrays (from each document's cached layout) equal a per-window
+    construction: ids framed by the specials, owned words' rows, their targets and sources."""
+    from glidre_core.modeling.batch import _window_arrays
+    from glidre_core.modeling.windows import TokenizedDocument, plan_windows
+
+    rng = np.random.default_rng(1)
+    prepared = []
+    for n_words in (3, 40, 90):
+        widths = rng.integers(1, 4, size=n_words)
+        first = np.concatenate([[0], np.cumsum(widths)[:-1]]).tolist()
+        end = np.cumsum(widths).tolist()
+        ids = rng.integers(1000, 2000, size=int(end[-1])).tolist()
+        tokens = TokenizedDocument(ids, first, end, plan_windows(len(ids), 30, 8))
+        prepared.append(SimpleNamespace(tokens=tokens))
+    wmax = 90
+    got = _window_arrays(prepared, wmax, cls_id=1, sep_id=2, pad_id=0, multiple=16)
+    assert sum(len(p.tokens.windows) for p in prepared) == len(got["lengths"]) > 3
+    k = 0
+    for b, p in enumerate(prepared):
+        t = p.tokens
+        first = np.asarray(t.word_first_token)
+        token_word = np.searchsorted(first, np.arange(len(t.token_ids)), side="right") - 1
+        for win in t.windows:
+            n = win.tok_end - win.tok_start + 2
+            assert got["input_ids"][k, :n].tolist() == [1, *t.token_ids[win.tok_start:win.tok_end], 2]
+            assert (got["input_ids"][k, n:] == 0).all() and got["key_mask"][k].sum() == n
+            assert got["col_target"][k, 1 : n - 1].tolist() == token_word[win.tok_start:win.tok_end].tolist()
+            owned = np.nonzero((first >= win.own_start) & (first < win.own_end))[0]
+            pos = first[owned] - win.tok_start + 1
+            assert got["row_positions"][k, : len(owned)].tolist() == pos.tolist()
+            assert got["row_target"][k, : len(owned)].tolist() == (b * wmax + owned).tolist()
+            assert (got["row_target"][k, len(owned):] == len(prepared) * wmax).all()
+            assert got["word_source"][b * wmax + owned].tolist() == (k * got["length"] + pos).tolist()
+            assert got["owners"][k] == b
+            k += 1
+    assert got["length"] % 16 == 0

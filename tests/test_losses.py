@@ -294,3 +294,11 @@ def test_model_with_adaptive_threshold_equals_per_document_loss_and_trains_finit
     assert model.threshold_embedding.grad is not None
     assert torch.isfinite(model.threshold_embedding.grad).all()
     assert float(model.threshold_embedding.grad.abs().sum()) > 0
+
+
+def test_pair_row_is_the_position_in_the_batch_pair_order():
+    from glidre_core.modeling.targets import pair_row
+
+    for n in (2, 3, 7, 31):
+        heads, tails = ordered_pairs(n)
+        assert pair_row(heads, tails).tolist() == list(range(n * (n - 1)))

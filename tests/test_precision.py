@@ -157,9 +157,11 @@ def test_evaluate_cli_records_the_head_dtype(tmp_path):
     for prec, expected in [("float32", "float32"), ("bfloat16", "bfloat16")]:
         out = tmp_path / f"{prec}.json"
         res = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "m"), "--data", str(data),
-                                        "--format", "jsonl", "--head-precision", prec, "--output-json", str(out)])
+                                        "--format", "jsonl", "--head-precision", prec, "--encoder-precision", prec,
+                                        "--output-json", str(out)])
         assert res.exit_code == 0, res.output + repr(res.exception)
-        assert json.loads(out.read_text())["head_dtype"] == expected
+        got = json.loads(out.read_text())
+        assert got["head_dtype"] == got["encoder_dtype"] == expected
 
 
 def test_bf16_head_copies_are_cached_refreshed_and_never_saved():
@@ -190,3 +192,38 @@ def test_bf16_head_copies_are_cached_refreshed_and_never_saved():
     assert scorer is model.scorer
     with precision:
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_encoder_is_a_cached_cast_copy_run_without_autocast():
+    """In bf16 the encoder runs as a bf16 copy (no per-batch autocast casts): cached, refreshed
+    when the weights change, sharing the tokenizer, never saved; fp32 and training use the
+    module itself."""
+    torch.manual_seed(7)
+    model = GLiDRE(tiny_config(hidden_size=32, encoder_precision="bfloat16"))
+    model.eval()
+    keys = set(model.state_dict())
+    cpu = torch.device("cpu")
+    enc = model.inference_encoder(cpu)
+    assert enc is not model.encoder and enc.tokenizer is model.encoder.tokenizer
+    assert all(p.dtype is torch.bfloat16 and not p.requires_grad for p in enc.parameters())
+    assert all(p.dtype is torch.float32 for p in model.encoder.parameters())
+    assert model.inference_encoder(cpu) is enc  # cached
+    batch, _ = model.collate([model.prepare(_doc())])
+    seen = []
+    hook = enc.model.encoder.layer[0].register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), (o[0] if isinstance(o, tuple) else o).dtype)))
+    with torch.no_grad():
+        words = model.encode(batch).words
+    hook.remove()
+    assert seen == [(False, torch.bfloat16)] and words.dtype is torch.float32
+    before = _logits(model)
+    with torch.no_grad():  # an optimizer step or load_weights: an in-place update
+        model.encoder.model.encoder.layer[0].output.dense.weight.mul_(-1)
+    assert model.inference_encoder(cpu) is not enc
+    assert not torch.allclose(before, _logits(model))
+    assert set(model.state_dict()) == keys
+    model.config.encoder_precision = "float32"
+    assert model.inference_encoder(cpu) is model.encoder
+    model.config.encoder_precision = "bfloat16"
+    model.train()
+    assert model.inference_encoder(cpu) is model.encoder

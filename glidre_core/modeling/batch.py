@@ -66,14 +66,15 @@ class DevicePack:
         for name, arr in self._arrays.items():
             offsets[name] = total
             total += -(-arr.nbytes // 8) * 8
-        buf = np.zeros(max(total, 8), dtype=np.uint8)
+        # written straight into (on CUDA, pinned) host memory: no zero fill and no second copy
+        # into a pinned staging buffer; the gaps between arrays are never read
+        pinned = device.type == "cuda"
+        host = torch.empty(max(total, 8), dtype=torch.uint8, pin_memory=pinned)
+        buf = host.numpy()
         for name, arr in self._arrays.items():
             if arr.nbytes:
                 buf[offsets[name] : offsets[name] + arr.nbytes] = arr.reshape(-1).view(np.uint8)
-        host = torch.from_numpy(buf)
-        if device.type != "cpu":
-            host = host.pin_memory() if torch.cuda.is_available() else host
-        dev = host.to(device, non_blocking=True)
+        dev = host.to(device, non_blocking=True) if device.type != "cpu" else host
         out = {}
         for name, arr in self._arrays.items():
             dtype = _TORCH_DTYPES[arr.dtype.str[1:]]
@@ -156,54 +157,57 @@ class ModelBatch:
 
 
 # -- the pieces --------------------------------------------------------------------------------
+def _spread(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(group, within)`` of ``sum(lengths)`` flat items cut into groups of ``lengths``: the
+    group of each item and its index inside the group (a vectorised nested ``arange``)."""
+    total = int(lengths.sum())
+    group = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return group, within
+
+
 def _window_arrays(
     prepared: Sequence[PreparedDocument], max_words: int, cls_id: int, sep_id: int, pad_id: int, multiple: int
 ) -> dict[str, Any]:
-    """Window ids, masks and the word/row/column maps of every window of the batch."""
-    ids_list, lengths, owners = [], [], []
-    rows_pos, rows_word, cols_word = [], [], []
-    word_source_pairs: list[tuple[int, int, int, int]] = []  # (doc, word, window, pos)
-    for b, p in enumerate(prepared):
-        t = p.tokens
-        tokens = np.asarray(t.token_ids, dtype=np.int64)
-        first = np.asarray(t.word_first_token, dtype=np.int64)
-        # the word of each sub-word (a word the tokenizer dropped shares its neighbour's sub-word,
-        # which then counts for the later word)
-        token_word = np.searchsorted(first, np.arange(len(tokens)), side="right") - 1
-        for win in t.windows:
-            k = len(ids_list)
-            ids_list.append(np.concatenate([[cls_id], tokens[win.tok_start : win.tok_end], [sep_id]]))
-            lengths.append(win.tok_end - win.tok_start + 2)
-            owners.append(b)
-            owned = np.nonzero((first >= win.own_start) & (first < win.own_end))[0]
-            pos = first[owned] - win.tok_start + 1
-            rows_pos.append(pos)
-            rows_word.append(b * max_words + owned)
-            cols_word.append(token_word[win.tok_start : win.tok_end])
-            word_source_pairs.append((b, k, owned, pos))
-    num_windows = len(ids_list)
-    length = round_up(max(lengths), multiple)
-    rmax = max(1, max(len(r) for r in rows_pos))
+    """Window ids, masks and the word/row/column maps of every window of the batch.
+
+    Built from each document's cached :class:`~glidre_core.modeling.windows.WindowLayout` by a
+    fixed number of flat numpy operations per batch (no loop over windows or words).
+    """
+    layouts = [p.tokens.layout() for p in prepared]
+    body_lengths = np.concatenate([lay.body_lengths for lay in layouts])
+    row_counts = np.concatenate([lay.row_counts for lay in layouts])
+    owners_arr = np.concatenate([np.full(len(lay.body_lengths), b, dtype=np.int64) for b, lay in enumerate(layouts)])
+    num_windows = len(body_lengths)
+    lengths_arr = body_lengths + 2
+    length = round_up(int(lengths_arr.max()), multiple)
+    rmax = max(1, int(row_counts.max()))
+    # sub-words: window k's body fills columns 1 .. n_k - 2; [CLS] at 0, [SEP] at n_k - 1
+    win_of, within = _spread(body_lengths)
+    body_at = win_of * length + 1 + within
     input_ids = np.full((num_windows, length), pad_id, dtype=np.int64)
-    key_mask = np.zeros((num_windows, length), dtype=bool)
+    input_ids.reshape(-1)[body_at] = np.concatenate([lay.body_ids for lay in layouts])
+    input_ids[:, 0] = cls_id
+    input_ids[np.arange(num_windows), lengths_arr - 1] = sep_id
+    key_mask = np.arange(length)[None, :] < lengths_arr[:, None]
+    col_target = np.full((num_windows, length), max_words, dtype=np.int64)
+    col_target.reshape(-1)[body_at] = np.concatenate([lay.body_words for lay in layouts])
+    # owned words: their rows (first sub-word positions), where the rows land, and word sources
+    row_win, row_within = _spread(row_counts)
+    owned = np.concatenate([lay.owned_words for lay in layouts])
+    positions = np.concatenate([lay.owned_positions for lay in layouts])
+    word_flat = owners_arr[row_win] * max_words + owned
     row_positions = np.zeros((num_windows, rmax), dtype=np.int64)
     row_target = np.full((num_windows, rmax), len(prepared) * max_words, dtype=np.int64)
-    col_target = np.full((num_windows, length), max_words, dtype=np.int64)
+    row_at = row_win * rmax + row_within
+    row_positions.reshape(-1)[row_at] = positions
+    row_target.reshape(-1)[row_at] = word_flat
     word_source = np.zeros(len(prepared) * max_words, dtype=np.int64)
-    for k in range(num_windows):
-        n = lengths[k]
-        input_ids[k, :n] = ids_list[k]
-        key_mask[k, :n] = True
-        r = len(rows_pos[k])
-        row_positions[k, :r] = rows_pos[k]
-        row_target[k, :r] = rows_word[k]
-        col_target[k, 1 : n - 1] = cols_word[k]
-    for b, k, owned, pos in word_source_pairs:
-        word_source[b * max_words + owned] = k * length + pos
+    word_source[word_flat] = row_win * length + positions
     return {
         "input_ids": input_ids, "key_mask": key_mask, "row_positions": row_positions,
         "row_target": row_target, "col_target": col_target, "word_source": word_source,
-        "lengths": lengths, "owners": owners, "length": length,
+        "lengths": lengths_arr.tolist(), "owners": owners_arr.tolist(), "length": length,
     }
 
 
@@ -256,63 +260,52 @@ def entity_arrays(
     counts = [len(s) for s in mention_spans]
     nmax = max(counts, default=0)
     pool = np.zeros((bsz, nmax, max_words), dtype=np.float32)
-    mentions_max = max((sum(len(e) for e in doc) for doc in mention_spans), default=0)
-    per_entity_max = max((len(e) for doc in mention_spans for e in doc), default=0)
-    mention_pool = np.zeros((bsz, max(mentions_max, 1), max_words), dtype=np.float32) if logsumexp else None
-    entity_mentions = np.full((bsz, nmax, max(per_entity_max, 1)), -1, dtype=np.int64) if logsumexp else None
+    # one flat table of every mention: (document, entity, mention of the entity, w0, w1,
+    # mentions of the entity); everything below is a fixed number of numpy operations on it (a
+    # slice-add per mention was the largest part of building a batch, the host's critical path
+    # on a GPU)
+    flat = [(b, e, j, w0, w1, len(spans)) for b, doc in enumerate(mention_spans)
+            for e, spans in enumerate(doc) for j, (w0, w1) in enumerate(spans)]
+    m = np.asarray(flat, dtype=np.int64).reshape(-1, 6)
+    lengths = m[:, 4] - m[:, 3]
+    word_of, word_within = _spread(lengths)
+    words = m[word_of, 3] + word_within  # the words each mention covers, mention after mention
+    # mean over a mention's words, then over the entity's mentions (overlapping mentions add up)
+    np.add.at(pool.reshape(-1), (m[word_of, 0] * nmax + m[word_of, 1]) * max_words + words,
+              (1.0 / (lengths * m[:, 5]))[word_of].astype(np.float32))
+    mention_pool = entity_mentions = None
     if logsumexp:
-        for b, doc in enumerate(mention_spans):
-            m = 0
-            for e, spans in enumerate(doc):
-                for j, (w0, w1) in enumerate(spans):
-                    pool[b, e, w0:w1] += 1.0 / ((w1 - w0) * len(spans))
-                    mention_pool[b, m, w0:w1] = 1.0 / (w1 - w0)
-                    entity_mentions[b, e, j] = m
-                    m += 1
-    else:
-        # one flat list of mentions, then one scatter-add over the words they cover: a numpy
-        # slice-add per mention was the largest part of building a batch (the host's critical
-        # path on a GPU)
-        flat = [(b, e, w0, w1, len(spans)) for b, doc in enumerate(mention_spans)
-                for e, spans in enumerate(doc) for w0, w1 in spans]
-        if flat:
-            m = np.asarray(flat, dtype=np.int64)
-            lengths = m[:, 3] - m[:, 2]
-            first = (m[:, 0] * nmax + m[:, 1]) * max_words + m[:, 2]
-            within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            weights = np.repeat(1.0 / (lengths * m[:, 4]), lengths)
-            np.add.at(pool.reshape(-1), np.repeat(first, lengths) + within, weights.astype(np.float32))
+        per_doc = np.bincount(m[:, 0], minlength=bsz) if len(m) else np.zeros(bsz, dtype=np.int64)
+        _, mention_no = _spread(per_doc)  # the mention's index in its document
+        mention_pool = np.zeros((bsz, max(int(per_doc.max(initial=0)), 1), max_words), dtype=np.float32)
+        entity_mentions = np.full((bsz, nmax, max(int(m[:, 5].max(initial=0)), 1)), -1, dtype=np.int64)
+        mention_pool[m[word_of, 0], mention_no[word_of], words] = (1.0 / lengths)[word_of]
+        entity_mentions[m[:, 0], m[:, 1], m[:, 2]] = mention_no
     high, low = np.tril_indices(nmax, -1)
     high, low = high.astype(np.int64), low.astype(np.int64)
     pair_counts = [n * (n - 1) // 2 for n in counts]
     umax = nmax * (nmax - 1) // 2
     step = pair_chunk(chunk_size, bsz, umax, max_words)
-    doc_base = np.concatenate([[0], np.cumsum(pair_counts)]).astype(np.int64)
-    position = np.zeros(int(doc_base[-1]), dtype=np.int64)  # document-major pair -> computed row
-    rows, lo_flat, hi_flat, chunks = [], [], [], []
-    done = 0
-    for s in range(0, umax, step):
-        width = min(step, umax - s)
-        first = done
-        for b, u in enumerate(pair_counts):
-            j = np.arange(max(0, min(width, u - s)), dtype=np.int64)
-            if not len(j):
-                continue
-            rows.append(b * width + j)
-            lo_flat.append(b * nmax + low[s + j])
-            hi_flat.append(b * nmax + high[s + j])
-            position[doc_base[b] + s + j] = done + j
-            done += len(j)
-        if done > first:
-            chunks.append((s, width, first, done))
-    empty = np.zeros(0, dtype=np.int64)
+    # every real unordered pair (document b, structural pair q < u_b), document-major; its chunk
+    # is q // step, and the chunks' rows are laid out chunk-major, then by document, then by q
+    pair_doc, q = _spread(np.asarray(pair_counts, dtype=np.int64))
+    chunk_of = q // step
+    width_of = np.minimum(step, umax - chunk_of * step)
+    order = np.argsort(chunk_of, kind="stable")  # document-major -> computed row
+    position = np.empty(len(q), dtype=np.int64)
+    position[order] = np.arange(len(q), dtype=np.int64)
+    rows_all = (pair_doc * width_of + (q - chunk_of * step))[order]
+    lo_all = (pair_doc * nmax + low[q])[order]
+    hi_all = (pair_doc * nmax + high[q])[order]
+    per_chunk = np.bincount(chunk_of, minlength=-(-umax // step)) if len(q) else np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(per_chunk)
+    chunks = [(c * step, min(step, umax - c * step), int(ends[c] - per_chunk[c]), int(ends[c]))
+              for c in np.flatnonzero(per_chunk).tolist()]
     arrays = {
         "pool": pool,
         "entity_mask": np.arange(nmax)[None, :] < np.asarray(counts, dtype=np.int64)[:, None] if bsz else np.zeros((0, 0), bool),
         "pair_low": low, "pair_high": high,
-        "pair_rows": np.concatenate(rows) if rows else empty,
-        "pair_low_flat": np.concatenate(lo_flat) if lo_flat else empty,
-        "pair_high_flat": np.concatenate(hi_flat) if hi_flat else empty,
+        "pair_rows": rows_all, "pair_low_flat": lo_all, "pair_high_flat": hi_all,
     }
     if len(chunks) > 1:
         # ordered rows: 2 per unordered pair (low->high, high->low), in document-major order

@@ -230,15 +230,48 @@ class GLiDRE(nn.Module):
         return LabelEmbeddings(list(types), self.span_head.type_vectors(pooled))
 
     # -- forward -------------------------------------------------------------------------------
-    def _encoder_context(self, device: torch.device) -> contextlib.ExitStack:
-        """SDPA backend and (inference only) encoder precision, :mod:`.precision`."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(sdpa_context(self.config.sdpa_backend, device))
-        if not self.training:
-            dtype = encoder_dtype(self.config.encoder_precision, device)
-            if dtype is not torch.float32:
-                stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
-        return stack
+    def inference_encoder(self, device: torch.device) -> DocumentEncoder:
+        """The document encoder this pass runs: the module itself (training, or fp32 inference),
+        or, for inference in bf16 (``config.encoder_precision``, :mod:`.precision`), a copy of it
+        cast to bf16 once and cached (:meth:`_cast_copies`).
+
+        Why a cast copy and not autocast: autocast re-casts every weight of the encoder on every
+        batch and casts activations around each normalisation, about 460 extra operations per
+        batch of 32 documents for MiniLM; on a GPU, where the encoder of such a batch is a few
+        milliseconds of kernels, those host-side launches were what bf16 inference waited on
+        (issue 10; ``benchmarks/model_benchmark.py --device cuda``). The copy keeps the residual
+        stream in bf16, as a model loaded with ``torch_dtype=bfloat16`` does, while the attention
+        rows GLiDRE pools with are computed in fp32 (:meth:`DocumentEncoder._attention_rows`).
+        It costs a second copy of the encoder weights in bf16 (half the fp32 size).
+        """
+        if self.training:
+            return self.encoder
+        dtype = encoder_dtype(self.config.encoder_precision, device)
+        if dtype is torch.float32:
+            return self.encoder
+        return self._cast_copies("encoder", (self.encoder,), dtype)[0]
+
+    def _cast_copies(self, slot: str, modules: tuple[nn.Module | None, ...], dtype: torch.dtype) -> tuple[Any, ...]:
+        """Copies of ``modules`` cast to ``dtype`` once, frozen, in eval mode, and cached under
+        ``slot`` as a plain attribute (not a registered submodule: never saved, never trained).
+
+        The cache is keyed on the identity, version counter and device of every parameter, so
+        training steps, ``load_weights`` and ``.to(device)`` all invalidate it. A module's
+        tokenizer (the encoder's) is shared with the copy, not copied.
+        """
+        key = (dtype, tuple((id(p), p._version, p.device) for m in modules if m is not None for p in m.parameters()))
+        cached = self.__dict__.get(f"_cast_{slot}")
+        if cached is None or cached[0] != key:
+            copies = []
+            for m in modules:
+                if m is None:
+                    copies.append(None)
+                    continue
+                tokenizer = getattr(m, "tokenizer", None)
+                memo = {} if tokenizer is None else {id(tokenizer): tokenizer}
+                copies.append(copy.deepcopy(m, memo).to(dtype).requires_grad_(False).eval())
+            self.__dict__[f"_cast_{slot}"] = cached = (key, tuple(copies))
+        return cached[1]
 
     def encode(self, batch: ModelBatch) -> EncodedBatch:
         """The encoder stage: word vectors (projected to D, with dropout) and word attention,
@@ -247,8 +280,9 @@ class GLiDRE(nn.Module):
             words, attention = batch.encoded
         else:
             split = self.frozen_split if batch.lower_states is not None else 0
-            with self._encoder_context(batch.key_mask.device):
-                words, attention = self.encoder(batch, split)
+            device = batch.key_mask.device
+            with sdpa_context(self.config.sdpa_backend, device):
+                words, attention = self.inference_encoder(device)(batch, split)
         # back to fp32 after a bf16 encoder: the heads pick their own precision
         words = self.dropout(self.word_projection(words.float()))
         return EncodedBatch(words, attention)
@@ -325,22 +359,13 @@ class GLiDRE(nn.Module):
         casts the fp32 activations). Autocast alone would re-cast every head weight for every
         batch, about an eighth of the heads' time.
 
-        The cache is keyed on the identity, version counter and device of every head parameter,
-        so training steps, ``load_weights`` and ``.to(device)`` all invalidate it.
+        The copies are cached (:meth:`_cast_copies`).
         """
         dtype = torch.float32 if self.training else head_dtype(self.config.head_precision, device)
         if dtype is torch.float32:
             return self.scorer, self.span_head, contextlib.nullcontext()
-        modules = (self.scorer, self.span_head)
-        key = (dtype, tuple((id(p), p._version, p.device) for m in modules if m is not None for p in m.parameters()))
-        cached = self.__dict__.get("_cast_heads")
-        if cached is None or cached[0] != key:
-            copies = tuple(
-                None if m is None else copy.deepcopy(m).to(dtype).requires_grad_(False).eval() for m in modules
-            )
-            # a plain attribute (not a registered submodule): never saved, never trained
-            self.__dict__["_cast_heads"] = cached = (key, copies)
-        return (*cached[1], torch.autocast(device_type=device.type, dtype=dtype))
+        scorer, span_head = self._cast_copies("heads", (self.scorer, self.span_head), dtype)
+        return scorer, span_head, torch.autocast(device_type=device.type, dtype=dtype)
 
     # -- inference (the convenience API; the work is in glidre_core.inference) ------------------
     def predictor(self, **kwargs: Any):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from glidre_core.config import GLiDREConfig
-from glidre_core.modeling.batch import ModelBatch, ordered_pairs, span_grid
+from glidre_core.modeling.batch import ModelBatch, span_grid
 from glidre_core.modeling.losses import pair_losses, span_losses
 from glidre_core.preparation import PreparedDocument
 
@@ -32,29 +32,32 @@ if TYPE_CHECKING:
     from glidre_core.modeling.glidre import GLiDRE, GLiDREOutput
 
 
+def pair_row(heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """The row of each ordered pair ``(head, tail)`` (head != tail) among a document's ordered
+    pairs, in the batch's output order (:func:`glidre_core.modeling.batch.ordered_pairs`):
+    unordered pair ``(high, low)`` is number ``high (high - 1) / 2 + low`` of the ``tril`` order,
+    and gives rows low -> high, then high -> low."""
+    high, low = np.maximum(heads, tails), np.minimum(heads, tails)
+    return 2 * (high * (high - 1) // 2 + low) + (heads > tails)
+
+
 def relation_target_arrays(
     cfg: GLiDREConfig, prepared: Sequence[PreparedDocument], labels: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """``relation_targets [P, R]`` (0/1) and ``pair_weight [P]`` over the
-    batch's real ordered pairs."""
+    batch's real ordered pairs (rows located arithmetically, :func:`pair_row`: no per-document
+    pair list or dense entity-by-entity block)."""
     index = {cfg.normalize_label(lab): i for i, lab in enumerate(labels)}
-    counts = [len(p.mention_spans) for p in prepared]
-    with_pairs = sum(1 for n in counts if n >= 2)
-    blocks, weights = [], []
-    for p, n in zip(prepared, counts):
-        heads, tails = ordered_pairs(n)
-        dense = np.zeros((n, n, len(labels)), dtype=np.float32)
-        for h, lab, t in p.relations:
-            j = index.get(lab)
-            if j is not None:
-                dense[h, t, j] = 1.0
-        blocks.append(dense[heads, tails])
-        share = p.relation_weight / (len(heads) * with_pairs) if len(heads) else 0.0
-        weights.append(np.full(len(heads), share, dtype=np.float32))
-    return {
-        "relation_targets": np.concatenate(blocks) if blocks else np.zeros((0, len(labels)), np.float32),
-        "pair_weight": np.concatenate(weights) if weights else np.zeros(0, np.float32),
-    }
+    ordered = np.asarray([n * (n - 1) for n in (len(p.mention_spans) for p in prepared)], dtype=np.int64)
+    with_pairs = int((ordered > 0).sum())
+    base = np.cumsum(ordered) - ordered
+    facts = np.asarray([(b, h, t, index[lab]) for b, p in enumerate(prepared) for h, lab, t in p.relations
+                        if h != t and lab in index], dtype=np.int64).reshape(-1, 4)
+    targets = np.zeros((int(ordered.sum()), len(labels)), dtype=np.float32)
+    targets[base[facts[:, 0]] + pair_row(facts[:, 1], facts[:, 2]), facts[:, 3]] = 1.0
+    share = np.asarray([p.relation_weight for p in prepared], dtype=np.float32) / max(with_pairs, 1)
+    weights = np.repeat(np.divide(share, ordered, out=np.zeros_like(share), where=ordered > 0), ordered)
+    return {"relation_targets": targets, "pair_weight": weights.astype(np.float32)}
 
 
 def gold_spans(
@@ -112,6 +115,28 @@ def type_scope_mask(cfg: GLiDREConfig, prepared: PreparedDocument, entity_types:
     return np.asarray([norm(t) in scope for t in entity_types], dtype=bool)
 
 
+def document_gold_arrays(
+    cfg: GLiDREConfig, prepared: PreparedDocument, entity_types: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(w0, w1, type column, scope mask)`` of the document's gold spans (:func:`gold_spans`,
+    :func:`type_scope_mask`) as arrays, or None when it cannot supervise the span head.
+
+    Kept in the document's ``memo`` per entity-type list and span width: a document is batched
+    once per epoch, and re-deriving its gold spans (label normalisation per entity) was the
+    largest part of building a training batch. A prepared document belongs to one model (its
+    sub-words are that model's), so the model's label-naming settings do not enter the key.
+    """
+    key = ("gold_spans", tuple(entity_types), cfg.max_span_width, prepared.entity_type_scope)
+    if key not in prepared.memo:
+        gold = gold_spans(cfg, prepared, entity_types)
+        if gold is None:
+            prepared.memo[key] = None
+        else:
+            w0, w1, t = (np.asarray(x, dtype=np.int64) for x in zip(*gold)) if gold else (np.zeros(0, np.int64),) * 3
+            prepared.memo[key] = (w0, w1, t, type_scope_mask(cfg, prepared, entity_types))
+    return prepared.memo[key]
+
+
 def span_target_arrays(
     cfg: GLiDREConfig, prepared: Sequence[PreparedDocument], entity_types: Sequence[str]
 ) -> dict[str, np.ndarray]:
@@ -127,13 +152,12 @@ def span_target_arrays(
     mask = np.zeros_like(targets)
     supervised = []
     for b, p in enumerate(prepared):
-        gold = gold_spans(cfg, p, entity_types)
+        gold = document_gold_arrays(cfg, p, entity_types)
         if gold is None:
             continue
-        if gold:
-            w0, w1, t = (np.asarray(x, dtype=np.int64) for x in zip(*gold))
-            targets[b, pos[w0, w1 - w0 - 1], t] = 1.0
-        supervised.append((b, ends <= p.tokens.num_words, type_scope_mask(cfg, p, entity_types)))
+        w0, w1, t, scope = gold
+        targets[b, pos[w0, w1 - w0 - 1], t] = 1.0
+        supervised.append((b, ends <= p.tokens.num_words, scope))
     for b, valid, scope in supervised:
         mask[b][np.ix_(valid, scope)] = 1.0 / (int(valid.sum()) * len(supervised))
     return {"span_targets": targets, "span_loss_mask": mask, "span_supervised": np.asarray(bool(supervised))}

@@ -9,8 +9,10 @@ window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -34,10 +36,68 @@ class TokenizedDocument:
     word_first_token: list[int]  # index of each word's first sub-word
     word_token_end: list[int]  # exclusive end of each word's sub-words
     windows: list[Window]
+    _layout: "WindowLayout | None" = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_words(self) -> int:
         return len(self.word_first_token)
+
+    def layout(self) -> "WindowLayout":
+        """The document's windows as flat numpy arrays (:class:`WindowLayout`), computed on first
+        use and kept: a document is batched once per epoch in training and its layout never
+        changes, and building it was most of a batch's host work."""
+        if self._layout is None:
+            self._layout = WindowLayout.of(self)
+        return self._layout
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the layout is derived data: not shipped to other processes
+        state = dict(self.__dict__)
+        state["_layout"] = None
+        return state
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """A document's encoder windows, flattened for batching (:func:`glidre_core.modeling.batch.collate`).
+
+    Per window ``k`` (in order): ``body_lengths[k]`` sub-words (specials excluded), whose ids and
+    owning words are the next ``body_lengths[k]`` entries of ``body_ids`` / ``body_words``; and
+    ``row_counts[k]`` words it owns, whose indices and first sub-word positions (in the window,
+    counting the leading special) are the next entries of ``owned_words`` / ``owned_positions``.
+    """
+
+    body_lengths: np.ndarray  # [K] int64
+    body_ids: np.ndarray  # [sum body_lengths] int64
+    body_words: np.ndarray  # [sum body_lengths] int64: the word of each sub-word
+    row_counts: np.ndarray  # [K] int64
+    owned_words: np.ndarray  # [sum row_counts] int64
+    owned_positions: np.ndarray  # [sum row_counts] int64
+
+    @classmethod
+    def of(cls, tokens: "TokenizedDocument") -> "WindowLayout":
+        ids = np.asarray(tokens.token_ids, dtype=np.int64)
+        first = np.asarray(tokens.word_first_token, dtype=np.int64)
+        # the word of each sub-word (a word the tokenizer dropped shares its neighbour's sub-word,
+        # which then counts for the later word)
+        token_word = np.searchsorted(first, np.arange(len(ids)), side="right") - 1
+        lengths, bodies, words, counts, owned_all, pos_all = [], [], [], [], [], []
+        for win in tokens.windows:
+            lengths.append(win.tok_end - win.tok_start)
+            bodies.append(ids[win.tok_start : win.tok_end])
+            words.append(token_word[win.tok_start : win.tok_end])
+            owned = np.nonzero((first >= win.own_start) & (first < win.own_end))[0]
+            counts.append(len(owned))
+            owned_all.append(owned)
+            pos_all.append(first[owned] - win.tok_start + 1)
+
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+        return cls(
+            np.asarray(lengths, dtype=np.int64), cat(bodies), cat(words),
+            np.asarray(counts, dtype=np.int64), cat(owned_all), cat(pos_all),
+        )
 
 
 def subword_backend(tokenizer: Any) -> Any:
