@@ -275,7 +275,7 @@ def entity_arrays(
               (1.0 / (lengths * m[:, 5]))[word_of].astype(np.float32))
     mention_pool = entity_mentions = None
     if logsumexp:
-        per_doc = np.bincount(m[:, 0], minlength=bsz) if len(m) else np.zeros(bsz, dtype=np.int64)
+        per_doc = np.bincount(m[:, 0], minlength=bsz)
         _, mention_no = _spread(per_doc)  # the mention's index in its document
         mention_pool = np.zeros((bsz, max(int(per_doc.max(initial=0)), 1), max_words), dtype=np.float32)
         entity_mentions = np.full((bsz, nmax, max(int(m[:, 5].max(initial=0)), 1)), -1, dtype=np.int64)
@@ -297,7 +297,7 @@ def entity_arrays(
     rows_all = (pair_doc * width_of + (q - chunk_of * step))[order]
     lo_all = (pair_doc * nmax + low[q])[order]
     hi_all = (pair_doc * nmax + high[q])[order]
-    per_chunk = np.bincount(chunk_of, minlength=-(-umax // step)) if len(q) else np.zeros(0, dtype=np.int64)
+    per_chunk = np.bincount(chunk_of, minlength=-(-umax // step))
     ends = np.cumsum(per_chunk)
     chunks = [(c * step, min(step, umax - c * step), int(ends[c] - per_chunk[c]), int(ends[c]))
               for c in np.flatnonzero(per_chunk).tolist()]
