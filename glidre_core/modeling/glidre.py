@@ -236,10 +236,11 @@ class GLiDRE(nn.Module):
         cast to bf16 once and cached (:meth:`_cast_copies`).
 
         Why a cast copy and not autocast: autocast re-casts every weight of the encoder on every
-        batch and casts activations around each normalisation, about 460 extra operations per
-        batch of 32 documents for MiniLM; on a GPU, where the encoder of such a batch is a few
-        milliseconds of kernels, those host-side launches were what bf16 inference waited on
-        (issue 10; ``benchmarks/model_benchmark.py --device cuda``). The copy keeps the residual
+        batch and casts activations around each normalisation. On an H200, bf16 inference cost
+        about 460 more aten ops per batch of 32 MiniLM documents than fp32 and ran slower than
+        fp32 over a whole pass (``benchmarks/results/gpu/h200_run3``); that those ops are mostly
+        autocast's casts is an inference, not an op-by-op profile, and the gain of the copy is
+        not yet measured on a GPU. The copy keeps the residual
         stream in bf16, as a model loaded with ``torch_dtype=bfloat16`` does, while the attention
         rows GLiDRE pools with are computed in fp32 (:meth:`DocumentEncoder._attention_rows`).
         It costs a second copy of the encoder weights in bf16 (half the fp32 size).
