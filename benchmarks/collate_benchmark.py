@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Host time of building batches: ``GLiDRE.collate`` (inference) and ``targets.training_batch``
-(collate + relation and span targets), per batch, on the CPU.
+(collate + relation and span targets), per batch, on the CPU; and of decoding a batch's
+probabilities into rows (``Predictor.decode_relations`` with the embedded default model, whose
+stored thresholds give realistic row counts; the forward pass is run once, untimed).
 
 Why it matters: on a GPU the encoder of a 32-document MiniLM batch is a few milliseconds of
 kernels, and the host builds the next batch meanwhile; when building it takes longer, the device
@@ -12,7 +14,8 @@ Documents are the first ``--docs`` Re-DocRED test documents, prepared once; batc
 as ``Predictor.batches`` groups them (inference) and in file order (training: the corpus's relation labels and entity types). Each document's first batching fills its cached
 window layout and gold spans; the warm-up pass does that, so the timed passes measure the steady
 state of an epoch loop or a long extraction job (first-touch cost: the ``cold`` numbers).
-To compare two commits, run the script in each checkout back to back.
+To compare two commits, run the script in each checkout back to back, or run this script against
+the other commit's library: ``PYTHONPATH=<other checkout> python benchmarks/collate_benchmark.py``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
+    import glidre_core
     from glidre_core.model_loading import load_model
     from glidre_core.modeling.targets import training_batch
     from glidre_core.readers import read_documents, relation_labels
@@ -96,9 +100,30 @@ def main(argv: list[str] | None = None) -> int:
             training_batch(model, g, labels, types)
         return len(groups)
 
+    def decode(scores) -> int:
+        """Decoding as ``Predictor.predict`` does it on the host, per batch of ``batch_size``
+        documents: the selection above the stored thresholds and the rows."""
+        for sc in scores:
+            predictor.decode_relations(sc)
+        return -(-len(scores) // args.batch_size)
+
+    def timed_decode() -> dict[str, float]:
+        scores = predictor.score_relations(predictor.prepare(docs))  # the forward pass, untimed
+        walls = []
+        for _ in range(args.reps + 1):  # the first pass warms up
+            t0 = time.perf_counter()
+            n = decode(scores)
+            walls.append((time.perf_counter() - t0) / n)
+        rows = sum(len(predictor.decode_relations(sc)) for sc in scores)
+        return {"batches": n, "rows_per_doc": rows / len(scores),
+                "median_ms": 1e3 * statistics.median(walls[1:]), "best_ms": 1e3 * min(walls[1:])}
+
+    library = Path(glidre_core.__file__).resolve().parent.parent
     res = {
         "command": "python " + " ".join(["benchmarks/collate_benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+        # the commit of the library that was measured (it may come from another checkout)
+        "library": str(library),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=library, capture_output=True,
                                  text=True).stdout.strip() or None,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), **cpu_flags(),
                     "torch": torch.__version__, "torch_threads": 1},
@@ -107,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "collate": {"batch_size": args.batch_size, **timed(infer)},
         "training_batch": {"batch_size": args.train_batch_size, "labels": len(labels or []),
                            "entity_types": len(types or []), **timed(train)},
+        "decode": {"batch_size": args.batch_size, "model": "default", **timed_decode()},
     }
     text = json.dumps(res, indent=2)
     print(text)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from glidre_core.documents import Document, Entity, Mention
-from glidre_core.inference import Predictor, SpanScores
+from glidre_core.inference import Predictor, SpanScores, mask_indices
 from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, mention_units, snap_to_tokens, type_key
 from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep, train_fact_names
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
@@ -38,7 +38,7 @@ def relation_candidates(
     out: list[tuple[Fact, float]] = []
     for sc in predictor.score_relations(docs):
         ids, doc_id = sc.prepared.entity_ids, sc.prepared.doc.doc_id
-        pairs, rels = np.nonzero(sc.probs > floor)
+        pairs, rels = mask_indices(sc.probs > floor)
         for p, r, prob in zip(pairs.tolist(), rels.tolist(), sc.probs[pairs, rels].tolist()):
             out.append(((doc_id, ids[sc.heads[p]], labels[r], ids[sc.tails[p]]), prob))
     return out

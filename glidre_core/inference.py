@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BandDecoded", "CandidateRow", "ExtractionResult", "Predictor", "RelationScores", "SpanScores",
            "TripletRow", "EntityRow", "document_from_text", "per_label_thresholds", "select_band",
-           "select_relations", "stored_thresholds"]
+           "mask_indices", "select_relations", "stored_thresholds"]
 
 Threshold = float | dict[str, float] | None
 T = TypeVar("T")
@@ -174,9 +174,20 @@ def _top_k(keep: np.ndarray, probs: np.ndarray, top_k: int | None) -> np.ndarray
     return keep
 
 
+def mask_indices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-D mask (the same arrays, row-major order), via ``flatnonzero``:
+    numpy's 2-D ``nonzero`` is several times slower on a pair x label mask (~50 us against ~5 us
+    for 210 x 96 on the reference CPU), which was about half of decoding a document."""
+    rows, cols = mask.shape
+    if cols == 0:
+        empty = np.zeros(0, dtype=np.intp)
+        return empty, empty.copy()
+    return np.divmod(np.flatnonzero(mask), cols)
+
+
 def select_relations(probs: np.ndarray, threshold: np.ndarray, top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pair, label) indices above the per-label threshold, at most ``top_k`` labels per pair."""
-    return np.nonzero(_top_k(probs > threshold[None, :], probs, top_k))
+    return mask_indices(_top_k(probs > threshold[None, :], probs, top_k))
 
 
 def select_band(probs: np.ndarray, threshold: np.ndarray, below: float, above: float,
@@ -188,7 +199,7 @@ def select_band(probs: np.ndarray, threshold: np.ndarray, below: float, above: f
     band are exactly the selected rows that are not candidates.
     """
     thr = threshold[None, :]
-    return np.nonzero(_top_k((probs > thr - below) & (probs <= thr + above), probs, top_k))
+    return mask_indices(_top_k((probs > thr - below) & (probs <= thr + above), probs, top_k))
 
 
 class Predictor:
@@ -477,16 +488,27 @@ class Predictor:
     def score_relations(self, items: Iterable[Document | PreparedDocument]) -> list[RelationScores]:
         """Relation probabilities of every ordered entity pair of each document (given
         entities), in input order."""
+        return self._decoded_scores(items, lambda scores: scores)
+
+    def _decoded_scores(self, items: Iterable[Document | PreparedDocument], then: Callable[[RelationScores], T]) -> list[T]:
+        """``then`` of each document's :class:`RelationScores`, in input order. ``then`` runs in
+        the batch's finisher, so decoding one batch overlaps the next batch's device work (with a
+        trained model decoding costs about as much host time per document as building the
+        batch; run after the loop, as before, the device sat idle meanwhile)."""
         labels = self.scored_labels
 
-        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> Callable[[], list[RelationScores]]:
+        def step(docs: list[PreparedDocument], batch: "ModelBatch") -> Callable[[], list[T]]:
             res = self.model(batch, labels)
             probs = host_copy(self._relation_probs(res.relation_logits, res.threshold_logits))
-            if self._prototype_columns is None:
-                return lambda: self._split_relations(docs, batch, probs())
-            return lambda: self._score_prototypes(
-                self._split_relations(docs, batch, probs()),
-                self.model.pair_representations(batch, exact=True, encoded=res.encoded), res.encoded.words)
+
+            def finish() -> list[T]:
+                scores = self._split_relations(docs, batch, probs())
+                if self._prototype_columns is not None:
+                    scores = self._score_prototypes(scores, self.model.pair_representations(
+                        batch, exact=True, encoded=res.encoded), res.encoded.words)
+                return [then(sc) for sc in scores]
+
+            return finish
 
         return self._map(self.prepare(items), step)
 
@@ -536,29 +558,28 @@ class Predictor:
               thresholds: np.ndarray | None = None) -> list[Any]:
         """Rows for the selected ``(pair, label)`` indices, best first (ties keep selection
         order); with ``thresholds``, candidate rows that carry their label's threshold. Each
-        entity's fields are looked up once per document, not once per row: with ~30 rows per
-        Re-DocRED document, per-row lookups were most of decoding."""
+        entity's fields are looked up once per document, not once per row, and rows are dict
+        literals: with ~30 rows per Re-DocRED document, per-row lookups and calls were most of
+        decoding (``benchmarks/collate_benchmark.py``, ``decode``)."""
         if len(pairs) == 0:
             return []
         doc, names = scores.prepared.doc, self.relations.labels
         values = scores.probs[pairs, labels]
         order = np.argsort(-values, kind="stable")
-        fields: dict[int, tuple[str, str, str | None]] = {}
-
-        def entity(i: int) -> tuple[str, str, str | None]:
-            got = fields.get(i)
-            if got is None:
-                e: Entity = doc.entities[i]
-                got = fields[i] = (e.id, doc.entity_text(e), e.type)
-            return got
-
         heads, tails = scores.heads[pairs[order]].tolist(), scores.tails[pairs[order]].tolist()
+        fields: dict[int, tuple[str, str, str | None]] = {}
+        for i in set(heads).union(tails):
+            e: Entity = doc.entities[i]
+            fields[i] = (e.id, doc.entity_text(e), e.type)
         rows: list[Any] = []
         for h, t, r, v in zip(heads, tails, labels[order].tolist(), values[order].tolist()):
-            (hid, htext, htype), (tid, ttext, ttype) = entity(h), entity(t)
-            row = TripletRow(head_id=hid, head_text=htext, head_type=htype, relation=names[r],
-                             tail_id=tid, tail_text=ttext, tail_type=ttype, score=v)
-            rows.append(row if thresholds is None else CandidateRow(**row, threshold=float(thresholds[r])))
+            hid, htext, htype = fields[h]
+            tid, ttext, ttype = fields[t]
+            row: TripletRow = {"head_id": hid, "head_text": htext, "head_type": htype, "relation": names[r],
+                               "tail_id": tid, "tail_text": ttext, "tail_type": ttype, "score": v}
+            rows.append(row)
+        if thresholds is not None:
+            rows = [CandidateRow(**row, threshold=float(thresholds[r])) for row, r in zip(rows, labels[order].tolist())]
         return rows
 
     def decode_relations(self, scores: RelationScores, threshold: np.ndarray | None = None) -> list[TripletRow]:
@@ -584,11 +605,11 @@ class Predictor:
 
     def predict(self, items: Iterable[Document | PreparedDocument]) -> list[list[TripletRow]]:
         """Relations between each document's given entities: rows per document, input order."""
-        return [self.decode_relations(s) for s in self.score_relations(items)]
+        return self._decoded_scores(items, self.decode_relations)
 
     def predict_with_candidates(self, items: Iterable[Document | PreparedDocument]) -> list[BandDecoded]:
         """:meth:`predict`'s rows and the band candidates of each document (one forward pass)."""
-        return [self._band_decoded(s) for s in self.score_relations(items)]
+        return self._decoded_scores(items, self._band_decoded)
 
     def extract(self, items: Iterable[Document | PreparedDocument | str]) -> list[ExtractionResult]:
         """Entities and relations from raw text (given entities are ignored), input order.

@@ -405,3 +405,39 @@ def test_window_arrays_equal_the_per_window_definition():
             assert got["owners"][k] == b
             k += 1
     assert got["length"] % 16 == 0
+
+
+@pytest.mark.parametrize("shape", [(210, 96), (0, 5), (7, 0), (1, 1), (33, 3)])
+def test_mask_indices_equal_numpys_nonzero(shape):
+    """The decoder's (pair, label) selection is ``np.nonzero``, computed the faster flat way."""
+    from glidre_core.inference import mask_indices
+
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.0, 0.02, 0.5, 1.0):
+        mask = rng.random(shape) < density
+        got, want = mask_indices(mask), np.nonzero(mask)
+        assert len(got) == 2
+        for g, w in zip(got, want):
+            assert g.dtype.kind == "i" and np.array_equal(g, w)
+
+
+def test_rows_decoded_in_the_batch_loop_equal_decoding_the_scores_afterwards(model, docs):
+    """``predict`` and ``predict_with_candidates`` decode inside the batch loop (overlapping the
+    next batch's device work); the rows are those of decoding ``score_relations`` afterwards, in
+    input order, over several batches."""
+    many = [parse_document(synthetic(f"m{n}", n, seed=n)) for n in (3, 0, 6, 4, 2, 5, 1, 7)]
+    probe = model.predictor(relation_labels=LABELS, batch_size=3).score_relations(many)
+    middle = float(np.median(np.concatenate([sc.probs.ravel() for sc in probe])))  # rows for sure
+    spread = float(np.std(np.concatenate([sc.probs.ravel() for sc in probe])))
+    predictor = model.predictor(relation_labels=LABELS, threshold=middle, batch_size=3,
+                                candidate_band=(spread, spread))
+    scores = predictor.score_relations(many)
+    rows = predictor.predict(many)
+    assert [[r["head_id"] for r in rs] for rs in rows] == [
+        [r["head_id"] for r in predictor.decode_relations(sc)] for sc in scores]
+    assert rows == [predictor.decode_relations(sc) for sc in scores]
+    assert sum(map(len, rows)) > 0
+    banded = predictor.predict_with_candidates(many)
+    assert [b.rows for b in banded] == rows
+    assert [b.candidates for b in banded] == [predictor.band_candidates(sc) for sc in scores]
+    assert sum(len(b.candidates) for b in banded) > 0
