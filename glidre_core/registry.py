@@ -167,17 +167,25 @@ def default_cache_dir() -> Path:
 
 def download_model_dir(uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Path:
     """Local GLiDRE model directory of a registered version (``models:/NAME@ALIAS`` or
-    ``models:/NAME/VERSION``). An alias is resolved to its version first, so the cache (one
-    directory per tracking store, name and version) never serves a stale alias target."""
+    ``models:/NAME/VERSION``).
+
+    An alias is resolved to its version first, so the cache never serves a stale alias target.
+    The cache directory is keyed on the version's identity, not only on its number: the tracking
+    URI, the name, the version, and the version's run id, creation time and source. A store that
+    is deleted and recreated at the same path (a test session's temporary sqlite file, a
+    re-initialised server) numbers its versions from 1 again; keyed on the URI and number alone,
+    the cache handed back the old store's weights for the new version 1."""
     import hashlib
 
     name, alias, version = parse_model_uri(uri)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     c = client(tracking_uri)
     mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
-    store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+    identity = "\n".join([tracking_uri, name, str(mv.version), str(mv.run_id or ""),
+                          str(mv.creation_timestamp or ""), str(mv.source or "")])
+    store = hashlib.sha256(identity.encode()).hexdigest()[:16]
     target = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = target / store / name / str(mv.version)
+    target = target / name / f"{mv.version}-{store}"
     if (target / "MLmodel").exists():
         return model_artifact_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)

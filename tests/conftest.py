@@ -7,6 +7,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The registry download cache of this test session only: a user's (or an earlier session's)
+# ~/.cache/glidre/registry never serves a test its models (set before Ray starts, so workers inherit it).
+import tempfile  # noqa: E402
+
+os.environ["GLIDRE_CACHE"] = tempfile.mkdtemp(prefix="glidre-test-cache-")
 
 import pytest
 import torch

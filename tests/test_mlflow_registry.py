@@ -138,6 +138,52 @@ def test_registered_version_is_a_pyfunc_of_the_saved_directory(mlflow_uri, saved
         registry.parse_model_uri("models:/only-a-name")
 
 
+def test_a_recreated_store_at_the_same_path_never_gets_the_old_cached_weights(tmp_path, monkeypatch):
+    """A store deleted and recreated at the same path numbers its versions from 1 again: the
+    cache must hand back the new version 1, not the old store's (a cache keyed on the tracking URI
+    and version number alone once made CI compare a registered model with a stale download).
+
+    Each store lives in its own process, as across two test sessions (MLflow keeps one engine per
+    sqlite URI in a process, so a file cannot be swapped under it)."""
+    import shutil
+    import subprocess
+    import sys
+
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    script = """
+import os, sys, torch
+sys.path.insert(0, sys.argv[4])
+from conftest import tiny_config
+os.environ["GLIDRE_CACHE"] = sys.argv[5]  # importing conftest points it at a fresh directory
+from glidre_core import GLiDRE, registry
+from glidre_core.model_loading import load_model
+from glidre_core.tracking import open_run
+from glidre_core.training.config import MLflowSection
+uri, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+torch.manual_seed(seed)
+model_dir = GLiDRE(tiny_config(labels=["country"])).save_pretrained(out)
+handle = open_run(MLflowSection(tracking_uri=uri, experiment="recreated"), "r")
+assert str(registry.register_model(handle, model_dir, "glidre-recreated").version) == "1"
+got = load_model("models:/glidre-recreated/1", tracking_uri=uri).state_dict()
+want = GLiDRE.from_pretrained(model_dir).state_dict()
+assert all(torch.equal(got[k], v) for k, v in want.items()), "the download is not the registered model"
+"""
+    for seed in (1, 2):
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(tmp_path / "mlruns", ignore_errors=True)
+        store.mkdir()
+        proc = subprocess.run(
+            [sys.executable, "-c", script, f"sqlite:///{store / 'mlflow.db'}", str(seed),
+             str(tmp_path / f"model{seed}"), str(Path(__file__).parent), str(cache)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, f"seed {seed}: {proc.stderr[-3000:]}"
+    a = GLiDRE.from_pretrained(tmp_path / "model1").state_dict()
+    b = GLiDRE.from_pretrained(tmp_path / "model2").state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # two different models were registered as 1
+    assert len(list((cache / "registry" / "glidre-recreated").iterdir())) == 2
+
+
 def test_evaluate_cli_accepts_a_registry_reference(mlflow_uri, saved_model, monkeypatch, tmp_path):
     from glidre_core import registry
     from glidre_core.cli import main
