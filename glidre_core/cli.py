@@ -307,6 +307,40 @@ def adapt(model_ref, data_path, fmt, labels, output, overrides, overwrite, track
     click.echo(f"wrote {output}")
 
 
+@main.command("syntax-labels")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="documents with given entities and sentence spans (their own relations are replaced)")
+@click.option("--format", "fmt", type=click.Choice(["docred", "glidre", "conll04", "jsonl"]), default="docred", show_default=True)
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSON Lines corpus for pretraining")
+@click.option("--exclude", default=None,
+              help="label names never written (comma-separated, or a file with one per line): a zero-shot protocol's held-out types")
+@click.option("--min-count", type=int, default=1, show_default=True, help="keep labels seen at least this often")
+@click.option("--max-path-words", type=int, default=4, show_default=True)
+@click.option("--limit", type=int, default=None, help="the first N documents")
+@click.option("--overwrite", is_flag=True)
+def syntax_labels(data_path, fmt, output, exclude, min_count, max_path_words, limit, overwrite) -> None:
+    """Open relation labels from dependency paths (glidre_core/training/syntactic_labels.py): a
+    pretraining corpus with thousands of label strings from an unlabelled corpus with entities."""
+    from glidre_core.readers import read_documents
+    from glidre_core.training.syntactic_labels import SyntacticLabeller, load_spacy_parser, write_syntax_corpus
+
+    names: list[str] = []
+    if exclude:
+        p = Path(exclude)
+        raw = p.read_text(encoding="utf-8").splitlines() if p.is_file() else exclude.split(",")
+        names = [x.strip() for x in raw if x.strip()]
+    try:
+        labeller = SyntacticLabeller(load_spacy_parser(), min_count=min_count, max_path_words=max_path_words,
+                                     exclude=names)
+        manifest = write_syntax_corpus(read_documents(data_path, fmt, limit=limit), output, labeller,
+                                       overwrite=overwrite)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({k: manifest[k] for k in ("documents_written", "documents_with_relations",
+                                                    "relations_written", "labels", "seconds")}, indent=2))
+    click.echo(f"wrote {output}")
+
+
 # -- model registry ------------------------------------------------------------------------------
 @main.command()
 @click.option("--name", required=True, help="registered model name")
