@@ -183,9 +183,9 @@ def download_model_dir(uri: str, tracking_uri: str | None = None, cache_dir: str
     mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
     identity = "\n".join([tracking_uri, name, str(mv.version), str(mv.run_id or ""),
                           str(mv.creation_timestamp or ""), str(mv.source or "")])
-    store = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     target = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = target / name / f"{mv.version}-{store}"
+    target = target / name / f"{mv.version}-{key}"
     if (target / "MLmodel").exists():
         return model_artifact_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,7 @@ def test_registered_version_is_a_pyfunc_of_the_saved_directory(mlflow_uri, saved
         registry.parse_model_uri("models:/only-a-name")
 
 
-def test_a_recreated_store_at_the_same_path_never_gets_the_old_cached_weights(tmp_path, monkeypatch):
+def test_a_recreated_store_at_the_same_path_never_gets_the_old_cached_weights(tmp_path):
     """A store deleted and recreated at the same path numbers its versions from 1 again: the
     cache must hand back the new version 1, not the old store's (a cache keyed on the tracking URI
     and version number alone once made CI compare a registered model with a stale download).
