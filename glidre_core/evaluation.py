@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from glidre_core.documents import Document, Entity, Mention
 from glidre_core.inference import Predictor, SpanScores, mask_indices
 from glidre_core.joint_metrics import end_to_end_relation_scores, entity_scores, mention_units, snap_to_tokens, type_key
-from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_threshold, ThresholdSweep, train_fact_names
+from glidre_core.metrics import Fact, evaluate_facts, gold_facts, sweep_scores, ThresholdSweep, train_fact_names
 from glidre_core.modeling import GLiDRE, LabelEmbeddings
 from glidre_core.modeling.entities import decode_document_spans
 from glidre_core.preparation import PreparedDocument
@@ -29,18 +30,87 @@ SpanUnit = Literal["chars", "tokens"]
 whitespace-delimited tokens (:func:`glidre_core.joint_metrics.snap_to_tokens`)."""
 
 
+@dataclass
+class RelationCandidates:
+    """Every (pair, label) candidate of some documents scored above a floor, as arrays.
+
+    Why arrays and not one ``(fact, probability)`` tuple per candidate: with a pretraining
+    vocabulary of thousands of labels nearly every (pair, label) of a dev set is a candidate
+    early in training (150 million for 50 documents and 7,952 labels), and a Python tuple each
+    needed more memory than the machine had. Here a candidate costs 13 bytes, and facts are
+    built only for the candidates a threshold keeps (:meth:`facts_above`)."""
+
+    labels: list[str]
+    doc_ids: list[str]
+    entity_ids: list[list[str]]
+    heads: list[np.ndarray]  # per document: [P] head entity index of each ordered pair
+    tails: list[np.ndarray]
+    pairs: list[np.ndarray]  # per document: [C] pair index of each candidate (int32)
+    rels: list[np.ndarray]  # per document: [C] label index (int32)
+    scores: list[np.ndarray]  # per document: [C] probability (float32)
+
+    def __len__(self) -> int:
+        return sum(len(x) for x in self.scores)
+
+    def all_scores(self) -> np.ndarray:
+        return np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
+
+    def hits(self, gold: set[Fact], spell: Callable[[str], str] | None = None) -> np.ndarray:
+        """Whether each candidate (in :meth:`all_scores` order) is a fact of ``gold``, its label
+        spelled by ``spell`` first (None: as is)."""
+        spelled = [spell(lab) if spell else lab for lab in self.labels]
+        by_spelling: dict[str, list[int]] = {}
+        for r, lab in enumerate(spelled):
+            by_spelling.setdefault(lab, []).append(r)
+        by_doc: dict[str, list[tuple[str, str, str]]] = {}
+        for d, h, lab, t in gold:
+            by_doc.setdefault(d, []).append((h, lab, t))
+        out = []
+        for k, doc_id in enumerate(self.doc_ids):
+            found = np.zeros(len(self.scores[k]), dtype=bool)
+            facts = by_doc.get(doc_id)
+            if facts and len(found):
+                index = {eid: i for i, eid in enumerate(self.entity_ids[k])}
+                pair_of = {(int(h), int(t)): p for p, (h, t) in enumerate(zip(self.heads[k], self.tails[k]))}
+                n_labels = len(self.labels)
+                wanted = [pair_of[(index[h], index[t])] * n_labels + r
+                          for h, lab, t in facts if h in index and t in index and (index[h], index[t]) in pair_of
+                          for r in by_spelling.get(lab, ())]
+                if wanted:
+                    flat = self.pairs[k].astype(np.int64) * n_labels + self.rels[k]
+                    found = np.isin(flat, np.asarray(wanted, dtype=np.int64))
+            out.append(found)
+        return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+    def facts_above(self, thresholds: np.ndarray, spell: Callable[[str], str] | None = None) -> list[Fact]:
+        """The facts whose probability is above their label's threshold (``thresholds[r]``,
+        float32 as inference compares), labels spelled by ``spell``."""
+        spelled = [spell(lab) if spell else lab for lab in self.labels]
+        thr = np.asarray(thresholds, dtype=np.float32)
+        out: list[Fact] = []
+        for k, doc_id in enumerate(self.doc_ids):
+            keep = self.scores[k] > thr[self.rels[k]]
+            ids, heads, tails = self.entity_ids[k], self.heads[k], self.tails[k]
+            for p, r in zip(self.pairs[k][keep].tolist(), self.rels[k][keep].tolist()):
+                out.append((doc_id, ids[heads[p]], spelled[r], ids[tails[p]]))
+        return out
+
+
 def relation_candidates(
     predictor: Predictor, docs: Sequence[Document | PreparedDocument], floor: float = 0.05
-) -> list[tuple[Fact, float]]:
-    """Every (fact, probability) with probability above ``floor``: the input of a threshold
+) -> RelationCandidates:
+    """Every (pair, label) candidate with probability above ``floor``: the input of a threshold
     sweep. One pass of the predictor; the selection is numpy over all pairs at once."""
-    labels = predictor.relations.labels
-    out: list[tuple[Fact, float]] = []
+    out = RelationCandidates(list(predictor.relations.labels), [], [], [], [], [], [], [])
     for sc in predictor.score_relations(docs):
-        ids, doc_id = sc.prepared.entity_ids, sc.prepared.doc.doc_id
         pairs, rels = mask_indices(sc.probs > floor)
-        for p, r, prob in zip(pairs.tolist(), rels.tolist(), sc.probs[pairs, rels].tolist()):
-            out.append(((doc_id, ids[sc.heads[p]], labels[r], ids[sc.tails[p]]), prob))
+        out.doc_ids.append(sc.prepared.doc.doc_id)
+        out.entity_ids.append(list(sc.prepared.entity_ids))
+        out.heads.append(sc.heads)
+        out.tails.append(sc.tails)
+        out.pairs.append(pairs.astype(np.int32))
+        out.rels.append(rels.astype(np.int32))
+        out.scores.append(sc.probs[pairs, rels].astype(np.float32))
     return out
 
 
@@ -52,7 +122,9 @@ def dev_sweep(
     ``labels`` None = the model's training labels. Candidates at or below ``floor`` are never
     kept (labels the model never trained on need a low one: their scores sit far below 0.05)."""
     predictor = model.predictor(relation_labels=labels, **kw)
-    return sweep_threshold(relation_candidates(predictor, docs, floor), gold_facts(docs), floor)
+    cands = relation_candidates(predictor, docs, floor)
+    gold = gold_facts(docs)
+    return sweep_scores(cands.all_scores(), cands.hits(gold), len(gold), floor)
 
 
 def evaluation_labels(docs: Sequence[Document], fmt: str) -> list[str]:
@@ -191,7 +263,6 @@ def evaluate_dev(
     if labels != list(predictor.model.config.labels):
         raise ValueError("a dev evaluation scores the model's own label set: build its predictor with dev_predictor")
     norm = predictor.model.config.normalize_label
-    spelled = {lab: norm(lab) for lab in labels}
     gold_docs = normalized_relations(docs, norm)
     start = time.perf_counter()
     if threshold is None:
@@ -199,13 +270,14 @@ def evaluate_dev(
     elif threshold != "sweep":
         per_label = dict.fromkeys(labels, float(np.float32(threshold)))
     floor = DEV_FLOOR if threshold == "sweep" else min(DEV_FLOOR, *per_label.values())
-    scored = relation_candidates(predictor, prepared if prepared is not None else docs, floor)
+    cands = relation_candidates(predictor, prepared if prepared is not None else docs, floor)
     elapsed = time.perf_counter() - start
-    sweep = sweep_threshold([((d, h, spelled[r], t), s) for (d, h, r, t), s in scored], gold_facts(gold_docs), DEV_FLOOR)
+    gold = gold_facts(gold_docs)
+    sweep = sweep_scores(cands.all_scores(), cands.hits(gold, norm), len(gold), DEV_FLOOR)
     if threshold == "sweep":
         per_label = dict.fromkeys(labels, float(np.float32(sweep.best_threshold)))
     # scores are float32 values: comparing them with float32 thresholds is what inference does
-    kept = [(d, h, spelled[r], t) for (d, h, r, t), s in scored if s > per_label[r]]
+    kept = cands.facts_above(np.array([per_label[lab] for lab in labels], dtype=np.float32), norm)
     result = evaluate_facts(gold_docs, kept, train_facts)
     used, stored = set(per_label.values()), predictor.model.config.threshold
     if threshold == "sweep":

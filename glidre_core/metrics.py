@@ -145,10 +145,19 @@ def sweep_threshold(
     scored = list(scored)
     s_arr = np.fromiter((sc for _, sc in scored), dtype=np.float64, count=len(scored))
     hit = np.fromiter((f in gold for f, _ in scored), dtype=bool, count=len(scored))
+    return sweep_scores(s_arr, hit, len(gold), floor)
+
+
+def sweep_scores(scores: np.ndarray, hits: np.ndarray, n_gold: int, floor: float = 0.05) -> ThresholdSweep:
+    """:func:`sweep_threshold` on arrays: candidate ``scores`` and whether each is a gold fact
+    (``hits``), with ``n_gold`` gold facts in all. The form for large candidate sets (a
+    pretraining vocabulary of thousands of labels), where a Python tuple per candidate would
+    not fit in memory."""
+    s_arr = np.asarray(scores, dtype=np.float64)
+    hit = np.asarray(hits, dtype=bool)
     keep = s_arr > floor
     order = np.argsort(-s_arr[keep], kind="stable")
     scores, hits = s_arr[keep][order], hit[keep][order]
-    n_gold = len(gold)
     # keeping the first k candidates (k = 1..n): F1 = 2 * hits / (k + gold)
     k = np.arange(1, len(scores) + 1)
     f1 = 2 * np.cumsum(hits) / np.maximum(k + n_gold, 1)

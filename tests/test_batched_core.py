@@ -441,3 +441,35 @@ def test_rows_decoded_in_the_batch_loop_equal_decoding_the_scores_afterwards(mod
     assert [b.rows for b in banded] == rows
     assert [b.candidates for b in banded] == [predictor.band_candidates(sc) for sc in scores]
     assert sum(len(b.candidates) for b in banded) > 0
+
+
+def test_candidate_arrays_give_the_facts_and_sweep_of_one_tuple_per_candidate(model, docs):
+    """The dev sweep's candidates are arrays (a pretraining vocabulary made one Python tuple per
+    candidate run out of memory); hits, the sweep and the kept facts equal the tuple form."""
+    from glidre_core.evaluation import relation_candidates
+    from glidre_core.metrics import sweep_scores
+
+    labels = ["Place of Birth", "employer", "spouse", "place of birth x"]
+    predictor = model.predictor(relation_labels=labels)
+    rng = random.Random(3)
+    scored = list(predictor.score_relations(docs))
+    tuples, gold = [], set()
+    for sc in scored:
+        ids = sc.prepared.entity_ids
+        for p in range(len(sc.heads)):
+            for r, lab in enumerate(labels):
+                fact = (sc.prepared.doc.doc_id, ids[sc.heads[p]], lab.lower(), ids[sc.tails[p]])
+                if float(sc.probs[p, r]) > 0.05:
+                    tuples.append((fact, float(sc.probs[p, r])))
+                if rng.random() < 0.15:
+                    gold.add(fact)
+    gold.add(("d9", "e0", "not a candidate", "e1"))  # a gold fact no candidate can hit
+    cands = relation_candidates(predictor, docs, 0.05)
+    assert len(cands) == len(tuples) > 0
+    hits = cands.hits(gold, str.lower)
+    assert hits.tolist() == [f in gold for f, _ in tuples]
+    want, got = sweep_threshold(tuples, gold), sweep_scores(cands.all_scores(), hits, len(gold))
+    assert got.best_threshold == want.best_threshold and got.best_f1 == want.best_f1 and got.curve == want.curve
+    thr = np.array([0.3, 0.5, 0.4, 0.6], dtype=np.float32)
+    expected = [f for f, s in tuples if s > float(thr[[lab.lower() for lab in labels].index(f[2])])]
+    assert cands.facts_above(thr, str.lower) == expected
