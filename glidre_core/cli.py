@@ -78,9 +78,12 @@ def train(config_path: str, overrides: tuple[str, ...], use_ray: bool, run_name:
               help="ner/joint: compare mentions character-exact, or over the corpus tokens (predicted mentions "
                    "widened to whole whitespace-delimited tokens; default: tokens for conll04, SpERT's unit, "
                    "chars otherwise)")
+@click.option("--label-descriptions", default=None,
+              help="'docred' or a JSON / YAML file {label: description}: described labels are encoded as "
+                   "'label: description' (added to the model's own; glidre_core/modeling/label_text.py)")
 def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_json, task, entity_threshold,
              entity_labels, match, typed, head_precision=None, encoder_precision=None, entity_recognizer="model",
-             coreference=None, spans=None) -> None:
+             coreference=None, spans=None, label_descriptions=None) -> None:
     """Score MODEL on labelled DATA: relation F1 / Ign F1 with given entities (default), strict
     entity recognition F1 (--task ner), or end-to-end relation F1 from raw text (--task joint).
 
@@ -90,10 +93,11 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         from glidre_core.llm.rhf import RHFError
         from glidre_core.llm.rhf.runner import evaluate_llm, summary_text
 
-        if task != "relation" or threshold is not None or head_precision is not None or encoder_precision is not None:
+        if (task != "relation" or threshold is not None or head_precision is not None or encoder_precision is not None
+                or label_descriptions is not None):
             raise click.UsageError("--model llm:CONFIG scores relations between given entities: --task relation "
-                                   "only, and --threshold / --head-precision / --encoder-precision do not apply "
-                                   "to an LLM")
+                                   "only, and --threshold / --head-precision / --encoder-precision / "
+                                   "--label-descriptions do not apply to an LLM")
         try:
             result = evaluate_llm(model_ref[len("llm:"):], data_path, fmt, limit=limit, train_facts_path=train_facts)
         except RHFError as exc:
@@ -118,6 +122,14 @@ def evaluate(model_ref, data_path, fmt, train_facts, threshold, limit, output_js
         model.config.head_precision = head_precision
     if encoder_precision is not None:
         model.config.encoder_precision = encoder_precision
+    if label_descriptions is not None:
+        from glidre_core.modeling.label_text import load_label_descriptions
+
+        try:
+            added = load_label_descriptions(label_descriptions)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--label-descriptions") from exc
+        model.config.label_descriptions = {**model.config.label_descriptions, **added}
     docs = read_documents(data_path, fmt, limit=limit)
     types = [t.strip() for t in entity_labels.split(",") if t.strip()] if entity_labels else None
     if task != "relation" and model.span_head is None and not (task == "joint" and entity_recognizer == "spacy"):

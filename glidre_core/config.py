@@ -122,6 +122,11 @@ class GLiDREConfig(BaseModel):
     # noise (this fraction of the vectors' RMS) to x in training, so the map is smooth between
     # the few label strings training sees. Both are training-only and default off.
     label_head: Literal["ffn", "residual"] = "ffn"
+    # One-line descriptions of relation labels (glidre_core.modeling.label_text): a label with one
+    # is encoded as "name: description", in training and at inference. Saved with the model, so
+    # inference encodes what training encoded. Empty = labels are encoded as their names.
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict, description="{label: one-line description}; encoded as 'label: description'")
     label_anchor_weight: float = Field(0.0, ge=0.0)
     label_noise: float = Field(0.0, ge=0.0)
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -230,6 +230,11 @@ class Predictor:
             examples from the same encoder pass, in place of the label heads' probability, and
             decided at the prototypes' threshold unless ``threshold`` says otherwise; every
             other label is scored as usual.
+        label_descriptions: ``{label: one-line description}`` for this predictor's relation
+            labels, added to (and overriding) the ones saved with the model: each described
+            label is encoded as ``"label: description"`` (:mod:`glidre_core.modeling.label_text`).
+            Useful for new types with models trained with descriptions; a model trained on
+            names alone has never seen such strings.
     """
 
     def __init__(
@@ -249,6 +254,7 @@ class Predictor:
         entity_recognizer: Any = "model",
         candidate_band: tuple[float, float] | None = None,
         prototypes: "Prototypes | None" = None,
+        label_descriptions: Mapping[str, str] | None = None,
     ):
         if isinstance(entity_recognizer, str) and entity_recognizer not in ENTITY_RECOGNIZERS:
             raise ValueError(f"unknown entity_recognizer {entity_recognizer!r}; expected one of {ENTITY_RECOGNIZERS}")
@@ -262,6 +268,7 @@ class Predictor:
                 raise ValueError(f"candidate_band margins must be in [0, 1), got {candidate_band}")
         self.candidate_band = candidate_band
         self.prototypes = prototypes
+        self.label_descriptions = dict(label_descriptions or {})
         self._prototype_columns: tuple[np.ndarray, np.ndarray] | None = None  # (label columns, prototype rows)
         self.model = model
         self._relation_spec, self._entity_spec = relation_labels, entity_labels
@@ -309,8 +316,9 @@ class Predictor:
     def relations(self) -> LabelEmbeddings:
         """The relation labels and their embeddings (encoded once, in eval mode)."""
         if self._relations is None:
-            relations = self._resolve(self._relation_spec, self.model.config.labels, "relation labels",
-                                      self.model.encode_labels)
+            relations = self._resolve(
+                self._relation_spec, self.model.config.labels, "relation labels",
+                lambda labels: self.model.encode_labels(labels, self.label_descriptions))
             with self.inference():
                 self._transfer = plan_transfer(self.model, relations)
             self._scored = relations if self._transfer is None else LabelEmbeddings(

@@ -57,9 +57,9 @@ def test_training_encodes_phrasings_but_keeps_targets_and_saved_labels_canonical
     encoded: list[list[str]] = []
     real = trainer.model.encode_labels
 
-    def spy(labels):
+    def spy(labels, descriptions=None):
         encoded.append(list(labels))
-        return real(labels)
+        return real(labels, descriptions)
 
     trainer.model.encode_labels = spy  # records what the loss encodes; the model runs as usual
     result = trainer.train()

@@ -25,7 +25,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from glidre_core.documents import Document
 from glidre_core.modeling.batch import EntityIndex, ModelBatch, build_entity_index, collate
 from glidre_core.modeling.encoder import DocumentEncoder, sdpa_context
 from glidre_core.modeling.label_encoder import LabelEmbeddings, LabelEncoder
+from glidre_core.modeling.label_text import describe_labels
 from glidre_core.modeling.pooling import pool_entities
 from glidre_core.modeling.precision import encoder_dtype, head_dtype
 from glidre_core.modeling.scorer import PairScorer
@@ -193,26 +194,35 @@ class GLiDRE(nn.Module):
                                   self.pair_chunk_size())
 
     # -- label and type embeddings -------------------------------------------------------------
-    def encode_labels(self, labels: Sequence[str]) -> LabelEmbeddings:
-        """Embed a label set once; pass the result to ``predict_*`` to skip re-encoding."""
+    def label_texts(self, labels: Sequence[str], descriptions: Mapping[str, str] | None = None) -> list[str]:
+        """The strings the label encoder reads for ``labels``: the normalised name, as
+        ``"name: description"`` where the model's ``config.label_descriptions`` or
+        ``descriptions`` (which wins) has one (:mod:`.label_text`)."""
+        norm = [self.config.normalize_label(lab) for lab in labels]
+        table = {**self.config.label_descriptions, **(descriptions or {})}
+        return describe_labels(norm, table, self.config.normalize_label)
+
+    def encode_labels(self, labels: Sequence[str], descriptions: Mapping[str, str] | None = None) -> LabelEmbeddings:
+        """Embed a label set once; pass the result to ``predict_*`` to skip re-encoding.
+        ``descriptions`` adds or overrides label descriptions for this call (new types)."""
         if not labels:
             raise ValueError("at least one relation label is needed")
         norm = [self.config.normalize_label(lab) for lab in labels]
         if len(set(norm)) != len(norm):
             raise ValueError("relation labels must be distinct (after casing normalisation)")
-        return LabelEmbeddings(list(labels), self.label_encoder(norm))
+        return LabelEmbeddings(list(labels), self.label_encoder(self.label_texts(labels, descriptions)))
 
     def label_sentence_vectors(self, labels: Sequence[str]) -> torch.Tensor:
         """``[R, H]`` unit-length sentence embeddings of the label strings (the label encoder's
         pooled output, before the model's label map): the space in which labels are compared with
         each other (:mod:`.label_transfer`), which the label map learns nothing about."""
-        pooled = self.label_encoder.pooled([self.config.normalize_label(lab) for lab in labels])
+        pooled = self.label_encoder.pooled(self.label_texts(labels))
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
     def label_anchor_penalty(self, labels: Sequence[str]) -> torch.Tensor:
         """The label map's distance from the sentence-embedding space (training regulariser,
         ``config.label_anchor_weight``; :meth:`LabelEncoder.anchor_penalty`)."""
-        return self.label_encoder.anchor_penalty([self.config.normalize_label(lab) for lab in labels])
+        return self.label_encoder.anchor_penalty(self.label_texts(labels))
 
     def encode_entity_types(self, types: Sequence[str]) -> LabelEmbeddings:
         """Embed an entity-type set once (span head models); reuse it for every document."""

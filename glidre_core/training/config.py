@@ -184,6 +184,11 @@ class TrainingConfig(BaseModel):
     label_phrasings: LabelPhrasingsSection | None = Field(
         None, description="train on several phrasings of each label (label augmentation); None = the names only",
     )
+    label_descriptions: str | None = Field(
+        None, description="a named set ('docred') or a JSON / YAML file {label: description}: every label "
+        "with one is encoded as 'label: description' in training and, saved with the model, at inference "
+        "(glidre_core.modeling.label_text); merged over model.label_descriptions. None = names only",
+    )
     output_dir: str = "runs/train"
     seed: int = 13
 

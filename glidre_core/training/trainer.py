@@ -41,6 +41,7 @@ from glidre_core.evaluation import dev_predictor, dev_train_facts, entity_thresh
 from glidre_core.modeling import GLiDRE, PreparedDocument
 from glidre_core.modeling.batch import ModelBatch
 from glidre_core.modeling.cache import EncoderCache
+from glidre_core.modeling.label_text import load_label_descriptions
 from glidre_core.modeling.precision import native_bf16
 from glidre_core.modeling.targets import joint_loss, training_batch
 from glidre_core.readers import read_documents, relation_labels
@@ -262,6 +263,18 @@ class Trainer:
             update["threshold"] = cfg.refit.threshold
             if cfg.refit.entity_threshold is not None:
                 update["entity_threshold"] = cfg.refit.entity_threshold
+        if cfg.label_descriptions is not None:
+            loaded = load_label_descriptions(cfg.label_descriptions)
+            described = {cfg.model.normalize_label(k) for k in loaded}
+            covered = [lab for lab in labels if cfg.model.normalize_label(lab) in described]
+            if not covered:
+                raise ValueError(
+                    f"label_descriptions {cfg.label_descriptions!r} describes none of the {len(labels)} "
+                    f"training labels (e.g. {labels[:3]})"
+                )
+            logger.info("label descriptions: %d of %d training labels have one (%d in the set)",
+                        len(covered), len(labels), len(loaded))
+            update["label_descriptions"] = {**cfg.model.label_descriptions, **loaded}
         model_cfg = cfg.model.model_copy(update=update)
         self.model = GLiDRE(model_cfg).to(self.device)
         if cfg.init_from:

@@ -1,0 +1,71 @@
+"""Label descriptions: the text a relation label is *encoded* as, when it has a description.
+
+A label name alone ("country", "part of") is a few words; the sentence encoder behind the label
+side maps such short strings to points that say little about the relation's direction and
+arguments, and a model trained on about 60 of them learns a label map pinned at those points
+only. A one-line description ("sovereign state that this item is in") gives the encoder more to
+go on for every label, trained or new, which is the issue's "relation descriptions ... as label
+augmentation" (issue 12.4; ZS-BERT and the GLiNER line use the same idea).
+
+Rules:
+- a label with a description is encoded as ``"{name}: {description}"``; the name stays first so
+  that the string still says which type it is, and labels without a description are encoded as
+  their name alone, exactly as before;
+- descriptions are keyed by the label's *normalised* name (``GLiDREConfig.normalize_label``), so
+  ``country`` and ``Country`` share one; the output rows, targets and thresholds keep the names;
+- the model's descriptions are part of its config (saved with it, so inference encodes what
+  training encoded); a caller can add or override descriptions for new labels at inference
+  (``GLiDRE.encode_labels(..., descriptions=...)``, ``Predictor(label_descriptions=...)``).
+
+The bundled ``docred`` set (``glidre_core/resources/docred_descriptions.json``) has one line for
+each of the 96 DocRED types, written for this project after Wikidata's property descriptions
+(CC0), one rule for all 96: what the tail is, relative to the head ("this item", "the person").
+It was written before any run used it, for all types at once, test types included: a user who
+names a new type can describe it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+__all__ = ["NAMED_DESCRIPTIONS", "describe_labels", "load_label_descriptions"]
+
+_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+#: named description sets shipped with the package
+NAMED_DESCRIPTIONS = {"docred": _RESOURCES / "docred_descriptions.json"}
+
+
+def load_label_descriptions(source: str | Path) -> dict[str, str]:
+    """``{label: description}`` from a named set (``docred``) or a JSON / YAML file.
+
+    Raises ``ValueError`` naming the file and the entry when the mapping is malformed."""
+    path = NAMED_DESCRIPTIONS.get(str(source), Path(source))
+    if not path.exists():
+        raise ValueError(f"label descriptions {source!r}: no such file (named sets: {sorted(NAMED_DESCRIPTIONS)})")
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"label descriptions {path}: expected a mapping of label to a description string")
+    out: dict[str, str] = {}
+    for label, desc in data.items():
+        if not isinstance(label, str) or not label.strip() or not isinstance(desc, str) or not desc.strip():
+            raise ValueError(f"label descriptions {path}: entry {label!r} must map a label to a non-empty string")
+        out[label] = " ".join(desc.split())
+    return out
+
+
+def describe_labels(
+    labels: Sequence[str],
+    descriptions: Mapping[str, str],
+    normalize: Callable[[str], str],
+) -> list[str]:
+    """The strings to encode normalised ``labels`` as: ``"name: description"`` where
+    ``descriptions`` (keys in any casing; normalised here) has one, else the name."""
+    if not descriptions:
+        return list(labels)
+    table = {normalize(k): v for k, v in descriptions.items()}
+    return [f"{lab}: {table[lab]}" if lab in table else lab for lab in labels]
