@@ -126,7 +126,10 @@ class GLiDREConfig(BaseModel):
     # is encoded as "name: description", in training and at inference. Saved with the model, so
     # inference encodes what training encoded. Empty = labels are encoded as their names.
     label_descriptions: dict[str, str] = Field(
-        default_factory=dict, description="{label: one-line description}; encoded as 'label: description'")
+        default_factory=dict, description="{label: one-line description}; see label_description_mode")
+    label_description_mode: Literal["append", "mean"] = Field(
+        "append", description="append: encode 'label: description'; mean: average the sentence embeddings "
+        "of the label and of its description (glidre_core.modeling.label_text)")
     label_anchor_weight: float = Field(0.0, ge=0.0)
     label_noise: float = Field(0.0, ge=0.0)
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"

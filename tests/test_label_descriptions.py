@@ -104,3 +104,19 @@ def test_evaluate_cli_takes_descriptions_and_names_a_bad_file(tmp_path: Path, ti
                                     "--output-json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r.json").read_text())["docs"] == 2
+
+
+def test_mean_mode_averages_the_name_and_description_embeddings(tiny_model):
+    tiny_model.config.label_descriptions = {"country": "sovereign state"}
+    tiny_model.config.label_description_mode = "mean"
+    assert tiny_model.label_texts(["country", "mother"]) == [("country", "sovereign state"), "mother"]
+    with torch.no_grad():
+        enc = tiny_model.label_encoder
+        pooled = enc.pooled(["country", "sovereign state", "mother"])
+        torch.testing.assert_close(enc.pooled(tiny_model.label_texts(["country", "mother"])),
+                                   torch.stack([pooled[:2].mean(0), pooled[2]]))
+        described = tiny_model.encode_labels(["country", "mother"]).vectors
+        assert not torch.allclose(described[0], enc(["country"])[0])
+        torch.testing.assert_close(described[1], enc(["mother"])[0])
+    with pytest.raises(ValueError, match="unknown label description mode"):
+        describe_labels(["country"], {"country": "x"}, str.lower, mode="concat")

@@ -194,13 +194,15 @@ class GLiDRE(nn.Module):
                                   self.pair_chunk_size())
 
     # -- label and type embeddings -------------------------------------------------------------
-    def label_texts(self, labels: Sequence[str], descriptions: Mapping[str, str] | None = None) -> list[str]:
-        """The strings the label encoder reads for ``labels``: the normalised name, as
-        ``"name: description"`` where the model's ``config.label_descriptions`` or
-        ``descriptions`` (which wins) has one (:mod:`.label_text`)."""
+    def label_texts(self, labels: Sequence[str],
+                    descriptions: Mapping[str, str] | None = None) -> list[str | tuple[str, str]]:
+        """What the label encoder reads for ``labels``: the normalised name, or, where the model's
+        ``config.label_descriptions`` or ``descriptions`` (which wins) has a description,
+        ``"name: description"`` or ``(name, description)`` by ``config.label_description_mode``
+        (:mod:`.label_text`)."""
         norm = [self.config.normalize_label(lab) for lab in labels]
         table = {**self.config.label_descriptions, **(descriptions or {})}
-        return describe_labels(norm, table, self.config.normalize_label)
+        return describe_labels(norm, table, self.config.normalize_label, self.config.label_description_mode)
 
     def encode_labels(self, labels: Sequence[str], descriptions: Mapping[str, str] | None = None) -> LabelEmbeddings:
         """Embed a label set once; pass the result to ``predict_*`` to skip re-encoding.

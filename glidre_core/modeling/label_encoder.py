@@ -9,6 +9,7 @@ outputs are also memoised per label string, so training pays for each label exac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,16 @@ class LabelEncoder(nn.Module):
         mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    def pooled(self, labels: list[str]) -> torch.Tensor:
+    def pooled(self, labels: Sequence[str | tuple[str, ...]]) -> torch.Tensor:
+        """``[R, H]`` sentence embeddings; a tuple of strings is embedded as the mean of its
+        strings' embeddings (a label and its description, ``label_description_mode: mean``)."""
+        if any(isinstance(lab, tuple) for lab in labels):
+            groups = [lab if isinstance(lab, tuple) else (lab,) for lab in labels]
+            flat = list(dict.fromkeys(t for g in groups for t in g))
+            row = {t: i for i, t in enumerate(flat)}
+            vectors = self.pooled(flat)
+            return torch.stack([vectors[[row[t] for t in g]].mean(0) for g in groups])
+        labels = list(labels)
         if self.trainable and self.training:
             return self._pool(labels)
         missing = [lab for lab in dict.fromkeys(labels) if lab not in self._pooled_cache]
@@ -89,14 +99,14 @@ class LabelEncoder(nn.Module):
         out = self.ffn(x)
         return x + out if self.residual else out
 
-    def forward(self, labels: list[str]) -> torch.Tensor:
+    def forward(self, labels: Sequence[str | tuple[str, ...]]) -> torch.Tensor:
         x = self.projection(self.pooled(labels))
         if self.noise > 0 and self.training:
             scale = x.detach().pow(2).mean(-1, keepdim=True).sqrt()
             x = x + self.noise * scale * torch.randn_like(x)
         return self._map(x)
 
-    def anchor_penalty(self, labels: list[str]) -> torch.Tensor:
+    def anchor_penalty(self, labels: Sequence[str | tuple[str, ...]]) -> torch.Tensor:
         """``mean ||map(x) - x||^2 / mean ||x||^2`` over ``labels``: how far the label map moves
         labels away from their sentence embeddings (``x``: the projected pooled embedding). A
         training regulariser for zero-shot transfer to label strings training never saw."""

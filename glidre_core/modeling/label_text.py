@@ -8,9 +8,12 @@ go on for every label, trained or new, which is the issue's "relation descriptio
 augmentation" (issue 12.4; ZS-BERT and the GLiNER line use the same idea).
 
 Rules:
-- a label with a description is encoded as ``"{name}: {description}"``; the name stays first so
-  that the string still says which type it is, and labels without a description are encoded as
-  their name alone, exactly as before;
+- a label with a description is encoded as ``"{name}: {description}"`` (mode ``append``; the name
+  stays first so that the string still says which type it is), or as the mean of the sentence
+  embeddings of its name and of its description (mode ``mean``: mean pooling over one long
+  string lets the description's words outweigh the name's, and the name alone is what the
+  names-only model is good at); labels without a description are encoded as their name alone,
+  exactly as before;
 - descriptions are keyed by the label's *normalised* name (``GLiDREConfig.normalize_label``), so
   ``country`` and ``Country`` share one; the output rows, targets and thresholds keep the names;
 - the model's descriptions are part of its config (saved with it, so inference encodes what
@@ -32,7 +35,10 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["NAMED_DESCRIPTIONS", "describe_labels", "load_label_descriptions"]
+__all__ = ["DESCRIPTION_MODES", "NAMED_DESCRIPTIONS", "describe_labels", "load_label_descriptions"]
+
+#: how a description joins its label's name (GLiDREConfig.label_description_mode)
+DESCRIPTION_MODES = ("append", "mean")
 
 _RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 #: named description sets shipped with the package
@@ -62,10 +68,17 @@ def describe_labels(
     labels: Sequence[str],
     descriptions: Mapping[str, str],
     normalize: Callable[[str], str],
-) -> list[str]:
-    """The strings to encode normalised ``labels`` as: ``"name: description"`` where
-    ``descriptions`` (keys in any casing; normalised here) has one, else the name."""
+    mode: str = "append",
+) -> list[str | tuple[str, str]]:
+    """What to encode normalised ``labels`` as, where ``descriptions`` (keys in any casing;
+    normalised here) has one: ``"name: description"`` (``mode="append"``) or the pair
+    ``(name, description)``, whose two sentence embeddings the label encoder averages
+    (``mode="mean"``); a label without a description is its name."""
+    if mode not in DESCRIPTION_MODES:
+        raise ValueError(f"unknown label description mode {mode!r}; expected one of {DESCRIPTION_MODES}")
     if not descriptions:
         return list(labels)
     table = {normalize(k): v for k, v in descriptions.items()}
+    if mode == "mean":
+        return [(lab, table[lab]) if lab in table else lab for lab in labels]
     return [f"{lab}: {table[lab]}" if lab in table else lab for lab in labels]
