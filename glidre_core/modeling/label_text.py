@@ -29,11 +29,10 @@ names a new type can describe it the same way.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
+from glidre_core.label_mapping import load_label_mapping
 
 __all__ = ["DESCRIPTION_MODES", "NAMED_DESCRIPTIONS", "describe_labels", "load_label_descriptions"]
 
@@ -45,23 +44,16 @@ _RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 NAMED_DESCRIPTIONS = {"docred": _RESOURCES / "docred_descriptions.json"}
 
 
+def _description(value: object) -> str | None:
+    """A non-empty string, whitespace collapsed; None for anything else."""
+    return " ".join(value.split()) if isinstance(value, str) and value.strip() else None
+
+
 def load_label_descriptions(source: str | Path) -> dict[str, str]:
     """``{label: description}`` from a named set (``docred``) or a JSON / YAML file.
 
     Raises ``ValueError`` naming the file and the entry when the mapping is malformed."""
-    path = NAMED_DESCRIPTIONS.get(str(source), Path(source))
-    if not path.exists():
-        raise ValueError(f"label descriptions {source!r}: no such file (named sets: {sorted(NAMED_DESCRIPTIONS)})")
-    text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"label descriptions {path}: expected a mapping of label to a description string")
-    out: dict[str, str] = {}
-    for label, desc in data.items():
-        if not isinstance(label, str) or not label.strip() or not isinstance(desc, str) or not desc.strip():
-            raise ValueError(f"label descriptions {path}: entry {label!r} must map a label to a non-empty string")
-        out[label] = " ".join(desc.split())
-    return out
+    return load_label_mapping(source, NAMED_DESCRIPTIONS, "label descriptions", _description, "a non-empty string")
 
 
 def describe_labels(

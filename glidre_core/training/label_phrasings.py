@@ -26,13 +26,11 @@ training label set are replaced.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
+from glidre_core.label_mapping import load_label_mapping
 from glidre_core.readers import DATA_DIR
 
 __all__ = ["NAMED_PHRASINGS", "LabelPhraser", "load_label_phrasings"]
@@ -41,25 +39,18 @@ __all__ = ["NAMED_PHRASINGS", "LabelPhraser", "load_label_phrasings"]
 NAMED_PHRASINGS = {"docred": DATA_DIR / "docred_phrasings.json"}
 
 
+def _phrasings(value: object) -> list[str] | None:
+    """A list of non-empty strings, stripped; None for anything else."""
+    if not isinstance(value, list) or not all(isinstance(p, str) and p.strip() for p in value):
+        return None
+    return [p.strip() for p in value]
+
+
 def load_label_phrasings(source: str | Path) -> dict[str, list[str]]:
     """``{label: [phrasing, ...]}`` from a named set (``docred``) or a JSON / YAML file.
 
     Raises ``ValueError`` naming the file and the entry when the mapping is malformed."""
-    path = NAMED_PHRASINGS.get(str(source), Path(source))
-    if not path.exists():
-        raise ValueError(f"label phrasings {source!r}: no such file (named sets: {sorted(NAMED_PHRASINGS)})")
-    text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"label phrasings {path}: expected a mapping of label to a list of phrasings")
-    out: dict[str, list[str]] = {}
-    for label, phrasings in data.items():
-        if not isinstance(label, str) or not isinstance(phrasings, list) or not all(
-            isinstance(p, str) and p.strip() for p in phrasings
-        ):
-            raise ValueError(f"label phrasings {path}: entry {label!r} must map to a list of non-empty strings")
-        out[label] = [p.strip() for p in phrasings]
-    return out
+    return load_label_mapping(source, NAMED_PHRASINGS, "label phrasings", _phrasings, "a list of non-empty strings")
 
 
 class LabelPhraser:
