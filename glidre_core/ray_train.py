@@ -285,10 +285,12 @@ def finalize(cfg: TrainingConfig, trainer, result, tracker, meta: dict[str, Any]
     on the candidates of :func:`glidre_core.evaluation.dev_predictor`, the checkpoint's label
     set) of the reloaded best checkpoint at the threshold saved with it, in the trainer's
     precision (``bf16`` autocast): its F1 is the dev F1 the trainer recorded when it chose that
-    checkpoint, not a second number on other labels. Bit for bit so when the model is saved in
-    float32; a float16 ``save_dtype`` rounds the saved weights (and the trainer's cached frozen
-    layers are computed apart), so a few scores next to the threshold can still flip
-    (benchmarks/llm_loop.sh's fine-tuning: some 10 of 1,790 dev predictions)."""
+    checkpoint, not a second number on other labels. The trainer scores its weights rounded to
+    ``save_dtype`` as they are saved (:meth:`GLiDRE.weights_as_saved`), so the two agree in
+    float16 too; before that a float16 checkpoint flipped from some 10 of 1,790 dev predictions
+    (benchmarks/llm_loop.sh's fine-tuning) to a 6-point F1 gap (a zero-shot run with label
+    descriptions). The trainer's cached frozen layers are computed apart, so a score next to the
+    threshold can still flip in principle."""
     from glidre_core.evaluation import dev_predictor, evaluate_dev
     from glidre_core.modeling import GLiDRE
     from glidre_core.tracking import config_hash, documents_fingerprint

@@ -383,3 +383,25 @@ def test_worker_killed_midway_resumes_from_its_checkpoint(ray_local, tmp_path, m
     again = ray_train.train(cfg, step_hook=log)
     assert len(log.rows()) == len(rows)
     assert again.history == result.history and again.model_version == result.model_version
+
+
+def test_dev_evaluation_scores_the_float16_checkpoint_it_saves(tmp_path):
+    """With the default float16 ``save_dtype`` the trainer's dev evaluation is that of the saved
+    checkpoint, reloaded: same scores (the full threshold sweep), same threshold, same F1."""
+    from glidre_core.evaluation import dev_predictor, evaluate_dev
+    from glidre_core.modeling import GLiDRE
+
+    model = tiny_config(trainable_encoder_layers=1, encoder_config=NO_DROPOUT, label_encoder_config=NO_DROPOUT,
+                        save_dtype="float16").model_dump()
+    trainer = Trainer(tiny_training_config(tmp_path, model=model, max_steps=3, eval_every=100))
+    result = trainer.train()
+    live = trainer.last_dev_eval
+    assert [r.get("saved") for r in result.history] == [True]
+    best = GLiDRE.from_pretrained(result.best_dir)
+    reloaded = evaluate_dev(dev_predictor(best), trainer.dev_docs, threshold="sweep")
+    assert reloaded["curve"] == live["curve"]
+    assert reloaded["f1"] == live["f1"] and live["threshold"] == best.config.threshold
+    # the frozen layers the trainer caches are computed apart: scores agree to fp32 noise
+    assert reloaded["threshold"] == pytest.approx(live["threshold"], abs=1e-6)
+    # and the weights training goes on from were not rounded
+    assert any(not torch.equal(p, p.half().float()) for p in trainer.model.scorer.parameters())

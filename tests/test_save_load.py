@@ -231,3 +231,50 @@ def test_freeze_embeddings_keeps_them_out_of_training(tmp_path):
     assert {id(p) for p in free.encoder.model.embeddings.parameters()} <= {id(p) for p in free.encoder_parameters()}
     frozen.save_pretrained(tmp_path / "m")
     assert GLiDRE.from_pretrained(tmp_path / "m").config.freeze_embeddings
+
+
+def test_weights_as_saved_scores_what_the_checkpoint_scores_and_restores(tmp_path):
+    """Inside ``weights_as_saved`` the live model gives the reloaded float16 checkpoint's scores
+    exactly, and leaves it with its full-precision weights (what the trainer's dev evaluation
+    relies on to choose the model it writes)."""
+    torch.manual_seed(5)
+    model = GLiDRE(tiny_config(save_dtype="float16", trainable_encoder_layers=1))
+    with torch.no_grad():  # weights a float16 round trip changes, as training leaves them
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1e-3 * torch.randn_like(p))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    live = _scores(_rows(model))
+    model.save_pretrained(tmp_path / "m")
+    reloaded = _scores(_rows(GLiDRE.from_pretrained(tmp_path / "m")))
+    assert live != reloaded  # the rounding is visible at full precision
+    with model.weights_as_saved():
+        as_saved = _scores(_rows(model))
+        rounded = model.scorer.pair_ffn[0].weight
+        assert torch.equal(rounded, rounded.half().float())
+    assert as_saved == reloaded
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert _scores(_rows(model)) == live
+    # base encoder tensors are not stored, so they are never rounded
+    model.config.save_dtype = "float32"
+    with model.weights_as_saved():
+        assert _scores(_rows(model)) == live
+
+
+def test_trainable_label_encoder_is_not_memoised():
+    """A label encoder that trains must not serve embeddings cached before a step: every dev
+    evaluation after the first would score stale labels."""
+    model = GLiDRE(tiny_config(train_label_encoder=True))
+    model.eval()
+    first = model.encode_labels(LABELS).vectors.detach().clone()
+    with torch.no_grad():
+        for p in model.label_encoder.model.parameters():
+            p.mul_(1.5)
+    assert not torch.allclose(model.encode_labels(LABELS).vectors, first)
+    frozen = GLiDRE(tiny_config())
+    frozen.eval()
+    frozen.encode_labels(LABELS)
+    assert len(frozen.label_encoder._pooled_cache) == len(LABELS)  # a frozen one is memoised
+    assert not model.label_encoder._pooled_cache

@@ -461,6 +461,13 @@ class GLiDRE(nn.Module):
 
         return save_pretrained(self, directory)
 
+    def weights_as_saved(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which the model computes what it computes saved and reloaded (its stored
+        tensors rounded to ``config.save_dtype``; see :func:`.persistence.weights_as_saved`)."""
+        from glidre_core.modeling.persistence import weights_as_saved
+
+        return weights_as_saved(self)
+
     def load_weights(self, path: str | Path, allow_missing: tuple[str, ...] = ()) -> None:
         """Load a ``save_pretrained`` weights file strictly (see :mod:`.persistence`)."""
         from glidre_core.modeling.persistence import load_weights

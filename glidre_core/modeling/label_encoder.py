@@ -83,7 +83,9 @@ class LabelEncoder(nn.Module):
             vectors = self.pooled(flat)
             return torch.stack([vectors[[row[t] for t in g]].mean(0) for g in groups])
         labels = list(labels)
-        if self.trainable and self.training:
+        if self.trainable:
+            # weights that train are not memoised: an embedding cached at one dev evaluation
+            # would be stale at the next (callers such as Predictor keep their own vectors)
             return self._pool(labels)
         missing = [lab for lab in dict.fromkeys(labels) if lab not in self._pooled_cache]
         if missing:

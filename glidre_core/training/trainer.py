@@ -421,25 +421,28 @@ class Trainer:
 
         Runs through the public inference layer (:class:`glidre_core.inference.Predictor`), so
         label and type embeddings are encoded in eval mode: with dropout on they would be
-        noisy, and so would checkpoint selection and the saved thresholds.
+        noisy, and so would checkpoint selection and the saved thresholds. And it scores the
+        weights as they will be saved (rounded to ``config.save_dtype``,
+        :meth:`GLiDRE.weights_as_saved`), so the checkpoint chosen is the model written.
         """
         dev = [self.prepared[d.doc_id] for d in self.dev_docs]
-        predictor = dev_predictor(
-            self.model, entity_labels=self.entity_labels or None,
-            batch_size=self.cfg.batch_size, encoder_cache=self.cache,
-        )
-        with self.autocast():
+        # scored as saved: the weights rounded to the checkpoint's dtype (GLiDRE.weights_as_saved),
+        # label and type embeddings included (the predictor encodes them when it is built)
+        with self.autocast(), self.model.weights_as_saved():
+            predictor = dev_predictor(
+                self.model, entity_labels=self.entity_labels or None,
+                batch_size=self.cfg.batch_size, encoder_cache=self.cache,
+            )
             sweep = self.relation_heads_trained and self.cfg.refit is None
             rel = evaluate_dev(predictor, self.dev_docs, prepared=dev, train_facts=self.dev_train_facts(),
                                threshold="sweep" if sweep else None)
+            spans = predictor.score_spans(dev) if self.entity_labels else None
         result = {
             "f1": rel["f1"], "threshold": rel["threshold"], "curve": rel["curve"],
             "precision": rel["precision"], "recall": rel["recall"], "ign_f1": rel["ign_f1"],
             "score": rel["f1"],
         }
-        if self.entity_labels:
-            with self.autocast():
-                spans = predictor.score_spans(dev)
+        if spans is not None:
             # a refit scores at its given entity threshold: its dev data cannot choose one
             grid = {} if self.cfg.refit is None else {"grid": [self.model.config.entity_threshold]}
             ent = entity_threshold_sweep(self.model, spans, self.dev_docs, predictor.entity_types, **grid)
