@@ -287,9 +287,8 @@ def finalize(cfg: TrainingConfig, trainer, result, tracker, meta: dict[str, Any]
     precision (``bf16`` autocast): its F1 is the dev F1 the trainer recorded when it chose that
     checkpoint, not a second number on other labels. The trainer scores its weights rounded to
     ``save_dtype`` as they are saved (:meth:`GLiDRE.weights_as_saved`), so the two agree in
-    float16 too; before that a float16 checkpoint flipped from some 10 of 1,790 dev predictions
-    (benchmarks/llm_loop.sh's fine-tuning) to a 6-point F1 gap (a zero-shot run with label
-    descriptions). The trainer's cached frozen layers are computed apart, so a score next to the
+    float16 too (before that, some 10 of 1,790 dev predictions flipped in benchmarks/llm_loop.sh's
+    fine-tuning). The trainer's cached frozen layers are computed apart, so a score next to the
     threshold can still flip in principle."""
     from glidre_core.evaluation import dev_predictor, evaluate_dev
     from glidre_core.modeling import GLiDRE

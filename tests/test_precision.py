@@ -227,3 +227,31 @@ def test_bf16_encoder_is_a_cached_cast_copy_run_without_autocast():
     model.config.encoder_precision = "bfloat16"
     model.train()
     assert model.inference_encoder(cpu) is model.encoder
+
+
+@pytest.mark.parametrize("slot", ["head_precision", "encoder_precision"])
+def test_cast_copies_follow_a_fused_optimizer_step(slot):
+    """torch's fused AdamW updates weights without bumping their version counters, so the cache
+    key alone cannot see the step: entering training mode drops the copies. Without that, every
+    dev evaluation of a training run after the first scored with the first one's bf16 heads."""
+    torch.manual_seed(8)
+    from glidre_core.modeling.targets import joint_loss, training_batch
+
+    model = GLiDRE(tiny_config(hidden_size=32, **{slot: "bfloat16"}))
+    model.eval()
+    _logits(model)  # builds and caches the bf16 copies, as a dev evaluation does
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.05, fused=True)
+    versions = [p._version for p in params]
+    model.train()
+    doc = parse_document({**_doc().model_dump(), "relations": [{"head": "e0", "tail": "e1", "label": "employer"}]})
+    batch = training_batch(model, [model.prepare(doc)], LABELS, None)
+    joint_loss(model, batch, model(batch, model.encode_labels(LABELS))).backward()
+    optimizer.step()
+    assert [p._version for p in params] == versions  # the step the cache key cannot see
+    model.eval()
+    after_step = _logits(model)
+    fresh = GLiDRE(model.config)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    assert torch.equal(after_step, _logits(fresh))

@@ -62,13 +62,12 @@ def weights_as_saved(model: "GLiDRE") -> Iterator[None]:
     and restored on exit (training goes on from the full-precision weights).
 
     Why: the trainer chooses a checkpoint and its threshold by a dev evaluation of the live
-    model, and the checkpoint it saves is in float16 by default. For most models the rounding
-    flips a few scores next to the threshold; for a model whose scores crowd together it is not
-    small. A zero-shot run with label descriptions recorded dev F1 28.55 (P 38.2 / R 22.8) for
-    the checkpoint that scored 34.71 (P 48.9 / R 26.9) reloaded, same documents and threshold,
-    and a 452-step rerun swapped P and R (32.3 / 17.2 live, 15.3 / 30.3 reloaded) from weights
-    that differed by at most 6e-4. Evaluating the rounded weights makes the recorded dev F1, the
-    saved threshold and the checkpoint choice those of the model that is saved."""
+    model, and the checkpoint it writes is in float16 by default. The rounding is small, but it
+    moves scores, so a score next to the threshold can flip and the recorded dev F1 and threshold were not exactly those of the saved model (benchmarks/llm_loop.sh:
+    some 10 of 1,790 dev predictions). Scoring the rounded weights makes them exact.
+    (The large gaps once seen between recorded and reloaded dev F1 had another cause: stale
+    bf16 head copies, :meth:`GLiDRE.train`.)
+    """
     dtype = getattr(torch, model.config.save_dtype)
     kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with torch.no_grad():
