@@ -405,3 +405,23 @@ def test_dev_evaluation_scores_the_float16_checkpoint_it_saves(tmp_path):
     assert reloaded["threshold"] == pytest.approx(live["threshold"], abs=1e-6)
     # and the weights training goes on from were not rounded
     assert any(not torch.equal(p, p.half().float()) for p in trainer.model.scorer.parameters())
+
+
+def test_every_dev_evaluation_scores_the_current_weights_with_bf16_heads(tmp_path):
+    """With the heads in bf16 at inference (a CPU with AVX512-BF16/AMX, a GPU) the dev
+    evaluation runs cached bf16 copies of them. The trainer's fused AdamW does not bump version
+    counters, so the copies made at the first evaluation were reused at every later one: the
+    recorded dev F1 and threshold were not those of the weights (regression test)."""
+    from glidre_core.evaluation import dev_predictor, evaluate_dev
+    from glidre_core.modeling import GLiDRE
+
+    model = tiny_config(trainable_encoder_layers=1, encoder_config=NO_DROPOUT, label_encoder_config=NO_DROPOUT,
+                        head_precision="bfloat16").model_dump()
+    trainer = Trainer(tiny_training_config(tmp_path, model=model, max_steps=8, eval_every=2))
+    trainer.train()
+    recorded = trainer.last_dev_eval
+    fresh_model = GLiDRE(trainer.model.config)
+    fresh_model.load_state_dict(trainer.model.state_dict())
+    fresh = evaluate_dev(dev_predictor(fresh_model), trainer.dev_docs, threshold="sweep")
+    assert recorded["curve"] == fresh["curve"]
+    assert (recorded["threshold"], recorded["f1"]) == (fresh["threshold"], fresh["f1"])
