@@ -30,10 +30,21 @@ from glidre_core.modeling import GLiDRE
 from glidre_core.training.trainer import split_train_dev
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoint_round_trip import label_geometry  # noqa: E402  (the sibling benchmark script)
-from model_benchmark import machine_info  # noqa: E402
+from model_benchmark import machine_info  # noqa: E402  (the sibling benchmark script)
 
 KEYS = ("f1", "precision", "recall", "threshold")
+
+
+def label_geometry(model: GLiDRE) -> dict[str, float]:
+    """Mean norm and pairwise cosines of the model's trained label vectors (its own label set)."""
+    model.eval()
+    with torch.no_grad():
+        vectors = model.encode_labels(list(model.config.labels)).vectors.float()
+    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    sim = unit @ unit.T
+    off = sim[~torch.eye(len(vectors), dtype=torch.bool)]
+    return {"labels": len(vectors), "mean_norm": float(vectors.norm(dim=-1).mean()),
+            "mean_pairwise_cos": float(off.mean()), "max_pairwise_cos": float(off.max())}
 
 
 def main() -> None:
